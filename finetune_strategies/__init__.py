@@ -1,0 +1,50 @@
+"""Flash-style fine-tuning strategies for Lightning 2.x."""
+
+from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, Phase, StrategyOptions
+from finetune_strategies.errors import (
+    FinetuningError,
+    MissingModuleError,
+    ScheduleError,
+    StrategySpecError,
+    StrategySpecTypeError,
+)
+from finetune_strategies.finetuner import Finetuner
+from finetune_strategies.layers import Layer, LayerUnit, list_layers
+from finetune_strategies.registry import (
+    StrategySpec,
+    available_strategies,
+    register_strategy,
+    resolve_strategy,
+    unregister_strategy,
+)
+from finetune_strategies.strategies import Freeze, FreezeUnfreeze, NoFreeze, UnfreezeMilestones
+from finetune_strategies.trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Finetuner",
+    "FinetuningError",
+    "FinetuningStrategy",
+    "FlashBaseFinetuning",
+    "Freeze",
+    "FreezeUnfreeze",
+    "Layer",
+    "LayerUnit",
+    "MissingModuleError",
+    "NoFreeze",
+    "Phase",
+    "ScheduleError",
+    "StrategyOptions",
+    "StrategySpec",
+    "StrategySpecError",
+    "StrategySpecTypeError",
+    "Trainer",
+    "UnfreezeMilestones",
+    "__version__",
+    "available_strategies",
+    "list_layers",
+    "register_strategy",
+    "resolve_strategy",
+    "unregister_strategy",
+]

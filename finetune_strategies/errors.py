@@ -1,0 +1,27 @@
+"""Exceptions raised by finetune-strategies.
+
+Every error subclasses a built-in exception (``ValueError``, ``TypeError``, ``AttributeError``,
+``RuntimeError``) so that callers who do not know this library can still catch it.
+"""
+
+from __future__ import annotations
+
+
+class FinetuningError(Exception):
+    """Base class of all errors raised by this library."""
+
+
+class StrategySpecError(FinetuningError, ValueError):
+    """A strategy spec has the right type but a wrong value (unknown name, bad epoch order, ...)."""
+
+
+class StrategySpecTypeError(FinetuningError, TypeError):
+    """A strategy spec, or its metadata, has the wrong type or shape."""
+
+
+class MissingModuleError(FinetuningError, AttributeError):
+    """The LightningModule has no module to freeze under the expected name."""
+
+
+class ScheduleError(FinetuningError, ValueError):
+    """A schedule does not fit the model it is applied to (e.g. more layers than the backbone has)."""

@@ -1,0 +1,84 @@
+"""Teach learning-rate schedulers about a param group that appears after they were built.
+
+torch schedulers keep per-group state (``base_lrs``, ``lr_lambdas``, ``min_lrs``, OneCycleLR's
+``max_lr`` group keys, ...). A group added mid-run is unknown to them: LambdaLR, MultiplicativeLR and
+CosineAnnealingWarmRestarts raise ``ValueError`` and OneCycleLR raises ``KeyError``.
+
+The rule applied here: **a new group follows group 0's schedule, scaled by a fixed ratio** ``r``
+(the group's lr divided by group 0's lr at the moment it is added). Every per-group learning rate
+value is group 0's times ``r``; momentum values and absolute floors (``min_lrs``) are copied. For
+schedulers whose floor is 0 (the default ``eta_min`` and ``min_lr``) the new group's lr is then
+``r * lr_0`` at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.optim import Optimizer
+
+_SCALED_LISTS = ("base_lrs", "max_lrs")
+_COPIED_LISTS = ("min_lrs", "lr_lambdas", "base_momentums", "max_momentums")
+_SCALED_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr")
+_COPIED_GROUP_KEYS = ("max_momentum", "base_momentum")
+
+
+def _set_entry(values: list[Any], index: int, value: Any) -> None:
+    if index < len(values):
+        values[index] = value
+    else:
+        values.extend([value] * (index + 1 - len(values)))
+
+
+def child_schedulers(scheduler: Any) -> list[Any]:
+    """The scheduler itself, or the schedulers that SequentialLR / ChainedScheduler wrap."""
+    children = getattr(scheduler, "_schedulers", None)
+    if not children:
+        return [scheduler]
+    return [leaf for child in children for leaf in child_schedulers(child)]
+
+
+def follow_group_zero(scheduler: Any, optimizer: Optimizer, index: int, ratio: float) -> None:
+    """Make param group ``index`` of ``optimizer`` follow group 0's schedule times ``ratio``."""
+    group, first = optimizer.param_groups[index], optimizer.param_groups[0]
+    for key in _SCALED_GROUP_KEYS:
+        if key in first:
+            group[key] = first[key] * ratio
+    for key in _COPIED_GROUP_KEYS:
+        if key in first:
+            group[key] = first[key]
+    for leaf in child_schedulers(scheduler):
+        for attr in _SCALED_LISTS:
+            values = getattr(leaf, attr, None)
+            if isinstance(values, list) and values:
+                _set_entry(values, index, values[0] * ratio)
+        for attr in _COPIED_LISTS:
+            values = getattr(leaf, attr, None)
+            if isinstance(values, list) and values:
+                _set_entry(values, index, values[0])
+        last = getattr(leaf, "_last_lr", None)
+        if isinstance(last, list):
+            _set_entry(last, index, group["lr"])
+
+
+def pad_to_groups(scheduler: Any, optimizer: Optimizer) -> None:
+    """Give per-group lists that checkpoints do not store one entry per param group.
+
+    ``LambdaLR`` and ``MultiplicativeLR`` leave plain functions out of their ``state_dict``, so a
+    resumed scheduler has fewer ``lr_lambdas`` than the restored optimizer has groups.
+    """
+    count = len(optimizer.param_groups)
+    for leaf in child_schedulers(scheduler):
+        values = getattr(leaf, "lr_lambdas", None)
+        if isinstance(values, list) and values and len(values) < count:
+            _set_entry(values, count - 1, values[0])
+
+
+def schedulers_of(schedulers: list[Any], optimizer: Any) -> list[Any]:
+    """The schedulers that drive ``optimizer`` (or the optimizer a DeepSpeed wrapper holds)."""
+    targets = (optimizer, getattr(optimizer, "optimizer", optimizer))
+    return [
+        scheduler
+        for scheduler in schedulers
+        if any(getattr(leaf, "optimizer", None) in targets for leaf in child_schedulers(scheduler))
+    ]

@@ -1,0 +1,57 @@
+"""A Lightning ``Trainer`` with Flash's ``finetune`` method."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.utilities import rank_zero_warn
+
+from finetune_strategies.finetuner import Finetuner
+from finetune_strategies.registry import StrategySpec
+
+
+class Trainer(pl.Trainer):
+    """``lightning.pytorch.Trainer`` plus :meth:`finetune`."""
+
+    def finetune(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | Any | None = None,
+        strategy: StrategySpec = "no_freeze",
+        train_bn: bool | None = None,
+        *,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        ckpt_path: str | None = None,
+        **strategy_options: Any,
+    ) -> None:
+        """Fit ``model`` with the fine-tuning ``strategy`` (any spec :func:`resolve_strategy` takes).
+
+        A fine-tuning callback already on the trainer is replaced, with a warning: two strategies
+        never run at once. ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``.
+        """
+        if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
+            if train_dataloaders is not None:
+                raise TypeError("Pass dataloaders either positionally or as train_dataloaders=, not both.")
+            datamodule, train_dataloaders = None, datamodule
+        callback = Finetuner(strategy, train_bn=train_bn, **strategy_options).callback
+        self._use_finetuning_callback(callback)
+        self.fit(
+            model,
+            train_dataloaders=train_dataloaders,
+            val_dataloaders=val_dataloaders,
+            datamodule=datamodule,
+            ckpt_path=ckpt_path,
+        )
+
+    def _use_finetuning_callback(self, callback: BaseFinetuning) -> None:
+        current = cast(list[pl.Callback], self.callbacks)  # type: ignore[has-type]
+        replaced = [c for c in current if isinstance(c, BaseFinetuning) and c is not callback]
+        if replaced:
+            rank_zero_warn(
+                f"Replacing fine-tuning callback(s) {[type(c).__name__ for c in replaced]} with "
+                f"{type(callback).__name__}: only one strategy runs at a time."
+            )
+        self.callbacks = [c for c in current if not isinstance(c, BaseFinetuning)] + [callback]
