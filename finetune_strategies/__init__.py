@@ -2,6 +2,7 @@
 
 from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, Phase, StrategyOptions
 from finetune_strategies.errors import (
+    ConfigurationError,
     FinetuningError,
     MissingModuleError,
     ScheduleError,
@@ -23,6 +24,7 @@ from finetune_strategies.trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigurationError",
     "Finetuner",
     "FinetuningError",
     "FinetuningStrategy",

@@ -33,7 +33,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from finetune_strategies.errors import FinetuningError, MissingModuleError, StrategySpecTypeError
+from finetune_strategies.errors import (
+    ConfigurationError,
+    MissingModuleError,
+    ScheduleError,
+    StrategySpecTypeError,
+)
 from finetune_strategies.schedulers import follow_group_zero, pad_to_groups, schedulers_of
 from finetune_strategies.validation import (
     check_bool,
@@ -171,8 +176,7 @@ class FinetuningStrategy(BaseFinetuning):
             modules = [found] if isinstance(found, nn.Module) else list(found)
             if not all(isinstance(m, nn.Module) for m in modules):
                 raise MissingModuleError(
-                    f"{type(pl_module).__name__}.modules_to_freeze() must return a module or modules, "
-                    f"got {found!r}."
+                    f"{type(pl_module).__name__}.modules_to_freeze() must return a module or modules, got {found!r}."
                 )
             return [(names.get(id(m), type(m).__name__), m) for m in modules]
         roots = []
@@ -232,9 +236,7 @@ class FinetuningStrategy(BaseFinetuning):
             group_lr = float(lr) if lr is not None else optimizer.param_groups[0]["lr"] / initial_denom_lr
             optimizer.add_param_group({"params": params, "lr": group_lr})
 
-    def unfreeze_and_extend_param_group(
-        self, modules: Modules, optimizer: Optimizer, train_bn: bool = True
-    ) -> None:
+    def unfreeze_and_extend_param_group(self, modules: Modules, optimizer: Optimizer, train_bn: bool = True) -> None:
         """Flash's helper. Flash appended to group 0, which breaks resume; here the parameters get a
         new group that always has group 0's learning rate."""
         self.unfreeze_and_add_param_group(modules, optimizer, initial_denom_lr=1.0, train_bn=train_bn)
@@ -244,19 +246,19 @@ class FinetuningStrategy(BaseFinetuning):
         self._reset()
         others = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning) and c is not self]  # type: ignore[attr-defined]
         if others:
-            raise FinetuningError(
+            raise ConfigurationError(
                 f"Two fine-tuning callbacks are attached: {type(self).__name__} and "
                 f"{', '.join(type(c).__name__ for c in others)}. Use one strategy per run."
             )
         if isinstance(trainer.strategy, DeepSpeedStrategy):
             if not self.preregister_groups:
-                raise FinetuningError(
+                raise ConfigurationError(
                     f"{type(self).__name__} adds optimizer param groups during training, which DeepSpeed "
                     "does not allow. Use the `*_deepspeed` strategy of the same name (or pass "
                     "preregister_groups=True)."
                 )
             if trainer.strategy.zero_stage_3:
-                raise FinetuningError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
+                raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
         self._trainer = trainer
         self._module_names = {id(m): n for n, m in pl_module.named_modules()}
         self.freeze_before_training(pl_module)
@@ -267,7 +269,7 @@ class FinetuningStrategy(BaseFinetuning):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._unwrap_configure_optimizers(pl_module)
         if not 0 <= self.optimizer_index < len(trainer.optimizers):
-            raise FinetuningError(
+            raise ScheduleError(
                 f"optimizer_index={self.optimizer_index}, but configure_optimizers returned "
                 f"{len(trainer.optimizers)} optimizer(s)."
             )
@@ -343,9 +345,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._grad_masks = {}
         self._original_configure_optimizers = None
 
-    def _call_finetune_function(
-        self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer
-    ) -> None:
+    def _call_finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         # Flash's signature has a fourth argument, the optimizer index.
         parameters = inspect.signature(self.finetune_function).parameters
         if len(parameters) >= 4:
@@ -371,9 +371,7 @@ class FinetuningStrategy(BaseFinetuning):
 
     def _start_phase(self, index: int, phase: Phase, optimizer: Optimizer) -> None:
         if not self.preregister_groups:
-            self.unfreeze_and_add_param_group(
-                phase.modules, optimizer, self.lr, self.initial_denom_lr, self.train_bn
-            )
+            self.unfreeze_and_add_param_group(phase.modules, optimizer, self.lr, self.initial_denom_lr, self.train_bn)
             self._started.add(index)
             return
         group_index = self._pending_groups[index]

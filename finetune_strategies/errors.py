@@ -25,3 +25,8 @@ class MissingModuleError(FinetuningError, AttributeError):
 
 class ScheduleError(FinetuningError, ValueError):
     """A schedule does not fit the model it is applied to (e.g. more layers than the backbone has)."""
+
+
+class ConfigurationError(FinetuningError, RuntimeError):
+    """The trainer setup cannot run the strategy (two strategies at once, DeepSpeed without a
+    ``*_deepspeed`` strategy, ZeRO stage 3, ...)."""

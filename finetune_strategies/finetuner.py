@@ -18,9 +18,7 @@ class Finetuner:
         3
     """
 
-    def __init__(
-        self, strategy: StrategySpec = "no_freeze", train_bn: bool | None = None, **options: Any
-    ) -> None:
+    def __init__(self, strategy: StrategySpec = "no_freeze", train_bn: bool | None = None, **options: Any) -> None:
         self.strategy = strategy
         self.callback: BaseFinetuning = resolve_strategy(strategy, train_bn=train_bn, **options)
 

@@ -48,9 +48,7 @@ def _param_module_layers(prefix: str, root: nn.Module) -> list[Layer]:
 def _flash_leaf_layers(prefix: str, root: nn.Module) -> list[Layer]:
     # Same predicate as BaseFinetuning.flatten_modules: leaves, and parents with direct parameters.
     return [
-        Layer(_qualified(prefix, n), (m,))
-        for n, m in root.named_modules()
-        if not list(m.children()) or m._parameters
+        Layer(_qualified(prefix, n), (m,)) for n, m in root.named_modules() if not list(m.children()) or m._parameters
     ]
 
 

@@ -68,9 +68,7 @@ class UnfreezeMilestones(FinetuningStrategy):
     ) -> None:
         super().__init__(**options)
         if not isinstance(milestones, (tuple, list)) or len(milestones) != 2:
-            raise StrategySpecTypeError(
-                f"`milestones` must be two epochs (e1, e2), e.g. (3, 8), got {milestones!r}."
-            )
+            raise StrategySpecTypeError(f"`milestones` must be two epochs (e1, e2), e.g. (3, 8), got {milestones!r}.")
         first, second = (check_epoch(f"milestones[{i}]", e) for i, e in enumerate(milestones))
         if first >= second:
             raise StrategySpecError(f"milestones must satisfy e1 < e2, got ({first}, {second}).")
@@ -82,14 +80,9 @@ class UnfreezeMilestones(FinetuningStrategy):
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
-        if (
-            not isinstance(metadata, (tuple, list))
-            or len(metadata) != 2
-            or not isinstance(metadata[0], (tuple, list))
-        ):
+        if not isinstance(metadata, (tuple, list)) or len(metadata) != 2 or not isinstance(metadata[0], (tuple, list)):
             raise StrategySpecTypeError(
-                f"unfreeze_milestones takes ((e1, e2), num_layers), e.g. {cls.metadata_example}, "
-                f"got {metadata!r}."
+                f"unfreeze_milestones takes ((e1, e2), num_layers), e.g. {cls.metadata_example}, got {metadata!r}."
             )
         return {"milestones": tuple(metadata[0]), "num_layers": metadata[1]}
 

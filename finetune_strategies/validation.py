@@ -11,9 +11,7 @@ from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
 def check_bool(name: str, value: Any) -> bool:
     """Return ``value`` if it is a real bool; ints and strings are rejected."""
     if not isinstance(value, bool):
-        raise StrategySpecTypeError(
-            f"`{name}` must be True or False, got {value!r} ({type(value).__name__})."
-        )
+        raise StrategySpecTypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
     return value
 
 

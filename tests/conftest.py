@@ -19,9 +19,7 @@ class TinyClassifier(pl.LightningModule):
     def __init__(self, lr: float = 0.1, optimizer: str = "sgd", scheduler: Any = None) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = nn.Sequential(
-            nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU()
-        )
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.ReLU())
         self.head = nn.Linear(8, 2)
         self.lr = lr
         self.optimizer_name = optimizer
@@ -32,7 +30,9 @@ class TinyClassifier(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
@@ -46,8 +46,10 @@ class TinyClassifier(pl.LightningModule):
             optimizer = torch.optim.SGD(params, lr=self.lr, momentum=0.9)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss_epoch"}}
+        config = self.scheduler_factory(optimizer)  # a scheduler, or a Lightning scheduler dict
+        if not isinstance(config, dict):
+            config = {"scheduler": config}
+        return {"optimizer": optimizer, "lr_scheduler": {"monitor": "train_loss", **config}}
 
 
 def make_data(n: int = 32, seed: int = 0) -> TensorDataset:
