@@ -11,6 +11,7 @@ from finetune_strategies.errors import (
 )
 from finetune_strategies.finetuner import Finetuner
 from finetune_strategies.layers import Layer, LayerUnit, list_layers
+from finetune_strategies.monitor import EpochRecord, TrainableMonitor
 from finetune_strategies.registry import (
     StrategySpec,
     available_strategies,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "EpochRecord",
     "Finetuner",
     "FinetuningError",
     "FinetuningStrategy",
@@ -41,6 +43,7 @@ __all__ = [
     "StrategySpec",
     "StrategySpecError",
     "StrategySpecTypeError",
+    "TrainableMonitor",
     "Trainer",
     "UnfreezeMilestones",
     "__version__",
