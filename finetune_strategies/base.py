@@ -335,6 +335,7 @@ class FinetuningStrategy(BaseFinetuning):
 
     # ------------------------------------------------------------------ internals
     def _reset(self) -> None:
+        self._internal_optimizer_metadata = {}
         self._trainer = None
         self._phases = []
         self._module_names = {}

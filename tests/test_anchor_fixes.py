@@ -53,22 +53,46 @@ def fit_with_checkpoints(
     return model
 
 
-def test_resume_after_unfreeze_matches_uninterrupted_run(tmp_path: Path) -> None:
-    full = fit_with_checkpoints(tmp_path, FreezeUnfreeze(1), epochs=4)
+RESUMABLE = {
+    "freeze_unfreeze": (("freeze_unfreeze", 1), 2),
+    "freeze_unfreeze_deepspeed": (("freeze_unfreeze_deepspeed", 1), 2),
+    "unfreeze_milestones": (("unfreeze_milestones", ((1, 3), 1)), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMABLE))
+def test_resume_after_unfreeze_matches_uninterrupted_run(tmp_path: Path, name: str) -> None:
+    spec, groups = RESUMABLE[name]
+    full = fit_with_checkpoints(tmp_path, Finetuner(spec).callback, epochs=5)
     full_optimizer = full.trainer.optimizers[0].state_dict()
 
     resumed, rec = TinyClassifier(scheduler=lambda_schedule), Recorder()
-    trainer = make_trainer(4, callbacks=[rec])
-    trainer.finetune(resumed, loader(), strategy=("freeze_unfreeze", 1), ckpt_path=tmp_path / "epoch=1.ckpt")
+    trainer = make_trainer(5, callbacks=[rec])
+    trainer.finetune(resumed, loader(), strategy=spec, ckpt_path=tmp_path / "epoch=1.ckpt")
 
-    assert all(rec.requires_grad[0].values()), "the backbone must be trainable again after resume"
-    assert len(rec.groups[0]) == 2, "each param group restored exactly once"
+    trainable = {n for n, flag in rec.requires_grad[0].items() if flag}
+    assert {"backbone.3.weight", "backbone.3.bias"} <= trainable, "unfrozen modules must train again after resume"
+    assert len(rec.groups[0]) == groups, "each param group restored exactly once"
     resumed_optimizer = trainer.optimizers[0].state_dict()
     assert resumed_optimizer["param_groups"] == full_optimizer["param_groups"]
+    assert full_optimizer["state"].keys() == resumed_optimizer["state"].keys()
     for key, state in full_optimizer["state"].items():
         assert torch.equal(state["momentum_buffer"], resumed_optimizer["state"][key]["momentum_buffer"])
-    for name, tensor in full.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    for tensor_name, tensor in full.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[tensor_name]), tensor_name
+
+
+def test_checkpoint_records_the_unfreeze(tmp_path: Path) -> None:
+    fit_with_checkpoints(tmp_path, Finetuner(("unfreeze_milestones_deepspeed", ((1, 3), 1))).callback, epochs=2)
+    before, after = (torch.load(tmp_path / f"epoch={e}.ckpt", weights_only=False) for e in (0, 1))
+    (state_before,) = (v for k, v in before["callbacks"].items() if k.startswith("UnfreezeMilestones"))
+    (state_after,) = (v for k, v in after["callbacks"].items() if k.startswith("UnfreezeMilestones"))
+    assert state_before["started_phases"] == []
+    assert state_after["started_phases"] == [0]
+    assert state_after["unfrozen_modules"] == [["backbone.3", True]]
+    # DeepSpeed-style groups never change the optimizer's shape: 3 groups in both checkpoints.
+    assert len(before["optimizer_states"][0]["param_groups"]) == len(after["optimizer_states"][0]["param_groups"]) == 3
+    assert [g["lr"] for g in after["optimizer_states"][0]["param_groups"]][1:] == [pytest.approx(0.01 * 0.9**2), 0.0]
 
 
 def test_anchor_resume_leaves_backbone_frozen(tmp_path: Path) -> None:
