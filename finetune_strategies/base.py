@@ -39,12 +39,14 @@ from finetune_strategies.errors import (
     ScheduleError,
     StrategySpecTypeError,
 )
+from finetune_strategies.feature_cache import CacheStats, FeatureCache, check_deterministic, check_frozen
 from finetune_strategies.schedulers import follow_group_zero, pad_to_groups, schedulers_of
 from finetune_strategies.validation import (
     check_bool,
     check_names,
     check_non_negative_int,
     check_positive_float,
+    check_positive_int,
 )
 
 Modules = nn.Module | Iterable[Any]
@@ -60,6 +62,8 @@ class StrategyOptions(TypedDict, total=False):
     initial_denom_lr: float
     optimizer_index: int
     preregister_groups: bool
+    cache_features: bool
+    cache_max_bytes: int
 
 
 class Phase(NamedTuple):
@@ -106,6 +110,12 @@ class FinetuningStrategy(BaseFinetuning):
             instead of adding groups when phases start. Needed by DeepSpeed, whose optimizer cannot
             take new groups. Under DeepSpeed the pending parameters keep ``requires_grad=True`` and
             their gradients are zeroed until their phase starts.
+        cache_features: Until the first phase starts, compute each training sample's features
+            once and reuse them in later epochs (see :mod:`finetune_strategies.feature_cache`).
+            Needs the frozen modules fully frozen (``train_bn=False``), BatchNorm in eval mode
+            (``bn_eval=True``), no active dropout and a deterministic training transform; refuses
+            otherwise. The cache is dropped when the first phase starts.
+        cache_max_bytes: Memory bound of the feature cache (default 2 GiB).
     """
 
     metadata_example: ClassVar[str] = ""
@@ -120,6 +130,9 @@ class FinetuningStrategy(BaseFinetuning):
     _pending_groups: dict[int, int]  # phase index -> param group index (preregister_groups)
     _grad_masks: dict[int, list[RemovableHandle]]
     _original_configure_optimizers: Callable[[], Any] | None
+    _caches: dict[str, FeatureCache]
+    cache_stats: dict[str, CacheStats]
+    """Per frozen module, what its feature cache held and served (filled when a cache is dropped)."""
 
     def __init__(
         self,
@@ -131,6 +144,8 @@ class FinetuningStrategy(BaseFinetuning):
         initial_denom_lr: float = 10.0,
         optimizer_index: int = 0,
         preregister_groups: bool = False,
+        cache_features: bool = False,
+        cache_max_bytes: int = 2**31,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -140,6 +155,8 @@ class FinetuningStrategy(BaseFinetuning):
         self.initial_denom_lr = check_positive_float("initial_denom_lr", initial_denom_lr)
         self.optimizer_index = check_non_negative_int("optimizer_index", optimizer_index)
         self.preregister_groups = check_bool("preregister_groups", preregister_groups)
+        self.cache_features = check_bool("cache_features", cache_features)
+        self.cache_max_bytes = check_positive_int("cache_max_bytes", cache_max_bytes)
         self._reset()
 
     @classmethod
@@ -296,6 +313,8 @@ class FinetuningStrategy(BaseFinetuning):
         self._call_finetune_function(pl_module, trainer.current_epoch, optimizer)
         for index in range(count, len(optimizer.param_groups)):
             self._follow_group_zero(trainer, optimizer, index)
+        if self.cache_features:
+            self._update_caches(pl_module)
         if not self.preregister_groups:  # remember the groups by parameter name, for resume
             names = {id(p): n for n, p in pl_module.named_parameters()}
             self._internal_optimizer_metadata[self.optimizer_index] = [
@@ -312,9 +331,21 @@ class FinetuningStrategy(BaseFinetuning):
         for module in self._eval_bn:
             if module.training:
                 module.eval()
+        for name, cache in self._caches.items():
+            if not cache.checked:  # after the BatchNorm layers were put in eval mode above
+                check_deterministic(name, cache.module)
+                cache.checked = True
+            cache.active = True
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        for cache in self._caches.values():
+            cache.active = False  # validation and prediction always run the module
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._unwrap_configure_optimizers(pl_module)
+        self._drop_caches()
         for handle in self._grad_masks.values():
             for h in handle:
                 h.remove()
@@ -345,6 +376,8 @@ class FinetuningStrategy(BaseFinetuning):
         self._pending_groups = {}
         self._grad_masks = {}
         self._original_configure_optimizers = None
+        self._caches = {}
+        self.cache_stats = {}
 
     def _call_finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         # Flash's signature has a fourth argument, the optimizer index.
@@ -392,6 +425,24 @@ class FinetuningStrategy(BaseFinetuning):
         ratio = lr / reference if reference > 0 else 1.0 / self.initial_denom_lr
         for scheduler in schedulers_of([c.scheduler for c in trainer.lr_scheduler_configs], optimizer):
             follow_group_zero(scheduler, optimizer, index, ratio)
+
+    # --- feature cache ---
+    def _update_caches(self, pl_module: pl.LightningModule) -> None:
+        if self._started:
+            self._drop_caches()
+            return
+        for cache in self._caches.values():
+            cache.strict = True  # a later epoch: every input must have been seen before
+            cache.checked = False
+        for name, module in self.find_modules_to_freeze(pl_module):
+            check_frozen(name, module)
+            if name not in self._caches:
+                self._caches[name] = FeatureCache(name, module, self.cache_max_bytes)
+
+    def _drop_caches(self) -> None:
+        for name, cache in self._caches.items():
+            self.cache_stats[name] = cache.close()
+        self._caches = {}
 
     # --- pre-registered groups (DeepSpeed) ---
     def _wrap_configure_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
