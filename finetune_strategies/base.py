@@ -179,9 +179,9 @@ class FinetuningStrategy(BaseFinetuning):
                 self._eval_bn.update(m for m in module.modules() if isinstance(m, _BatchNorm))
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Start every phase scheduled for ``epoch``."""
+        """Start every phase scheduled for ``epoch`` that has not started (a mid-epoch resume has)."""
         for index, phase in enumerate(self._phases):
-            if phase.epoch == epoch:
+            if phase.epoch == epoch and index not in self._started:
                 self._start_phase(index, phase, optimizer)
 
     def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:

@@ -289,3 +289,31 @@ def test_unfrozen_params_go_to_exactly_one_optimizer(index: int) -> None:
 def test_optimizer_index_out_of_range() -> None:
     with pytest.raises(ValueError, match=r"optimizer_index=3, but configure_optimizers returned 1"):
         make_trainer(1).finetune(TinyClassifier(), loader(), strategy="freeze", optimizer_index=3)
+
+
+@pytest.mark.parametrize("strategy", ["freeze_unfreeze", "freeze_unfreeze_deepspeed"])
+def test_mid_epoch_resume_keeps_the_scheduled_lr(tmp_path: Path, strategy: str) -> None:
+    """A checkpoint inside the unfreeze epoch restores the unfrozen group with its scheduled lr."""
+
+    def per_step(optimizer: torch.optim.Optimizer) -> Any:
+        return {"scheduler": lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step), "interval": "step"}
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1, filename="{step}")
+    trainer = make_trainer(2, callbacks=[checkpoints], enable_checkpointing=True)
+    trainer.finetune(TinyClassifier(scheduler=per_step), loader(), strategy=(strategy, 1), lr=0.05)
+    saved = torch.load(tmp_path / "step=6.ckpt", weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert saved[1]["lr"] == pytest.approx(0.05 * 0.5**2), "unfrozen at step 4 with lr 0.05, then two steps"
+
+    class CaptureLrs(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            self.lrs = getattr(self, "lrs", None) or [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+    capture = CaptureLrs()
+    make_trainer(2, callbacks=[capture]).finetune(
+        TinyClassifier(scheduler=per_step),
+        loader(),
+        strategy=(strategy, 1),
+        lr=0.05,
+        ckpt_path=tmp_path / "step=6.ckpt",
+    )
+    assert capture.lrs == pytest.approx([g["lr"] for g in saved])
