@@ -25,3 +25,15 @@ class MissingModuleError(FinetuningError, AttributeError):
 
 class ScheduleError(FinetuningError, ValueError):
     """A schedule does not fit the model it is applied to (e.g. more layers than the backbone has)."""
+
+
+class TransferConfigError(FinetuningError, ValueError):
+    """A transfer-learning config is malformed or does not fit the model and data it is run with."""
+
+
+class WeightMatchError(FinetuningError, ValueError):
+    """Pretrained weights cannot be read, or do not match the model they are loaded into."""
+
+
+class StageError(FinetuningError, RuntimeError):
+    """A transfer-learning stage could not run or did not finish."""
