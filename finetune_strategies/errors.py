@@ -30,3 +30,15 @@ class ScheduleError(FinetuningError, ValueError):
 class ConfigurationError(FinetuningError, RuntimeError):
     """The trainer setup cannot run the strategy (two strategies at once, DeepSpeed without a
     ``*_deepspeed`` strategy, ZeRO stage 3, ...)."""
+
+
+class TransferConfigError(FinetuningError, ValueError):
+    """A transfer-learning config is malformed or does not fit the model and data it is run with."""
+
+
+class WeightMatchError(FinetuningError, ValueError):
+    """Pretrained weights cannot be read, or do not match the model they are loaded into."""
+
+
+class StageError(FinetuningError, RuntimeError):
+    """A transfer-learning stage could not run or did not finish."""
