@@ -8,20 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import QUIET_TRAINER
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-BASE_TRAINER: dict[str, Any] = {
-    "accelerator": "cpu",
-    "devices": 1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-    "deterministic": True,
-    "max_epochs": 2,
-}
+BASE_TRAINER: dict[str, Any] = {**QUIET_TRAINER, "max_epochs": 2}
 
 
 class TinyRegressor(pl.LightningModule):

@@ -63,19 +63,21 @@ def loader(n: int = 32, batch_size: int = 8) -> DataLoader:
     return DataLoader(make_data(n), batch_size=batch_size, shuffle=False)
 
 
+QUIET_TRAINER: dict[str, Any] = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "deterministic": True,
+    "num_sanity_val_steps": 0,
+}
+"""Trainer arguments for fast, silent, deterministic CPU test runs."""
+
+
 def make_trainer(max_epochs: int, **kwargs: Any) -> Trainer:
-    defaults: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "deterministic": True,
-        "num_sanity_val_steps": 0,
-    }
-    defaults.update(kwargs)
-    return Trainer(max_epochs=max_epochs, **defaults)
+    return Trainer(max_epochs=max_epochs, **{**QUIET_TRAINER, **kwargs})
 
 
 class Recorder(pl.Callback):
