@@ -68,7 +68,9 @@ def sync_ddp(trainer: pl.Trainer, *, stale: bool = False) -> bool:
 def rewrap(strategy: DDPStrategy, ddp: DistributedDataParallel) -> DistributedDataParallel:
     """Replace ``ddp`` on ``strategy`` by a new DDP module over the same LightningModule."""
     if not any(p.requires_grad for p in ddp.module.parameters()):
-        raise FinetuningError("Nothing is trainable: DistributedDataParallel needs at least one trainable parameter.")
+        raise FinetuningError(
+            "Nothing is trainable: DistributedDataParallel needs at least one trainable parameter."
+        )
     _detach(ddp)
     new = strategy._setup_model(ddp.module)
     strategy.model = new
@@ -79,7 +81,7 @@ def rewrap(strategy: DDPStrategy, ddp: DistributedDataParallel) -> DistributedDa
 
 def _detach(ddp: DistributedDataParallel) -> None:
     """Stop ``ddp`` from reducing gradients: drop its reducer's and its Python autograd hooks."""
-    ddp._remove_autograd_hooks()
+    ddp._remove_autograd_hooks()  # type: ignore[no-untyped-call]
     for handle in getattr(ddp, "_accum_grad_hooks", []):
         handle.remove()
     _registered.pop(ddp, None)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ddp_helpers import EPOCHS, GLOBAL_BATCH, WORLD, Dump, Net, Data, make_callback, make_trainer
+from ddp_helpers import EPOCHS, GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finetune_strategies import distributed
@@ -31,16 +31,18 @@ def fit(out: Path, name: str, callback_name: str, strategy: str = "ddp", **kwarg
 def resume(out: Path, name: str, sync_on_resume: bool) -> None:
     """Stop after the unfreeze epoch with a checkpoint, then resume in a new fit for the last epoch."""
     ckpt_dir = out / f"{name}_ckpt"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
     first = make_trainer(2, devices=WORLD, strategy="ddp", enable_checkpointing=True, callbacks=[checkpoint])
     first.finetune(Net(), Data(PER_RANK), strategy=make_callback("freeze_unfreeze"))
     original = distributed.sync_ddp
     if not sync_on_resume:  # the resumed fit runs without our DDP fix: the test's power check
         distributed.sync_ddp = lambda trainer, stale=False: False  # type: ignore[assignment]
     try:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
         callbacks = [Dump(out / name), checkpoint]
-        second = make_trainer(EPOCHS, devices=WORLD, strategy="ddp", enable_checkpointing=True, callbacks=callbacks)
+        second = make_trainer(
+            EPOCHS, devices=WORLD, strategy="ddp", enable_checkpointing=True, callbacks=callbacks
+        )
         second.finetune(Net(), Data(PER_RANK), strategy=make_callback("freeze_unfreeze"), ckpt_path="last")
     finally:
         distributed.sync_ddp = original
@@ -51,7 +53,9 @@ SCENARIOS = {
     "freeze": lambda out: fit(out, "freeze", "freeze"),
     "freeze_unfreeze": lambda out: fit(out, "freeze_unfreeze", "freeze_unfreeze"),
     "unfreeze_milestones": lambda out: fit(out, "unfreeze_milestones", "unfreeze_milestones"),
-    "freeze_unfreeze_deepspeed": lambda out: fit(out, "freeze_unfreeze_deepspeed", "freeze_unfreeze_deepspeed"),
+    "freeze_unfreeze_deepspeed": lambda out: fit(
+        out, "freeze_unfreeze_deepspeed", "freeze_unfreeze_deepspeed"
+    ),
     "unfreeze_milestones_deepspeed": lambda out: fit(
         out, "unfreeze_milestones_deepspeed", "unfreeze_milestones_deepspeed"
     ),

@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import EPOCHS, GLOBAL_BATCH, Dump, Net, load_ranks, Data, make_callback, make_trainer, subprocess_env
+from ddp_helpers import (
+    EPOCHS,
+    GLOBAL_BATCH,
+    Data,
+    Dump,
+    Net,
+    load_ranks,
+    make_callback,
+    make_trainer,
+    subprocess_env,
+)
 
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
 OURS = [
@@ -63,19 +73,22 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def cross_rank_diffs(ranks: list[dict[str, Any]]) -> list[float]:
     first, second = ranks
     assert len(first["epochs"]) == len(second["epochs"])
-    return [max_diff(a, b) for a, b in zip(first["epochs"], second["epochs"])]
+    return [max_diff(a, b) for a, b in zip(first["epochs"], second["epochs"], strict=True)]
 
 
 def optimizer_diff(ranks: list[dict[str, Any]]) -> float:
     states = [r["optimizer"]["state"] for r in ranks]
     assert states[0].keys() == states[1].keys()
     return max(
-        (states[0][i]["momentum_buffer"] - states[1][i]["momentum_buffer"]).abs().max().item() for i in states[0]
+        (states[0][i]["momentum_buffer"] - states[1][i]["momentum_buffer"]).abs().max().item()
+        for i in states[0]
     )
 
 
 @pytest.mark.parametrize("scenario", OURS)
-def test_every_parameter_and_buffer_identical_on_all_ranks_after_each_epoch(runs: Path, scenario: str) -> None:
+def test_every_parameter_and_buffer_identical_on_all_ranks_after_each_epoch(
+    runs: Path, scenario: str
+) -> None:
     ranks = load_ranks(runs / scenario)
     assert len(ranks[0]["epochs"]) == EPOCHS
     assert cross_rank_diffs(ranks) == [0.0] * EPOCHS
@@ -108,7 +121,9 @@ def test_plain_lightning_base_finetuning_diverges_under_the_same_setup(
     assert min(diffs[1:]) > 1e-3, diffs  # after the unfreeze the backbone drifts per rank
     assert max_diff(ranks[0]["final"], single["anchor"]["final"]) > 1e-3
     frozen_epoch_head = {k: v for k, v in ranks[0]["epochs"][0].items() if k.startswith("head")}
-    ours_epoch_head = {k: v for k, v in load_ranks(runs / "freeze_unfreeze")[0]["epochs"][0].items() if k.startswith("head")}
+    ours_epoch_head = {
+        k: v for k, v in load_ranks(runs / "freeze_unfreeze")[0]["epochs"][0].items() if k.startswith("head")
+    }
     assert max_diff(frozen_epoch_head, ours_epoch_head) == 0.0  # same run until the unfreeze
 
 
