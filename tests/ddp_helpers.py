@@ -59,12 +59,13 @@ class Data(pl.LightningDataModule):
     """The samples in order. Under DDP rank ``r`` takes samples ``r, r + WORLD, ...`` (Lightning's own
     training sampler would shuffle), so a global step sees the same samples as a single process."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, samples: int = SAMPLES) -> None:
         super().__init__()
         self.batch_size = batch_size
+        self.samples = samples
 
     def train_dataloader(self) -> DataLoader:
-        dataset = data()
+        dataset = data(self.samples)
         world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = (
             DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
