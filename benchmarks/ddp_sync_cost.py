@@ -150,9 +150,8 @@ def main() -> None:
             rewrap += rewraps
     if dist.get_rank() == 0:
         print(f"backbone {DEPTH}x Linear({WIDTH}, {WIDTH}), batch {BATCH} per rank, 2 CPU ranks over gloo")
-        print(
-            f"median of {ROUNDS} interleaved rounds; one re-wrap took {statistics.median(rewrap) * 1e3:.1f} ms"
-        )
+        took = statistics.median(rewrap) * 1e3
+        print(f"median of {ROUNDS} interleaved rounds; one re-wrap took {took:.1f} ms")
         print("| mechanism | step, backbone frozen (ms) | step, after the unfreeze (ms) | max rank drift |")
         print("| --- | --- | --- | --- |")
         for m in mechanisms:
