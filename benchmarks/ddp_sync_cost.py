@@ -36,9 +36,7 @@ class Model(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = nn.Sequential(
-            *[nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(DEPTH)]
-        )
+        self.backbone = nn.Sequential(*[nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(DEPTH)])
         self.head = nn.Linear(WIDTH, 10)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -76,9 +74,7 @@ class AllReduceExtra(pl.Callback):
         assert isinstance(trainer.strategy.model, DistributedDataParallel)
         self.registered = trainable_parameter_ids(trainer.strategy.model)
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
-    ) -> None:
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         grads = [
             p.grad
             for p in pl_module.parameters()

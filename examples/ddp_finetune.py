@@ -29,9 +29,7 @@ from finetune_strategies import Trainer
 class Classifier(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU()
-        )
+        self.backbone = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
         self.head = nn.Linear(32, 3)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

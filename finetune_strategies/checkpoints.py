@@ -114,9 +114,7 @@ def guard_resume(trainer: pl.Trainer) -> None:
         except FinetuningError:
             raise
         except Exception as exc:
-            raise CheckpointError(
-                f"Could not load checkpoint {checkpoint_path}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise CheckpointError(f"Could not load checkpoint {checkpoint_path}: {type(exc).__name__}: {exc}") from exc
         loaded = getattr(connector, "_loaded_checkpoint", None)
         if checkpoint_path and loaded and trainer.state.fn == TrainerFn.FITTING:
             check_contents(trainer, checkpoint_path, loaded)

@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from finetune_strategies.errors import FinetuningError
+from finetune_strategies.errors import ConfigurationError
 
 # The parameters (by id) each DDP module registered with its reducer, as far as we know.
 _registered: weakref.WeakKeyDictionary[DistributedDataParallel, frozenset[int]] = weakref.WeakKeyDictionary()
@@ -31,9 +31,7 @@ _registered: weakref.WeakKeyDictionary[DistributedDataParallel, frozenset[int]] 
 def trainable_parameter_ids(ddp: DistributedDataParallel) -> frozenset[int]:
     """Ids of the parameters that ``ddp`` would register if it were built now."""
     ignored = ddp.parameters_to_ignore
-    return frozenset(
-        id(p) for name, p in ddp.module.named_parameters() if p.requires_grad and name not in ignored
-    )
+    return frozenset(id(p) for name, p in ddp.module.named_parameters() if p.requires_grad and name not in ignored)
 
 
 def sync_ddp(trainer: pl.Trainer, *, stale: bool = False) -> bool:
@@ -56,7 +54,7 @@ def sync_ddp(trainer: pl.Trainer, *, stale: bool = False) -> bool:
     if known == now:
         return False
     if not isinstance(strategy, DDPStrategy):
-        raise FinetuningError(
+        raise ConfigurationError(
             f"The trainable parameters changed under {type(strategy).__name__}, which wraps the model in "
             "DistributedDataParallel but cannot rebuild the wrapper. Use strategy='ddp' (or 'ddp_spawn', "
             "'ddp_find_unused_parameters_true') so that unfrozen parameters are all-reduced."
@@ -68,7 +66,7 @@ def sync_ddp(trainer: pl.Trainer, *, stale: bool = False) -> bool:
 def rewrap(strategy: DDPStrategy, ddp: DistributedDataParallel) -> DistributedDataParallel:
     """Replace ``ddp`` on ``strategy`` by a new DDP module over the same LightningModule."""
     if not any(p.requires_grad for p in ddp.module.parameters()):
-        raise FinetuningError(
+        raise ConfigurationError(
             "Nothing is trainable: DistributedDataParallel needs at least one trainable parameter."
         )
     _detach(ddp)

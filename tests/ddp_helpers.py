@@ -67,9 +67,7 @@ class Data(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = data(self.samples)
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = (
-            DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-        )
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
 

@@ -40,9 +40,7 @@ def resume(out: Path, name: str, sync_on_resume: bool) -> None:
     try:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
         callbacks = [Dump(out / name), checkpoint]
-        second = make_trainer(
-            EPOCHS, devices=WORLD, strategy="ddp", enable_checkpointing=True, callbacks=callbacks
-        )
+        second = make_trainer(EPOCHS, devices=WORLD, strategy="ddp", enable_checkpointing=True, callbacks=callbacks)
         second.finetune(Net(), Data(PER_RANK), strategy=make_callback("freeze_unfreeze"), ckpt_path="last")
     finally:
         distributed.sync_ddp = original
@@ -53,16 +51,12 @@ SCENARIOS = {
     "freeze": lambda out: fit(out, "freeze", "freeze"),
     "freeze_unfreeze": lambda out: fit(out, "freeze_unfreeze", "freeze_unfreeze"),
     "unfreeze_milestones": lambda out: fit(out, "unfreeze_milestones", "unfreeze_milestones"),
-    "freeze_unfreeze_deepspeed": lambda out: fit(
-        out, "freeze_unfreeze_deepspeed", "freeze_unfreeze_deepspeed"
-    ),
+    "freeze_unfreeze_deepspeed": lambda out: fit(out, "freeze_unfreeze_deepspeed", "freeze_unfreeze_deepspeed"),
     "unfreeze_milestones_deepspeed": lambda out: fit(
         out, "unfreeze_milestones_deepspeed", "unfreeze_milestones_deepspeed"
     ),
     "user_subclass": lambda out: fit(out, "user_subclass", "user_subclass"),
-    "find_unused": lambda out: fit(
-        out, "find_unused", "freeze_unfreeze", strategy="ddp_find_unused_parameters_true"
-    ),
+    "find_unused": lambda out: fit(out, "find_unused", "freeze_unfreeze", strategy="ddp_find_unused_parameters_true"),
     "accumulate": lambda out: fit(
         out, "accumulate", "freeze_unfreeze", batch_size=PER_RANK // 2, accumulate_grad_batches=2
     ),

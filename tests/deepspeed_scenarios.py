@@ -3,7 +3,8 @@
     python tests/deepspeed_scenarios.py OUTDIR
 
 With a GPU per rank Lightning's own ``DeepSpeedStrategy`` runs; elsewhere ``CPUDeepSpeedStrategy``
-(DeepSpeed's CPU accelerator over gloo; the test sets ``DS_ACCELERATOR=cpu`` then). Writes ``OUTDIR/<scenario>.rank<r>.pt``.
+(DeepSpeed's CPU accelerator over gloo; the test sets ``DS_ACCELERATOR=cpu`` then).
+Writes ``OUTDIR/<scenario>.rank<r>.pt``.
 """
 
 from __future__ import annotations

@@ -14,9 +14,7 @@ from finetune_strategies import CheckpointError, ResumeMismatchError
 from finetune_strategies.checkpoints import check_file
 
 
-def train(
-    directory: Path, strategy: object = ("freeze_unfreeze", 1), epochs: int = 2, **checkpoint: bool
-) -> Path:
+def train(directory: Path, strategy: object = ("freeze_unfreeze", 1), epochs: int = 2, **checkpoint: bool) -> Path:
     """A real 2-epoch run that leaves ``last.ckpt`` in ``directory``; returns its path."""
     callback = ModelCheckpoint(dirpath=directory, save_last=True, **checkpoint)
     trainer = make_trainer(epochs, enable_checkpointing=True, callbacks=[callback])
@@ -24,9 +22,7 @@ def train(
     return directory / "last.ckpt"
 
 
-def resume(
-    directory: Path, strategy: object = ("freeze_unfreeze", 1), ckpt_path: str = "last"
-) -> TinyClassifier:
+def resume(directory: Path, strategy: object = ("freeze_unfreeze", 1), ckpt_path: str = "last") -> TinyClassifier:
     callback = ModelCheckpoint(dirpath=directory, save_last=True)
     trainer = make_trainer(3, enable_checkpointing=True, callbacks=[callback])
     model = TinyClassifier()

@@ -80,15 +80,12 @@ def optimizer_diff(ranks: list[dict[str, Any]]) -> float:
     states = [r["optimizer"]["state"] for r in ranks]
     assert states[0].keys() == states[1].keys()
     return max(
-        (states[0][i]["momentum_buffer"] - states[1][i]["momentum_buffer"]).abs().max().item()
-        for i in states[0]
+        (states[0][i]["momentum_buffer"] - states[1][i]["momentum_buffer"]).abs().max().item() for i in states[0]
     )
 
 
 @pytest.mark.parametrize("scenario", OURS)
-def test_every_parameter_and_buffer_identical_on_all_ranks_after_each_epoch(
-    runs: Path, scenario: str
-) -> None:
+def test_every_parameter_and_buffer_identical_on_all_ranks_after_each_epoch(runs: Path, scenario: str) -> None:
     ranks = load_ranks(runs / scenario)
     assert len(ranks[0]["epochs"]) == EPOCHS
     assert cross_rank_diffs(ranks) == [0.0] * EPOCHS

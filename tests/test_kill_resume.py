@@ -60,9 +60,7 @@ def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
 
 
 @pytest.mark.parametrize(("mode", "world"), [("single", 1), ("ddp", 2)])
-def test_sigkill_after_unfreeze_then_resume_last_is_bitwise_identical(
-    tmp_path: Path, mode: str, world: int
-) -> None:
+def test_sigkill_after_unfreeze_then_resume_last_is_bitwise_identical(tmp_path: Path, mode: str, world: int) -> None:
     kill_when_ready(launch(mode, "killed", str(tmp_path)), tmp_path / "ready")
     last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 1  # the checkpoint left behind is the unfreeze epoch's
