@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
 from finetune_strategies.base import FinetuningStrategy
@@ -62,7 +63,9 @@ def check_file(path: str | Path) -> None:
 
 def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Raise if ``checkpoint`` cannot resume this fit: missing training state or another strategy."""
-    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    # DeepSpeed loads weights and optimizer states into its engine and returns the rest
+    required = RESUME_KEYS[2:] if isinstance(trainer.strategy, DeepSpeedStrategy) else RESUME_KEYS
+    missing = [key for key in required if key not in checkpoint]
     if missing:
         raise CheckpointError(
             f"Checkpoint {path} cannot resume training: it has no {', '.join(missing)} (was it saved with "
