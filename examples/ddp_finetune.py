@@ -76,6 +76,8 @@ def main(out: Path) -> None:
     trainable = all(p.requires_grad for p in model.parameters())
     rank = trainer.global_rank
     print(f"rank {rank}: max difference from rank 0 = {worst}; everything trainable: {trainable}")
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 
 
 if __name__ == "__main__":

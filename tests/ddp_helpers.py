@@ -147,6 +147,13 @@ def load_ranks(path: Path) -> list[dict[str, Any]]:
     return [torch.load(path.with_name(f"{path.name}.rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 
+def shutdown() -> None:
+    """End the process group before exit: a gloo group torn down at interpreter exit can abort."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def subprocess_env() -> dict[str, str]:
     """The environment for a launched script: this checkout first on the path, one thread a rank."""
     root = str(Path(__file__).resolve().parents[1])

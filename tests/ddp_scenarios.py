@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ddp_helpers import EPOCHS, GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer
+from ddp_helpers import EPOCHS, GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finetune_strategies import distributed
@@ -71,6 +71,7 @@ def main(argv: list[str]) -> None:
     names = list(SCENARIOS) if argv[1:] == ["all"] else argv[1:]
     for name in names:
         SCENARIOS[name](out)
+    shutdown()
 
 
 if __name__ == "__main__":

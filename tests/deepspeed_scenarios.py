@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
-from ddp_helpers import WORLD, Data, Dump, Net, make_callback, make_trainer
+from ddp_helpers import WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
 from deepspeed_cpu import deepspeed_strategy
 
 SCENARIOS = {
@@ -34,6 +34,7 @@ def main(out: Path) -> None:
         engine = type(trainer.strategy.model).__name__
         optimizer = type(trainer.optimizers[0]).__name__
         torch.save({"engine": engine, "optimizer": optimizer}, out / f"{name}.engine.rank{trainer.global_rank}.pt")
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from ddp_helpers import GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer
+from ddp_helpers import GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 EPOCHS = 4
@@ -55,6 +55,7 @@ def main(mode: str, action: str, out: Path) -> None:
         raise SystemExit("the run was not killed")
     run(mode, out, "run", "last", Dump(out / "resumed"))
     run(mode, out, "full", None, Dump(out / "full"))
+    shutdown()
 
 
 if __name__ == "__main__":
