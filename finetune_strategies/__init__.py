@@ -2,9 +2,11 @@
 
 from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, Phase, StrategyOptions
 from finetune_strategies.errors import (
+    CheckpointError,
     ConfigurationError,
     FinetuningError,
     MissingModuleError,
+    ResumeMismatchError,
     ScheduleError,
     StrategySpecError,
     StrategySpecTypeError,
@@ -25,6 +27,7 @@ from finetune_strategies.trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "ConfigurationError",
     "EpochRecord",
     "Finetuner",
@@ -38,6 +41,7 @@ __all__ = [
     "MissingModuleError",
     "NoFreeze",
     "Phase",
+    "ResumeMismatchError",
     "ScheduleError",
     "StrategyOptions",
     "StrategySpec",

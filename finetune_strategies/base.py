@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from finetune_strategies import distributed
 from finetune_strategies.errors import (
     ConfigurationError,
     MissingModuleError,
@@ -301,6 +302,7 @@ class FinetuningStrategy(BaseFinetuning):
             self._make_trainable([pl_module.get_submodule(name)], train_bn)
         for index in self._started:
             self._ungate(index)
+        distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
@@ -311,6 +313,7 @@ class FinetuningStrategy(BaseFinetuning):
         optimizer = trainer.optimizers[self.optimizer_index]
         count = len(optimizer.param_groups)
         self._call_finetune_function(pl_module, trainer.current_epoch, optimizer)
+        distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
         for index in range(count, len(optimizer.param_groups)):
             self._follow_group_zero(trainer, optimizer, index)
         if self.cache_features:
@@ -357,6 +360,7 @@ class FinetuningStrategy(BaseFinetuning):
             "unfrozen_modules": [list(entry) for entry in self._unfrozen],
             "started_phases": sorted(self._started),
             "strategy": type(self).__name__,
+            "schedule": [[phase.epoch, phase.label] for phase in self._phases],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -42,3 +42,11 @@ class WeightMatchError(FinetuningError, ValueError):
 
 class StageError(FinetuningError, RuntimeError):
     """A transfer-learning stage could not run or did not finish."""
+
+
+class CheckpointError(FinetuningError, RuntimeError):
+    """A checkpoint to resume from is missing, truncated or corrupt, or cannot resume training."""
+
+
+class ResumeMismatchError(FinetuningError, ValueError):
+    """A checkpoint was written by a different fine-tuning strategy or schedule than this run's."""

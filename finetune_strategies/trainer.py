@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 
+from finetune_strategies.checkpoints import guard_resume
 from finetune_strategies.finetuner import Finetuner
 from finetune_strategies.registry import StrategySpec
 
@@ -24,7 +26,7 @@ class Trainer(pl.Trainer):
         *,
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
-        ckpt_path: str | None = None,
+        ckpt_path: str | Path | None = None,
         **strategy_options: Any,
     ) -> None:
         """Fit ``model`` with the fine-tuning ``strategy`` (any spec :func:`resolve_strategy` takes).
@@ -45,6 +47,21 @@ class Trainer(pl.Trainer):
             datamodule=datamodule,
             ckpt_path=ckpt_path,
         )
+
+    def fit(
+        self,
+        model: pl.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        """``lightning.pytorch.Trainer.fit``, but a ``ckpt_path`` (``"last"`` included) that is truncated
+        or corrupt, cannot resume training, or was written by another strategy or schedule raises an
+        error naming the file (see :mod:`finetune_strategies.checkpoints`) instead of loading."""
+        guard_resume(self)
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
     def _use_finetuning_callback(self, callback: BaseFinetuning) -> None:
         current = cast(list[pl.Callback], self.callbacks)  # type: ignore[has-type]

@@ -1,0 +1,141 @@
+"""Check a checkpoint before training resumes from it, with errors that name the file.
+
+``torch.load`` reports a truncated file without naming it, and loads a file whose tensor bytes were
+damaged without any error at all. A resumed run must never train on from a damaged file, nor
+quietly resume a run that another strategy or schedule wrote. :func:`guard_resume` makes a
+Lightning ``Trainer`` check, on every rank, right where it loads ``ckpt_path``:
+
+* the file is a complete archive and every record in it passes its CRC check;
+* it holds what resuming needs (weights, optimizer states, loop progress);
+* it was written by the same fine-tuning strategy, with the same schedule, as this run's.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+
+from finetune_strategies.base import FinetuningStrategy
+from finetune_strategies.errors import CheckpointError, FinetuningError, ResumeMismatchError
+from finetune_strategies.strategies import NoFreeze
+
+RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_file(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` if the file at ``path`` is missing, truncated or corrupt.
+
+    Directories (sharded DeepSpeed or FSDP checkpoints) are left to their own loader.
+    """
+    file = Path(path)
+    if file.is_dir():
+        return
+    if not file.exists():
+        raise CheckpointError(f"Checkpoint {file} does not exist.")
+    size = file.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"Checkpoint {file} is empty (0 bytes): it was never written completely.")
+    with file.open("rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        return  # not torch's zip format (e.g. a legacy pickle): the loader decides
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {file} is truncated or corrupt ({size} bytes, {exc}). It was probably cut off "
+            "while being written; resume from another checkpoint or delete it."
+        ) from exc
+    if bad is not None:
+        raise CheckpointError(
+            f"Checkpoint {file} is corrupt: its record {bad!r} fails the CRC check. Resume from another "
+            "checkpoint or delete it."
+        )
+
+
+def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Raise if ``checkpoint`` cannot resume this fit: missing training state or another strategy."""
+    # DeepSpeed loads weights and optimizer states into its engine and returns the rest
+    required = RESUME_KEYS[2:] if isinstance(trainer.strategy, DeepSpeedStrategy) else RESUME_KEYS
+    missing = [key for key in required if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"Checkpoint {path} cannot resume training: it has no {', '.join(missing)} (was it saved with "
+            "save_weights_only=True?). Load its weights with `model.load_state_dict(torch.load(path)"
+            "['state_dict'])` and start a new fit instead."
+        )
+    current = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning)]  # type: ignore[attr-defined]
+    saved = _saved_strategy(checkpoint)
+    ours = current[0] if current and isinstance(current[0], FinetuningStrategy) else None
+    now_name = type(current[0]).__name__ if current else None
+    if saved is None:
+        if ours is not None and not isinstance(ours, NoFreeze):
+            raise ResumeMismatchError(
+                f"Checkpoint {path} was written without a finetune-strategies strategy, but this run uses "
+                f"{now_name}, which freezes modules: the optimizer state cannot match. Resume with the setup "
+                "that wrote it, or load its weights and start a new fit."
+            )
+        return
+    saved_name = str(saved.get("strategy"))
+    if saved_name != now_name:
+        raise ResumeMismatchError(
+            f"Checkpoint {path} was written by fine-tuning strategy {saved_name}, but this run uses "
+            f"{now_name or 'none'}. Resume with {saved_name} and the same options, or load the weights "
+            "and start a new fit."
+        )
+    if ours is not None and "schedule" in saved:
+        written = [[int(epoch), str(label)] for epoch, label in saved["schedule"]]
+        planned = [[phase.epoch, phase.label] for phase in ours._phases]
+        if written != planned:
+            raise ResumeMismatchError(
+                f"Checkpoint {path} was written by {saved_name} with the schedule {_show(written)}, but this "
+                f"run's schedule is {_show(planned)}. Resume with the same options (epochs, layers), or "
+                "load the weights and start a new fit."
+            )
+
+
+def guard_resume(trainer: pl.Trainer) -> None:
+    """Make ``trainer`` run :func:`check_file` and :func:`check_contents` when it loads ``ckpt_path``."""
+    connector = trainer._checkpoint_connector
+    if getattr(connector, "_finetune_guarded", False):
+        return
+    load = connector.resume_start
+
+    def resume_start(checkpoint_path: Any = None, weights_only: bool | None = None) -> None:
+        if checkpoint_path:
+            check_file(checkpoint_path)
+        try:
+            load(checkpoint_path, weights_only)
+        except FinetuningError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"Could not load checkpoint {checkpoint_path}: {type(exc).__name__}: {exc}") from exc
+        loaded = getattr(connector, "_loaded_checkpoint", None)
+        if checkpoint_path and loaded and trainer.state.fn == TrainerFn.FITTING:
+            check_contents(trainer, checkpoint_path, loaded)
+
+    connector.resume_start = resume_start  # type: ignore[method-assign]
+    connector._finetune_guarded = True  # type: ignore[attr-defined]
+
+
+def _saved_strategy(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The state our strategy callback wrote, or a marker for a plain Lightning fine-tuning callback."""
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and "strategy" in state and "unfrozen_modules" in state:
+            return state
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if isinstance(state, dict) and "internal_optimizer_metadata" in state:
+            return {"strategy": str(key)}
+    return None
+
+
+def _show(schedule: list[list[Any]]) -> str:
+    return "[" + ", ".join(f"epoch {epoch}: {label}" for epoch, label in schedule) + "]"

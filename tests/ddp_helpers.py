@@ -1,0 +1,165 @@
+"""Shared by the DDP and kill/resume tests and by the scripts they launch (which run as ``__main__``).
+
+The model has no BatchNorm: without SyncBatchNorm (CUDA only) each rank normalises with its own
+batch statistics, so a DDP run could never match a single-process run. Its buffer ``seen`` counts
+training samples per rank, so that buffers are compared too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from finetune_strategies import FinetuningStrategy, Trainer, resolve_strategy
+
+EPOCHS = 3
+SAMPLES = 32
+GLOBAL_BATCH = 8
+WORLD = 2
+
+
+class Net(pl.LightningModule):
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+        self.head = nn.Linear(8, 2)
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.seen += len(x)
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+
+
+def data(n: int = SAMPLES) -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=generator)
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    return TensorDataset(x, y)
+
+
+class Data(pl.LightningDataModule):
+    """The samples in order. Under DDP rank ``r`` takes samples ``r, r + WORLD, ...`` (Lightning's own
+    training sampler would shuffle), so a global step sees the same samples as a single process."""
+
+    def __init__(self, batch_size: int, samples: int = SAMPLES) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.samples = samples
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = data(self.samples)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+
+
+class UserStrategy(FinetuningStrategy):
+    """A user subclass built on the documented helpers: the last layer at epoch 1, the rest at 2."""
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        backbone = pl_module.backbone
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(backbone[3], optimizer)
+        elif epoch == 2:
+            self.unfreeze_and_add_param_group(backbone[:3], optimizer, lr=0.02)
+
+
+class LightningAnchor(BaseFinetuning):
+    """Plain Lightning ``BaseFinetuning``: the same schedule as ``FreezeUnfreeze(1)``."""
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        self.freeze(pl_module.backbone)
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.backbone, optimizer)
+
+
+def make_callback(name: str) -> BaseFinetuning:
+    """The fine-tuning callback of a scenario."""
+    if name == "anchor":
+        return LightningAnchor()
+    if name == "user_subclass":
+        return UserStrategy()
+    if name in {"freeze_unfreeze", "freeze_unfreeze_deepspeed"}:
+        return resolve_strategy((name, 1))
+    if name in {"unfreeze_milestones", "unfreeze_milestones_deepspeed"}:
+        return resolve_strategy((name, ((1, 2), 1)))
+    return resolve_strategy(name)
+
+
+def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "deterministic": True,
+    }
+    options.update(kwargs)
+    return Trainer(max_epochs=max_epochs, **options)
+
+
+class Dump(pl.Callback):
+    """Each epoch: a copy of every parameter and buffer; at the end, the optimizer state too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.epochs: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epochs": self.epochs,
+            "final": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+            "optimizer": trainer.optimizers[0].state_dict(),
+            "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+        }
+        torch.save(state, self.path.with_name(f"{self.path.name}.rank{trainer.global_rank}.pt"))
+
+
+def load_ranks(path: Path) -> list[dict[str, Any]]:
+    return [torch.load(path.with_name(f"{path.name}.rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+
+
+def shutdown() -> None:
+    """End the process group before exit: a gloo group torn down at interpreter exit can abort."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a launched script: this checkout first on the path, one thread a rank."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+        env.pop(key, None)
+    return env

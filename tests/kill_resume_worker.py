@@ -1,0 +1,62 @@
+"""A training run to kill with SIGKILL and resume, for ``test_kill_resume.py``.
+
+    python tests/kill_resume_worker.py {single|ddp} {killed|resume} DIR
+
+``killed`` trains with ``ModelCheckpoint(save_last=True)`` and, two batches into epoch 2 (after the
+unfreeze at epoch 1 and its checkpoint), writes ``DIR/ready`` and waits to be killed.
+``resume`` resumes that run with ``ckpt_path="last"``, then trains the same run uninterrupted from
+scratch in the same launch; both dump weights and optimizer state per rank.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from ddp_helpers import GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+EPOCHS = 4
+KILL_EPOCH = 2
+
+
+class WaitToBeKilled(pl.Callback):
+    def __init__(self, ready: Path) -> None:
+        self.ready = ready
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == KILL_EPOCH and args[-1] == 1:
+            if trainer.is_global_zero:
+                self.ready.write_text("ready")
+            time.sleep(600)
+
+
+def run(mode: str, out: Path, name: str, ckpt_path: str | None, *extra: pl.Callback) -> None:
+    ddp = mode == "ddp"
+    checkpoint = ModelCheckpoint(dirpath=out / f"{name}_ckpt", save_last=True)
+    trainer = make_trainer(
+        EPOCHS,
+        devices=WORLD if ddp else 1,
+        strategy="ddp" if ddp else "auto",
+        enable_checkpointing=True,
+        callbacks=[checkpoint, *extra],
+    )
+    strategy = make_callback("unfreeze_milestones" if ddp else "freeze_unfreeze")
+    data = Data(GLOBAL_BATCH // WORLD if ddp else GLOBAL_BATCH)
+    trainer.finetune(Net(), data, strategy=strategy, ckpt_path=ckpt_path)
+
+
+def main(mode: str, action: str, out: Path) -> None:
+    if action == "killed":
+        run(mode, out, "run", None, WaitToBeKilled(out / "ready"))
+        raise SystemExit("the run was not killed")
+    run(mode, out, "run", "last", Dump(out / "resumed"))
+    run(mode, out, "full", None, Dump(out / "full"))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))

@@ -1,0 +1,85 @@
+"""Kill a real training process with SIGKILL after the unfreeze epoch, resume it, lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from ddp_helpers import subprocess_env
+
+WORKER = Path(__file__).with_name("kill_resume_worker.py")
+
+
+def launch(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # rank 1 joins this process group, so one killpg ends every rank
+    )
+
+
+def kill_when_ready(process: subprocess.Popen[str], ready: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed:\n{process.communicate()[0][-4000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("the run never reached the kill point")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bitwise_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize(("mode", "world"), [("single", 1), ("ddp", 2)])
+def test_sigkill_after_unfreeze_then_resume_last_is_bitwise_identical(tmp_path: Path, mode: str, world: int) -> None:
+    kill_when_ready(launch(mode, "killed", str(tmp_path)), tmp_path / "ready")
+    last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1  # the checkpoint left behind is the unfreeze epoch's
+    (state,) = [s for s in last["callbacks"].values() if "started_phases" in s]
+    assert state["started_phases"] == [0]  # written after the unfreeze
+
+    result = subprocess.run(
+        [sys.executable, str(WORKER), mode, "resume", str(tmp_path)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    for rank in range(world):
+        resumed = torch.load(tmp_path / f"resumed.rank{rank}.pt", weights_only=False)
+        full = torch.load(tmp_path / f"full.rank{rank}.pt", weights_only=False)
+        assert len(resumed["epochs"]) == 2  # it resumed, it did not restart
+        assert len(full["epochs"]) == 4
+        assert_bitwise_equal(resumed["final"], full["final"], "weights")
+        assert_bitwise_equal(resumed["optimizer"], full["optimizer"], "optimizer")
+        assert all(resumed["requires_grad"].values())
