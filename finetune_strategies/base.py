@@ -298,13 +298,15 @@ class FinetuningStrategy(BaseFinetuning):
                 f"{trainer.max_epochs} ends training before it (epochs count from 0)."
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
+        # on_fit_start, and every strategy has restored it by now.
         for name, train_bn in self._unfrozen:
             self._make_trainable([pl_module.get_submodule(name)], train_bn)
         for index in self._started:
             self._ungate(index)
         distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
         for scheduler in schedulers_of([c.scheduler for c in trainer.lr_scheduler_configs], optimizer):
             pad_to_groups(scheduler, optimizer)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from ddp_helpers import WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
 from deepspeed_cpu import deepspeed_strategy
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 SCENARIOS = {
     "stage1_freeze_unfreeze": (1, "freeze_unfreeze_deepspeed"),
@@ -34,7 +35,29 @@ def main(out: Path) -> None:
         engine = type(trainer.strategy.model).__name__
         optimizer = type(trainer.optimizers[0]).__name__
         torch.save({"engine": engine, "optimizer": optimizer}, out / f"{name}.engine.rank{trainer.global_rank}.pt")
+    resume_after_unfreeze(out)
     shutdown()
+
+
+def resume_after_unfreeze(out: Path) -> None:
+    """ZeRO stage 2: 3 epochs straight, then the same run resumed from its epoch-1 checkpoint."""
+    checkpoints = ModelCheckpoint(dirpath=out / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    for name, callbacks, ckpt_path in (
+        ("resume_full", [checkpoints], None),
+        ("resume_resumed", [], out / "ckpts" / "epoch=1.ckpt"),
+    ):
+        accelerator, strategy = deepspeed_strategy(2, WORLD)
+        trainer = make_trainer(
+            3,
+            accelerator=accelerator,
+            devices=WORLD,
+            strategy=strategy,
+            callbacks=[*callbacks, Dump(out / name)],
+            enable_checkpointing=bool(callbacks),
+        )
+        trainer.finetune(
+            Net(), Data(4, samples=SAMPLES), strategy=make_callback("freeze_unfreeze_deepspeed"), ckpt_path=ckpt_path
+        )
 
 
 if __name__ == "__main__":

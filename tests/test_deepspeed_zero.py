@@ -91,3 +91,11 @@ def test_unfreeze_milestones_deepspeed_follows_its_phases(runs: Path) -> None:
     final = {k: v for k, v in ranks[0]["final"].items() if k != "seen"}
     expected = reference("unfreeze_milestones_deepspeed")
     assert max((final[k] - expected[k]).abs().max().item() for k in final) < 1e-5
+
+
+def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path) -> None:
+    full, resumed = load_ranks(runs / "resume_full"), load_ranks(runs / "resume_resumed")
+    for rank in range(len(full)):
+        assert resumed[rank]["requires_grad"]["backbone.0.weight"], "the unfrozen backbone trains again"
+        for key, tensor in full[rank]["final"].items():
+            assert torch.allclose(tensor, resumed[rank]["final"][key], rtol=0, atol=1e-6), key
