@@ -191,6 +191,15 @@ def _demo(args: list[str]) -> int:
     return demo_main(args)
 
 
+def _our_error(error: BaseException) -> FinetuningError | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, FinetuningError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``finetune-strategies`` console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -206,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: unknown subcommand {command!r}.\n\n{USAGE}", file=sys.stderr)
             return 2
         return lightning_main(args)
-    except FinetuningError as error:
-        print(f"{PROG} {command}: error: {error}", file=sys.stderr)
+    except (FinetuningError, ValueError) as error:
+        # jsonargparse wraps errors raised while linking arguments; report ours without a traceback.
+        ours = _our_error(error)
+        if ours is None:
+            raise
+        print(f"{PROG} {command}: error: {ours}", file=sys.stderr)
         return 1
     except SystemExit as exit_:  # argparse / jsonargparse: --help, --print_config, bad flags
         code = exit_.code

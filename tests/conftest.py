@@ -47,7 +47,10 @@ class TinyClassifier(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss_epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss_epoch"},
+        }
 
 
 def make_data(n: int = 32, seed: int = 0) -> TensorDataset:
@@ -99,7 +102,11 @@ class Recorder(pl.Callback):
         self.groups.append([[id(p) for p in g["params"]] for g in optimizer.param_groups])
         self.group_lrs.append([g["lr"] for g in optimizer.param_groups])
         self.bn_training.append(
-            {n: m.training for n, m in pl_module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+            {
+                n: m.training
+                for n, m in pl_module.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            }
         )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

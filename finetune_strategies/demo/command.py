@@ -65,12 +65,14 @@ def run_with_progress(settings: DemoSettings, output: Path, console: Console) ->
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("starting", total=settings.total_epochs)
-        return run_demo(
-            settings,
-            output,
-            on_run=lambda name: progress.update(task, description=name),
-            on_epoch=lambda: progress.advance(task),
-        )
+
+        def on_run(name: str) -> None:
+            progress.update(task, description=name)
+            if not console.is_terminal:  # no live bar in logs: one line per run instead
+                done = int(progress.tasks[0].completed)
+                console.print(f"[{done}/{settings.total_epochs} epochs] {name}")
+
+        return run_demo(settings, output, on_run=on_run, on_epoch=lambda: progress.advance(task))
 
 
 def demo_main(argv: list[str]) -> int:

@@ -45,13 +45,14 @@ class DemoSettings:
     finetune_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     pretrain_epochs: int = 10
     epochs: int = 12
-    shots: int = 5
+    shots: int = 3
     val_per_class: int | None = None  # None: every image not drawn as a shot
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 32
     finetune_batch_size: int = 5
     pretrain_lr: float = 3e-3
     lr: float = 1e-2
+    scheduler: str | None = "cosine"
     unfreeze_epoch: int = 4
     milestones: tuple[int, int] = (3, 7)
     milestone_blocks: int = 2
@@ -311,6 +312,7 @@ def run_demo(
                     pretrained=weights if pretrained else False,
                     labels=labels,
                     lr=settings.lr,
+                    scheduler=settings.scheduler,
                 )
                 result = RunResult(name, seed)
                 trainer = _trainer(settings.epochs, _EpochRecorder(result, on_epoch), seed)

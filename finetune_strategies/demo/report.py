@@ -67,12 +67,12 @@ def caption(result: DemoResult) -> str:
 def build_table(result: DemoResult) -> Table:
     """One row per strategy: schedule, accuracy, wall time and trainable parameters per phase."""
     table = Table(title="Few-shot fine-tuning on scikit-learn digits", caption=caption(result))
-    table.add_column("Strategy", style="bold")
-    table.add_column("Schedule")
-    table.add_column("Final val acc", justify="right")
-    table.add_column("Best val acc", justify="right")
-    table.add_column("Wall time / run", justify="right")
-    table.add_column("Trainable params per phase", justify="right")
+    table.add_column("Strategy", style="bold", no_wrap=True)
+    table.add_column("Schedule")  # the only column that wraps on a narrow terminal
+    table.add_column("Final val acc", justify="right", no_wrap=True)
+    table.add_column("Best val acc", justify="right", no_wrap=True)
+    table.add_column("Wall time / run", justify="right", no_wrap=True)
+    table.add_column("Trainable params per phase", justify="right", no_wrap=True)
     for name, runs in result.by_strategy().items():
         if not runs:
             continue
