@@ -23,6 +23,12 @@ QUIET = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """LightningCLI saves config.yaml (and logs) under the working directory when there is no logger."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")

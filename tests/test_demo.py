@@ -48,4 +48,4 @@ def test_fast_settings_and_overrides_keep_phases_inside_the_run():
     short = settings_from(demo_parser().parse_args(["--epochs=3"]))
     assert short.unfreeze_epoch == 1
     assert short.milestones[0] < short.milestones[1] < 3
-    assert DemoSettings().total_epochs == 10 + 12 * 5 * 3
+    assert DemoSettings().total_epochs == 10 + 12 * 5 * 5
