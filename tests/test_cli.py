@@ -151,8 +151,18 @@ def test_print_config_shows_the_default_strategy(data, capsys):
     assert "num_classes" not in printed["model"]  # derived from the data
 
 
-def test_predict_writes_a_csv(data, tmp_path):
+def test_predict_writes_a_csv_and_test_reports_accuracy(data, tmp_path, capsys):
     assert main(_fit_args(data, tmp_path / "fit", "--strategy", "freeze")) == 0
+    checkpoint = _checkpoint(tmp_path / "fit")
+    test_args = [
+        "test",
+        f"--ckpt_path={checkpoint}",
+        f"--data.train_folder={data / 'train'}",
+        f"--data.test_folder={data / 'val'}",
+        *QUIET,
+    ]
+    assert main(test_args) == 0
+    assert "test_acc" in capsys.readouterr().out
     output = tmp_path / "out" / "preds.csv"
     args = [
         "predict",
