@@ -50,3 +50,31 @@ class CheckpointError(FinetuningError, RuntimeError):
 
 class ResumeMismatchError(FinetuningError, ValueError):
     """A checkpoint was written by a different fine-tuning strategy or schedule than this run's."""
+
+
+class UnknownBackboneError(FinetuningError, ValueError):
+    """A backbone name that neither timm nor torchvision knows."""
+
+
+class BackboneError(FinetuningError, ValueError):
+    """A backbone module whose classifier head cannot be found or replaced."""
+
+
+class WeightsMismatchError(FinetuningError, ValueError):
+    """A weight file that does not fit the backbone (missing, unexpected or mis-shaped keys)."""
+
+
+class PretrainedWeightsError(FinetuningError, RuntimeError):
+    """Pretrained weights could not be fetched or read (offline hub, unreadable file, ...)."""
+
+
+class ImageDataError(FinetuningError, ValueError):
+    """Image data that cannot be used: bad shapes, mismatched lengths, empty classes, ..."""
+
+
+class MissingPathError(FinetuningError, FileNotFoundError):
+    """A folder, image or weight file that does not exist."""
+
+
+class ModelConfigError(FinetuningError, ValueError):
+    """A model setting with a wrong value: optimizer, scheduler, num_classes, labels, ..."""

@@ -1,0 +1,7 @@
+"""``python -m finetune_strategies`` runs the ``finetune-strategies`` command."""
+
+import sys
+
+from finetune_strategies.cli import main
+
+sys.exit(main())

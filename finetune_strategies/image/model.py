@@ -1,0 +1,166 @@
+"""``ImageClassifier``: a ``backbone`` (timm, torchvision or any module) and a linear ``head``.
+
+The fine-tuning strategies freeze ``backbone`` (their default ``attr_names``) and leave ``head``
+trainable. The optimizer is built over the parameters that require grad when training starts, so
+a strategy can add the backbone as a new param group when it unfreezes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from finetune_strategies.errors import ModelConfigError
+from finetune_strategies.image.backbones import build_backbone
+from finetune_strategies.image.optim import build_optimizer, build_scheduler, optimizer_class, scheduler_class
+from finetune_strategies.image.weights import save_weights
+from finetune_strategies.validation import check_positive_float
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelConfigError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+class ImageClassifier(pl.LightningModule):
+    """Classify images with a pretrained backbone and a new linear head.
+
+    Args:
+        num_classes: Number of classes (>= 2). Required; it is optional in the signature only so that
+            the CLI can take it from the data or from a checkpoint.
+        backbone: A timm model name (``"resnet18"``, ``"convnext_tiny.fb_in1k"``), a torchvision model
+            as ``"torchvision:resnet18"``, or an ``nn.Module``.
+        pretrained: ``True`` downloads the backbone's pretrained weights, ``False`` starts from random
+            weights, and a path loads a local ``.safetensors`` / ``.pth`` file.
+        labels: Class names, in class-index order, used in prediction files.
+        head_dropout: Dropout before the head.
+        optimizer: A ``torch.optim`` class name, case-insensitive (``"adam"``, ``"adamw"``, ``"sgd"``).
+        lr: Learning rate of the optimizer's first param group.
+        weight_decay: Weight decay.
+        optimizer_kwargs: Extra optimizer arguments, e.g. ``{"momentum": 0.9}``.
+        scheduler: ``None``, an alias (``"cosine"``, ``"step"``, ``"exponential"``, ``"linear"``,
+            ``"plateau"``, ``"onecycle"``) or a ``torch.optim.lr_scheduler`` class name.
+        scheduler_kwargs: Scheduler arguments, plus ``interval`` / ``monitor`` for Lightning.
+        image_size: Input resolution the data should be resized to; ``None`` uses the backbone's.
+        num_features: Feature size of a module backbone used whole (one without a known classifier).
+        backbone_kwargs: Extra arguments for ``timm.create_model`` / ``torchvision.models.get_model``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        backbone: str | nn.Module = "resnet18",
+        pretrained: bool | str | Path = True,
+        labels: list[str] | None = None,
+        head_dropout: float = 0.0,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler: str | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        image_size: int | None = None,
+        num_features: int | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        if num_classes is None:
+            raise ModelConfigError("ImageClassifier needs num_classes (the number of classes, >= 2).")
+        self.num_classes = _check_int("num_classes", num_classes, 2)
+        if labels is not None:
+            labels = [str(label) for label in labels]
+            if len(labels) != num_classes:
+                raise ModelConfigError(
+                    f"`labels` has {len(labels)} names but num_classes={num_classes}; give one per class."
+                )
+        self.labels = labels
+        if not isinstance(head_dropout, (int, float)) or not 0 <= head_dropout < 1:
+            raise ModelConfigError(f"`head_dropout` must be in [0, 1), got {head_dropout!r}.")
+        optimizer_class(optimizer)  # fail early on an unknown name
+        if scheduler is not None:
+            scheduler_class(scheduler)
+        self.optimizer_name = optimizer
+        self.lr = check_positive_float("lr", lr)
+        self.weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.scheduler_name = scheduler
+        self.scheduler_kwargs = dict(scheduler_kwargs or {})
+        self.image_size = None if image_size is None else _check_int("image_size", image_size, 1)
+
+        built = build_backbone(
+            backbone, pretrained, num_features=num_features, backbone_kwargs=backbone_kwargs
+        )
+        self.backbone = built.module
+        self.num_features = built.num_features
+        self.backbone_source = built.source
+        self._data_config = built.data_config
+        layers: list[nn.Module] = [nn.Dropout(head_dropout)] if head_dropout else []
+        self.head = nn.Sequential(*layers, nn.Linear(built.num_features, num_classes))
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    # ------------------------------------------------------------------ model
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features, flattened to ``(batch, num_features)``."""
+        out: torch.Tensor = self.backbone(images)
+        return out.flatten(1) if out.ndim > 2 else out
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.head(self.features(images)))
+
+    def data_config(self) -> dict[str, Any]:
+        """timm-style data config (input size, interpolation, mean, std, crop) for this backbone."""
+        config = dict(self._data_config)
+        if self.image_size is not None:
+            config["input_size"] = (3, self.image_size, self.image_size)
+        return config
+
+    def save_backbone(self, path: str | Path) -> Path:
+        """Save the backbone's weights; ``pretrained=path`` loads them into a new classifier."""
+        return save_weights(self.backbone, path)
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        images, targets = batch[0], batch[1]
+        logits = self(images)
+        loss = nn.functional.cross_entropy(logits, targets)
+        metric(logits, targets)
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return torch.softmax(self(images), dim=-1)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ModelConfigError("No parameter requires grad, so there is nothing to optimize.")
+        optimizer = build_optimizer(
+            params, self.optimizer_name, self.lr, self.weight_decay, self.optimizer_kwargs
+        )
+        if self.scheduler_name is None:
+            return optimizer
+        trainer = self._trainer
+        scheduler = build_scheduler(optimizer, self.scheduler_name, self.lr, self.scheduler_kwargs, trainer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,52 @@
+"""Generated image folders and tiny settings for the image-classification tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from finetune_strategies import Trainer
+
+BACKBONE = "test_resnet"  # a 0.37M-parameter timm ResNet with BatchNorm, meant for tests
+SIZE = 16  # input size in pixels; tiny keeps each run well under a second
+
+torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids contention
+
+
+def write_image(path: Path, rng: np.random.Generator, colour: int, size: int = 10, mode: str = "RGB") -> Path:
+    """An image whose mean brightness depends on ``colour`` (0 dark, 1 bright), plus noise."""
+    pixels = np.clip(rng.normal(60 + 120 * colour, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels)
+    image.convert(mode).save(path)
+    return path
+
+
+def make_folder(
+    root: Path, classes: tuple[str, ...] = ("ants", "bees"), per_class: int = 4, seed: int = 0
+) -> Path:
+    """An ImageFolder tree ``root/<class>/<i>.png``; class i is darker than class i + 1."""
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / name / f"{i}.png", rng, index % 2)
+    return root
+
+
+def trainer(max_epochs: int, **kwargs: Any) -> Trainer:
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "deterministic": True,
+    }
+    options.update(kwargs)
+    return Trainer(max_epochs=max_epochs, **options)
