@@ -52,13 +52,9 @@ def main(argv: list[str] | None = None) -> Trainer:
             image_size=32,
         )
         model = ImageClassifier(backbone="test_resnet", num_classes=2, pretrained=False)
-        trainer = Trainer(
-            max_epochs=args.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False
-        )
+        trainer = Trainer(max_epochs=args.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False)
         # Pass the callback to trainer.finetune
-        trainer.finetune(
-            model, datamodule, strategy=FeatureExtractorFreezeUnfreeze(unfreeze_epoch=args.unfreeze_epoch)
-        )
+        trainer.finetune(model, datamodule, strategy=FeatureExtractorFreezeUnfreeze(unfreeze_epoch=args.unfreeze_epoch))
     groups = trainer.optimizers[0].param_groups
     print(f"param groups after training: {len(groups)} (head; backbone from epoch {args.unfreeze_epoch})")
     return trainer

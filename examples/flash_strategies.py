@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or make_tiny_dataset(Path(tmp) / "tiny")
         results = {
-            name: run(name, data, args.backbone, args.pretrained, args.image_size, args.max_epochs)
-            for name in names
+            name: run(name, data, args.backbone, args.pretrained, args.image_size, args.max_epochs) for name in names
         }
     for name, accuracy in results.items():
         print(f"{name:>20}: val_acc {accuracy:.2f}")

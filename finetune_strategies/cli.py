@@ -97,9 +97,7 @@ def _required_classes(value: Any) -> Any:
 class FinetuneCLI(LightningCLI):
     """LightningCLI with a ``--strategy`` for ``fit`` and a CSV ``--output`` for ``predict``."""
 
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         # Lightning builds one parser per subcommand here; the extra arguments depend on which.
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "fit":
@@ -133,9 +131,7 @@ class FinetuneCLI(LightningCLI):
     def predict(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
         output = Path(self.config["predict"]["output"])
         self.trainer.callbacks.append(PredictionsCSVWriter(output))  # type: ignore[attr-defined]
-        self.trainer.predict(
-            model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False
-        )
+        self.trainer.predict(model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False)
         print(f"Predictions written to {output}")
 
 
@@ -143,8 +139,7 @@ DESCRIPTIONS = {
     "fit": "Fine-tune an ImageClassifier on ImageClassificationData with a strategy (--strategy).",
     "validate": "Validate an ImageClassifier, usually one loaded with --ckpt_path.",
     "test": "Test an ImageClassifier, usually one loaded with --ckpt_path.",
-    "predict": "Predict images (--data.predict_folder) and write a CSV of classes and probabilities "
-    "(--output).",
+    "predict": "Predict images (--data.predict_folder) and write a CSV of classes and probabilities (--output).",
 }
 
 

@@ -26,9 +26,7 @@ def write_image(path: Path, rng: np.random.Generator, colour: int, size: int = 1
     return path
 
 
-def make_folder(
-    root: Path, classes: tuple[str, ...] = ("ants", "bees"), per_class: int = 4, seed: int = 0
-) -> Path:
+def make_folder(root: Path, classes: tuple[str, ...] = ("ants", "bees"), per_class: int = 4, seed: int = 0) -> Path:
     """An ImageFolder tree ``root/<class>/<i>.png``; class i is darker than class i + 1."""
     rng = np.random.default_rng(seed)
     for index, name in enumerate(classes):

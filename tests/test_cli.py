@@ -69,9 +69,7 @@ def _strategy_state(checkpoint: Path) -> dict:
 
 
 def test_expand_strategy_names():
-    assert expand_strategy_names(
-        ["fit", "--strategy", "freeze_unfreeze", "--strategy.unfreeze_epoch", "3"]
-    ) == [
+    assert expand_strategy_names(["fit", "--strategy", "freeze_unfreeze", "--strategy.unfreeze_epoch", "3"]) == [
         "fit",
         "--strategy",
         "finetune_strategies.strategies.FreezeUnfreeze",

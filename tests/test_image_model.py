@@ -173,9 +173,7 @@ def test_save_backbone_then_load_it_as_pretrained(tmp_path, folders):
     trainer(1).finetune(source, _data(folders), strategy="no_freeze")
     path = source.save_backbone(tmp_path / "backbone.safetensors")
     target = _model(num_classes=5, pretrained=str(path))
-    assert all(
-        torch.equal(v, target.backbone.state_dict()[k]) for k, v in source.backbone.state_dict().items()
-    )
+    assert all(torch.equal(v, target.backbone.state_dict()[k]) for k, v in source.backbone.state_dict().items())
 
 
 def test_predict_step_returns_probabilities(folders):

@@ -89,7 +89,5 @@ def demo_main(argv: list[str]) -> int:
     plot = save_plot(result, output / "val_accuracy.png")
     (output / "table.txt").write_text(render_text(table))
     save_json(result, output / "results.json")
-    console.print(
-        f"Plot: {plot}\nTable and per-epoch numbers: {output / 'table.txt'}, {output / 'results.json'}"
-    )
+    console.print(f"Plot: {plot}\nTable and per-epoch numbers: {output / 'table.txt'}, {output / 'results.json'}")
     return 0

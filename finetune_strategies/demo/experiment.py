@@ -95,8 +95,7 @@ class DemoSettings:
             "freeze": "backbone frozen throughout",
             "freeze_unfreeze": f"backbone unfrozen at epoch {self.unfreeze_epoch}",
             "unfreeze_milestones": (
-                f"last {self.milestone_blocks} blocks at epoch {self.milestones[0]}, "
-                f"the rest at {self.milestones[1]}"
+                f"last {self.milestone_blocks} blocks at epoch {self.milestones[0]}, the rest at {self.milestones[1]}"
             ),
             SCRATCH: "random init, everything trains",
         }[name]

@@ -35,9 +35,7 @@ def phases(run: RunResult) -> list[tuple[int, int, int]]:
 
 
 def _phase_text(run: RunResult) -> str:
-    return "\n".join(
-        f"ep {a}-{b}: {_count(n)}" if a != b else f"ep {a}: {_count(n)}" for a, b, n in phases(run)
-    )
+    return "\n".join(f"ep {a}-{b}: {_count(n)}" if a != b else f"ep {a}: {_count(n)}" for a, b, n in phases(run))
 
 
 def _mean_std(values: list[float]) -> str:

@@ -143,9 +143,7 @@ def _timm_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
     target = f"timm backbone {name!r}"
     overlay = {"file": str(path)}
     try:
-        model = timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs
-        )
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
     except RuntimeError as error:  # load_state_dict refused: report the keys and shapes
         reference = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         diff = diff_weights(weights, reference.state_dict(), ignore=_classifier_names(reference))
@@ -265,8 +263,7 @@ def build_backbone(
         return _module_backbone(backbone, pretrained, num_features)
     if not isinstance(backbone, str) or not backbone:
         raise BackboneError(
-            f"`backbone` must be a timm model name, '{TORCHVISION_PREFIX}<name>' or an nn.Module, "
-            f"got {backbone!r}."
+            f"`backbone` must be a timm model name, '{TORCHVISION_PREFIX}<name>' or an nn.Module, got {backbone!r}."
         )
     if num_features is not None:
         raise BackboneError("num_features only applies to a backbone given as a module.")

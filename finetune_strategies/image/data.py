@@ -271,9 +271,7 @@ class ImageClassificationData(pl.LightningDataModule):
             has_items, has_targets = stage in items, targets.get(stage) is not None
             if has_items != has_targets:
                 missing = f"{stage}_targets" if has_items else f"{stage}_{kind}"
-                raise ImageDataError(
-                    f"`{missing}` is missing: give {stage}_{kind} and {stage}_targets together."
-                )
+                raise ImageDataError(f"`{missing}` is missing: give {stage}_{kind} and {stage}_targets together.")
             if has_items:
                 check_lengths(f"{stage}_{kind}", items[stage], f"{stage}_targets", targets[stage])
                 given[f"{stage}_targets"] = targets[stage]
@@ -354,9 +352,7 @@ class ImageClassificationData(pl.LightningDataModule):
         """(train, eval) transforms: the ones given, else timm's from :meth:`data_config`."""
         train, evaluation = self.train_transform, self.eval_transform
         if train is None or evaluation is None:
-            default_train, default_eval = build_transforms(
-                self.data_config(), self.augment, self.transform_kwargs
-            )
+            default_train, default_eval = build_transforms(self.data_config(), self.augment, self.transform_kwargs)
             train = train or default_train
             evaluation = evaluation or default_eval
         return train, evaluation

@@ -94,9 +94,7 @@ class ImageClassifier(pl.LightningModule):
         self.scheduler_kwargs = dict(scheduler_kwargs or {})
         self.image_size = None if image_size is None else _check_int("image_size", image_size, 1)
 
-        built = build_backbone(
-            backbone, pretrained, num_features=num_features, backbone_kwargs=backbone_kwargs
-        )
+        built = build_backbone(backbone, pretrained, num_features=num_features, backbone_kwargs=backbone_kwargs)
         self.backbone = built.module
         self.num_features = built.num_features
         self.backbone_source = built.source
@@ -156,9 +154,7 @@ class ImageClassifier(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ModelConfigError("No parameter requires grad, so there is nothing to optimize.")
-        optimizer = build_optimizer(
-            params, self.optimizer_name, self.lr, self.weight_decay, self.optimizer_kwargs
-        )
+        optimizer = build_optimizer(params, self.optimizer_name, self.lr, self.weight_decay, self.optimizer_kwargs)
         if self.scheduler_name is None:
             return optimizer
         trainer = self._trainer

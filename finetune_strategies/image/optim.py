@@ -126,9 +126,7 @@ def build_scheduler(
         options.setdefault("max_lr", lr)
         if "total_steps" not in options and "epochs" not in options:
             if trainer is None:
-                raise ModelConfigError(
-                    "scheduler 'onecycle' needs a trainer or scheduler_kwargs total_steps."
-                )
+                raise ModelConfigError("scheduler 'onecycle' needs a trainer or scheduler_kwargs total_steps.")
             options["total_steps"] = int(trainer.estimated_stepping_batches)
         config["interval"] = "step"
     for key in _LIGHTNING_KEYS:

@@ -110,9 +110,7 @@ def _check_folder(folder: str | Path, what: str) -> Path:
     return root
 
 
-def scan_class_folders(
-    folder: str | Path, what: str, classes: list[str] | None = None
-) -> tuple[Split, list[str]]:
+def scan_class_folders(folder: str | Path, what: str, classes: list[str] | None = None) -> tuple[Split, list[str]]:
     """Read an ImageFolder tree ``folder/<class>/<image>``; ``classes`` fixes the class order."""
     root = _check_folder(folder, what)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -150,9 +148,7 @@ def list_image_files(folder: str | Path, what: str) -> Split:
     root = _check_folder(folder, what)
     images = _images_under(root)
     if not images:
-        raise ImageDataError(
-            f"`{what}` folder {str(root)!r} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})."
-        )
+        raise ImageDataError(f"`{what}` folder {str(root)!r} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}).")
     return Split(list(images), None, [str(p) for p in images])
 
 
@@ -241,9 +237,7 @@ def _check_image_shape(shape: tuple[int, ...], what: str, channels_first: bool) 
 def image_arrays(data: Any, what: str, *, channels_first: bool) -> list[np.ndarray]:
     """Per-image uint8 arrays in ``HWC``/``HW`` layout from a batch or a list of images."""
     kind = "tensor" if channels_first else "array"
-    convert: Callable[[Any], np.ndarray] = (
-        (lambda x: x.detach().cpu().numpy()) if channels_first else np.asarray
-    )
+    convert: Callable[[Any], np.ndarray] = (lambda x: x.detach().cpu().numpy()) if channels_first else np.asarray
     expected = torch.Tensor if channels_first else np.ndarray
     if isinstance(data, expected):
         array = convert(data)
@@ -257,9 +251,7 @@ def image_arrays(data: Any, what: str, *, channels_first: bool) -> list[np.ndarr
             raise ImageDataError(f"`{what}` must be a {kind} batch or a list of {kind}s.")
         images = [convert(x) for x in data]
     else:
-        raise ImageDataError(
-            f"`{what}` must be a {kind} batch or a list of {kind}s, got {type(data).__name__}."
-        )
+        raise ImageDataError(f"`{what}` must be a {kind} batch or a list of {kind}s, got {type(data).__name__}.")
     if not images:
         raise ImageDataError(f"`{what}` is empty; give at least one image.")
     result = []
@@ -278,9 +270,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode_targets(
-    targets: dict[str, Any], labels: Sequence[str] | None
-) -> tuple[dict[str, list[int]], list[str]]:
+def encode_targets(targets: dict[str, Any], labels: Sequence[str] | None) -> tuple[dict[str, list[int]], list[str]]:
     """Class indices per split and the class names, from int or str targets.
 
     Int targets are class indices (names are ``labels`` or ``"0"``, ``"1"``, ...); str targets are
@@ -291,9 +281,7 @@ def encode_targets(
         if isinstance(values, (np.ndarray, torch.Tensor)):
             values = values.tolist()
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise ImageDataError(
-                f"`{what}` must be a list of class indices or names, got {type(values).__name__}."
-            )
+            raise ImageDataError(f"`{what}` must be a list of class indices or names, got {type(values).__name__}.")
         plain[what] = [_plain(v) for v in values]
     flat = [v for values in plain.values() for v in values]
     is_int = [isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat]

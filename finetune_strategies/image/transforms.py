@@ -32,8 +32,7 @@ def backbone_data_config(backbone: str) -> dict[str, Any]:
         return imagenet_data_config()
     if not timm.is_model(backbone):
         raise UnknownBackboneError(
-            f"Unknown backbone {backbone!r} for the data config; use a timm model name or "
-            f"'{TORCHVISION_PREFIX}<name>'."
+            f"Unknown backbone {backbone!r} for the data config; use a timm model name or '{TORCHVISION_PREFIX}<name>'."
         )
     return name_data_config(backbone) or imagenet_data_config()
 
