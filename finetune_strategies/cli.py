@@ -23,11 +23,11 @@ from typing import Any
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from finetune_strategies.errors import FinetuningError, ImageDataError
+from finetune_strategies.errors import FinetuningError, ImageDataError, StrategySpecError
 from finetune_strategies.image.data import ImageClassificationData
 from finetune_strategies.image.model import ImageClassifier
 from finetune_strategies.image.predictions import PredictionsCSVWriter
-from finetune_strategies.registry import _REGISTRY
+from finetune_strategies.registry import registered_factory
 from finetune_strategies.trainer import Trainer
 
 PROG = "finetune-strategies"
@@ -52,10 +52,13 @@ Run `{PROG} <subcommand> --help` for the options of a subcommand, and
 
 def _strategy_class_path(name: str) -> tuple[str, dict[str, Any]] | None:
     """The class path and fixed options of a registered strategy name, if it names a class."""
-    entry = _REGISTRY.get(name)
-    if entry is None or not isinstance(entry.factory, type):
+    try:
+        factory, fixed = registered_factory(name)
+    except StrategySpecError:
         return None
-    return f"{entry.factory.__module__}.{entry.factory.__qualname__}", dict(entry.fixed)
+    if not isinstance(factory, type):
+        return None
+    return f"{factory.__module__}.{factory.__qualname__}", fixed
 
 
 def expand_strategy_names(args: list[str]) -> list[str]:

@@ -37,7 +37,8 @@ class TransferConfigError(FinetuningError, ValueError):
 
 
 class WeightMatchError(FinetuningError, ValueError):
-    """Pretrained weights cannot be read, or do not match the model they are loaded into."""
+    """Pretrained weights cannot be read, or do not fit the model they are loaded into (missing,
+    unexpected or mis-shaped keys)."""
 
 
 class StageError(FinetuningError, RuntimeError):
@@ -58,10 +59,6 @@ class UnknownBackboneError(FinetuningError, ValueError):
 
 class BackboneError(FinetuningError, ValueError):
     """A backbone module whose classifier head cannot be found or replaced."""
-
-
-class WeightsMismatchError(FinetuningError, ValueError):
-    """A weight file that does not fit the backbone (missing, unexpected or mis-shaped keys)."""
 
 
 class PretrainedWeightsError(FinetuningError, RuntimeError):

@@ -65,6 +65,14 @@ def unregister_strategy(name: str) -> None:
     del _REGISTRY[name]
 
 
+def registered_factory(name: str) -> tuple[Factory, dict[str, Any]]:
+    """The factory registered under ``name`` and the keywords it is always given."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise StrategySpecError(_unknown_name_message(name))
+    return entry.factory, dict(entry.fixed)
+
+
 def available_strategies() -> list[str]:
     """The registered strategy names, sorted."""
     return sorted(_REGISTRY)

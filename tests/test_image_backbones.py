@@ -14,7 +14,7 @@ from finetune_strategies.errors import (
     MissingPathError,
     PretrainedWeightsError,
     UnknownBackboneError,
-    WeightsMismatchError,
+    WeightMatchError,
 )
 from finetune_strategies.image import ImageClassifier, build_backbone
 from finetune_strategies.image.backbones import find_head
@@ -139,7 +139,7 @@ def test_file_with_a_different_head_drops_it_as_timm_does(tmp_path):
 
 def test_file_of_another_architecture_names_keys_and_shapes(tmp_path):
     path = save_weights(timm.create_model("test_efficientnet", num_classes=0), tmp_path / "eff.safetensors")
-    with pytest.raises(WeightsMismatchError) as info:
+    with pytest.raises(WeightMatchError) as info:
         build_backbone(BACKBONE, pretrained=path)
     message = str(info.value)
     assert "eff.safetensors" in message
@@ -152,7 +152,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
     state["conv1.0.weight"] = torch.zeros(8, 3, 3, 3)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsMismatchError, match=r"conv1\.0\.weight \[8, 3, 3, 3\] vs \[16, 3, 3, 3\]"):
+    with pytest.raises(WeightMatchError, match=r"conv1\.0\.weight \[8, 3, 3, 3\] vs \[16, 3, 3, 3\]"):
         build_backbone(BACKBONE, pretrained=path)
 
 
@@ -161,7 +161,7 @@ def test_missing_keys_are_an_error_even_though_timm_loads_non_strictly(tmp_path)
     del state["layer4.0.conv1.weight"]
     path = tmp_path / "partial.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsMismatchError, match=r"1 key\(s\) the model needs.*layer4\.0\.conv1\.weight"):
+    with pytest.raises(WeightMatchError, match=r"1 key\(s\) the model needs.*layer4\.0\.conv1\.weight"):
         build_backbone(BACKBONE, pretrained=path)
 
 
@@ -169,7 +169,7 @@ def test_classifier_checkpoint_is_recognised(tmp_path):
     model = ImageClassifier(num_classes=2, backbone=BACKBONE, pretrained=False)
     path = tmp_path / "whole_model.pth"
     torch.save(model.state_dict(), path)
-    with pytest.raises(WeightsMismatchError, match="looks like an ImageClassifier checkpoint"):
+    with pytest.raises(WeightMatchError, match="looks like an ImageClassifier checkpoint"):
         build_backbone(BACKBONE, pretrained=path)
 
 
@@ -179,7 +179,7 @@ def test_torchvision_file_round_trip_and_mismatch(tmp_path):
     torch.save(source.state_dict(), path)  # with its 10-class fc, which is dropped
     loaded = build_backbone("torchvision:resnet18", pretrained=path).module
     assert torch.equal(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
-    with pytest.raises(WeightsMismatchError, match="torchvision backbone 'torchvision:resnet34'"):
+    with pytest.raises(WeightMatchError, match="torchvision backbone 'torchvision:resnet34'"):
         build_backbone("torchvision:resnet34", pretrained=path)
 
 

@@ -30,7 +30,7 @@ from finetune_strategies.errors import (
     FinetuningError,
     PretrainedWeightsError,
     UnknownBackboneError,
-    WeightsMismatchError,
+    WeightMatchError,
 )
 from finetune_strategies.image.timm_api import model_data_config
 from finetune_strategies.image.weights import (
@@ -147,11 +147,11 @@ def _timm_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
     except RuntimeError as error:  # load_state_dict refused: report the keys and shapes
         reference = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         diff = diff_weights(weights, reference.state_dict(), ignore=_classifier_names(reference))
-        raise WeightsMismatchError(mismatch_message(path, target, diff)) from error
+        raise WeightMatchError(mismatch_message(path, target, diff)) from error
     # timm loads non-strictly once it drops the classifier, so check what it silently skipped.
     diff = diff_weights(weights, model.state_dict(), ignore=_classifier_names(model))
     if diff:
-        raise WeightsMismatchError(mismatch_message(path, target, diff))
+        raise WeightMatchError(mismatch_message(path, target, diff))
     return model
 
 
@@ -197,7 +197,7 @@ def _load_file(module: nn.Module, path: Path, target: str, drop: list[str]) -> N
     weights = {k: v for k, v in weights.items() if not k.startswith(prefixes)}
     diff = diff_weights(weights, module.state_dict())
     if diff:
-        raise WeightsMismatchError(mismatch_message(path, target, diff))
+        raise WeightMatchError(mismatch_message(path, target, diff))
     module.load_state_dict(weights)
 
 

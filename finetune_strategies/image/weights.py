@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from finetune_strategies.errors import MissingPathError, PretrainedWeightsError, WeightsMismatchError
+from finetune_strategies.errors import MissingPathError, PretrainedWeightsError, WeightMatchError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -136,10 +136,10 @@ def mismatch_message(path: str | Path, target: str, diff: WeightsDiff) -> str:
 
 
 def check_fits(path: str | Path, weights: Mapping[str, torch.Tensor], module: nn.Module, target: str) -> None:
-    """Raise :class:`WeightsMismatchError` unless ``weights`` fit ``module``'s state dict exactly."""
+    """Raise :class:`WeightMatchError` unless ``weights`` fit ``module``'s state dict exactly."""
     diff = diff_weights(weights, module.state_dict())
     if diff:
-        raise WeightsMismatchError(mismatch_message(path, target, diff))
+        raise WeightMatchError(mismatch_message(path, target, diff))
 
 
 def save_weights(module: nn.Module, path: str | Path) -> Path:
