@@ -1,0 +1,150 @@
+"""The frozen-feature cache: frozen epochs with ``cache_features=True`` against the same run without.
+
+Both runs train ``freeze`` (``train_bn=False, bn_eval=True``, which the cache needs) from the same
+weights on the same shuffled, seeded data order. Epoch time runs from the first callback's
+``on_train_epoch_start`` to the last callback's ``on_train_epoch_end``: data loading included.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks.config import BenchConfig
+from benchmarks.lightning_runs import make_trainer
+from benchmarks.measure import PeakMemory, Summary, clock
+from benchmarks.variants import HEAD_ONLY
+from benchmarks.workload import BenchModel, make_loader
+from finetune_strategies import FinetuningStrategy, resolve_strategy
+
+
+@dataclass
+class CacheRun:
+    """Epoch times and final head weights of one run (``cached`` or not), pooled over rounds."""
+
+    cached: bool
+    epoch_s: list[list[float]] = field(default_factory=list)  # per round, per epoch
+    later_step_s: list[float] = field(default_factory=list)  # steps of epochs after the first, all rounds
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    peak_bytes: int = 0
+    start_bytes: int = 0
+
+    @property
+    def first_epoch_s(self) -> float:
+        return statistics.median(r[0] for r in self.epoch_s)
+
+    @property
+    def later_epoch_s(self) -> float:
+        """Median over rounds and over every epoch after the first."""
+        return statistics.median(t for r in self.epoch_s for t in r[1:])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cached": self.cached,
+            "epoch_s": self.epoch_s,
+            "first_epoch_s": self.first_epoch_s,
+            "later_epoch_median_s": self.later_epoch_s,
+            "later_step_ms": asdict(Summary.of_seconds(self.later_step_s)),
+            "cache_stats": self.stats,
+            "peak_memory_bytes": self.peak_bytes,
+            "memory_at_start_bytes": self.start_bytes,
+        }
+
+
+class EpochClock:
+    """Epoch wall times, and step times (as in the speed suite) of the epochs after the first."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.epoch_s: list[float] = []
+        self.later_step_s: list[float] = []
+        self._start = 0.0
+
+    def callbacks(self) -> tuple[Callback, Callback]:
+        """The callback to put first and the one to put last."""
+        return _EpochStart(self), _EpochStop(self)
+
+
+class _EpochStart(Callback):
+    def __init__(self, clock: EpochClock) -> None:
+        self.clock = clock
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.epoch_s.append(-clock(self.clock.device))
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.clock._start = clock(self.clock.device)
+
+
+class _EpochStop(Callback):
+    def __init__(self, clock: EpochClock) -> None:
+        self.clock = clock
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch > 0:
+            self.clock.later_step_s.append(clock(self.clock.device) - self.clock._start)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.epoch_s[-1] += clock(self.clock.device)
+
+
+def run_cache_once(run: CacheRun, config: BenchConfig, device: torch.device, memory: PeakMemory) -> None:
+    """One fit of ``config.cache_epochs`` frozen epochs; appends to ``run``."""
+    memory.begin_variant()
+    model = BenchModel(config)
+    strategy = resolve_strategy("freeze", cache_features=run.cached, **HEAD_ONLY)
+    assert isinstance(strategy, FinetuningStrategy)
+    epochs = EpochClock(device)
+    first, last = epochs.callbacks()
+    loader = make_loader(config, config.cache_batches, shuffle=True)
+    make_trainer(device, config.cache_epochs, [first, strategy, last]).fit(model, train_dataloaders=loader)
+    run.epoch_s.append(epochs.epoch_s)
+    run.later_step_s += epochs.later_step_s
+    run.head = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+    run.peak_bytes = max(run.peak_bytes, memory.peak())
+    run.start_bytes = memory.start_bytes
+    if run.cached:
+        stats = strategy.cache_stats["backbone"]
+        run.stats = {**asdict(stats), "max_bytes": strategy.cache_max_bytes}
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """The comparison the cache target is judged on."""
+
+    uncached: CacheRun
+    cached: CacheRun
+
+    @property
+    def speedup(self) -> float:
+        """Later frozen epochs: uncached time over cached time."""
+        return self.uncached.later_epoch_s / self.cached.later_epoch_s
+
+    @property
+    def step_speedup(self) -> float:
+        """Median step time of later epochs, uncached over cached (no data loading, no epoch hooks)."""
+        return statistics.median(self.uncached.later_step_s) / statistics.median(self.cached.later_step_s)
+
+    @property
+    def head_max_abs_diff(self) -> float:
+        return max(float((self.uncached.head[k] - self.cached.head[k]).abs().max()) for k in self.uncached.head)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": "freeze, train_bn=False, bn_eval=True",
+            "uncached": self.uncached.to_json(),
+            "cached": self.cached.to_json(),
+            "speedup_later_epochs": self.speedup,
+            "step_speedup_later_epochs": self.step_speedup,
+            "head_max_abs_diff": self.head_max_abs_diff,
+        }

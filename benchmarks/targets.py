@@ -1,0 +1,134 @@
+"""The issue's targets, judged on the measurements as ratios with their noise."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from benchmarks.cache_bench import CacheResult
+from benchmarks.records import PhaseRecord, VariantRecord
+
+Verdict = Literal["pass", "within noise", "miss"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target row: ``value`` compared with ``goal`` (``<=`` or ``>=``).
+
+    ``noise`` is two standard errors of a timing ratio, relative (0.03 = 3%), from the IQRs of the
+    two medians; a miss by less than that is reported as "within noise", not as a pass.
+    """
+
+    name: str
+    measured: str
+    value: float
+    goal: float
+    direction: Literal["<=", ">="]
+    noise: float | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        ok = self.value <= self.goal if self.direction == "<=" else self.value >= self.goal
+        if ok:
+            return "pass"
+        if self.noise is not None:
+            reach = self.goal * (1 + self.noise) if self.direction == "<=" else self.goal * (1 - self.noise)
+            if (self.value <= reach) if self.direction == "<=" else (self.value >= reach):
+                return "within noise"
+        return "miss"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def ratio_noise(a: PhaseRecord, b: PhaseRecord) -> float:
+    """Two standard errors of ``median(a) / median(b)``, relative."""
+    sa, sb = a.step, b.step
+    return 2 * math.hypot(sa.median_se / sa.median, sb.median_se / sb.median)
+
+
+def _ratio(name: str, a: PhaseRecord, a_label: str, b: PhaseRecord, b_label: str, goal: float) -> Target:
+    return Target(
+        name,
+        f"{a_label} / {b_label}",
+        a.step.median / b.step.median,
+        goal,
+        "<=",
+        ratio_noise(a, b),
+    )
+
+
+def evaluate(records: dict[str, VariantRecord], cache: CacheResult | None) -> list[Target]:
+    """Every target that the measured variants allow to judge."""
+    targets: list[Target] = []
+    ours = [r for r in records.values() if r.group == "ours"]
+    for variant in ours:
+        for phase in variant.phases:
+            if phase.phase == "frozen" and phase.floor in records:
+                floor = records[phase.floor].phases[0]
+                targets.append(
+                    _ratio(
+                        "frozen-phase step <= 1.10x minimal loop",
+                        phase,
+                        f"{variant.label} ({variant.settings}) frozen",
+                        floor,
+                        f"minimal loop ({records[phase.floor].key.split('.')[1]})",
+                        1.10,
+                    )
+                )
+    if "ours.no_freeze" in records and "lightning.fit" in records:
+        targets.append(
+            _ratio(
+                "no_freeze <= 1.02x plain Lightning fit",
+                records["ours.no_freeze"].phase("full"),
+                "no_freeze",
+                records["lightning.fit"].phase("full"),
+                "Lightning fit",
+                1.02,
+            )
+        )
+    for variant in ours:
+        frozen_bytes = max(p.optimizer.frozen_bytes if p.optimizer else 0 for p in variant.phases)
+        targets.append(
+            Target(
+                "zero optimizer-state bytes for frozen parameters",
+                f"{variant.label} ({variant.settings}), largest over phases",
+                frozen_bytes,
+                0,
+                "<=",
+            )
+        )
+    ours_bf, theirs = records.get("ours.freeze_unfreeze.train_bn"), records.get("lightning.backbone_finetuning")
+    if ours_bf is not None and theirs is not None:
+        for name in ("frozen", "unfrozen"):
+            targets.append(
+                _ratio(
+                    "never slower than BackboneFinetuning (same settings)",
+                    ours_bf.phase(name),
+                    f"freeze_unfreeze {name}",
+                    theirs.phase(name),
+                    f"BackboneFinetuning {name}",
+                    1.00,
+                )
+            )
+    if cache is not None:
+        targets.append(
+            Target(
+                "cache: frozen epochs after the first >= 20x faster",
+                "uncached / cached epoch time (median of epochs >= 1)",
+                cache.speedup,
+                20.0,
+                ">=",
+            )
+        )
+        targets.append(
+            Target(
+                "cache: head weights equal uncached within 1e-5",
+                "max |head(cached) - head(uncached)|",
+                cache.head_max_abs_diff,
+                1e-5,
+                "<=",
+            )
+        )
+    return targets
