@@ -161,7 +161,8 @@ def markdown(
         "",
         f"Workload: timm `{config['model']}` backbone + linear head, {config['image_size']} px, batch "
         f"{config['batch_size']}, AdamW, synthetic data; {config['warmup']} warm-up + {config['steps']} measured "
-        f"steps per phase, {config['rounds']} round(s).",
+        f"steps per phase, {config['rounds']} round(s). Memory: {result['memory_kind']}, "
+        f"reset {'per phase' if result['memory_scope'] == 'phase' else 'never (process-wide peak)'}.",
         "",
         *machine_lines(result["machine"]),
         "",
