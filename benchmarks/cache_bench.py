@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Callback
 
 from benchmarks.config import BenchConfig
 from benchmarks.lightning_runs import make_trainer
-from benchmarks.measure import PeakMemory, Summary, clock
+from benchmarks.measure import CpuReading, Instruments, Sample, Summary, clock
+from benchmarks.records import quiet
 from benchmarks.variants import HEAD_ONLY
 from benchmarks.workload import BenchModel, make_loader
 from finetune_strategies import FinetuningStrategy, resolve_strategy
@@ -25,10 +26,11 @@ from finetune_strategies import FinetuningStrategy, resolve_strategy
 
 @dataclass
 class CacheRun:
-    """Epoch times and final head weights of one run (``cached`` or not), pooled over rounds."""
+    """Epochs of one setting (``cached`` or not), pooled over rounds."""
 
     cached: bool
-    epoch_s: list[list[float]] = field(default_factory=list)  # per round, per epoch
+    quiet_share: float
+    epochs: list[list[Sample]] = field(default_factory=list)  # per round, per epoch (epoch wall time)
     later_step_s: list[float] = field(default_factory=list)  # steps of epochs after the first, all rounds
     head: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -37,19 +39,26 @@ class CacheRun:
 
     @property
     def first_epoch_s(self) -> float:
-        return statistics.median(r[0] for r in self.epoch_s)
+        return statistics.median(r[0].step_s for r in self.epochs)
+
+    def later(self) -> tuple[list[Sample], bool]:
+        """Epochs after the first that other processes left alone (at least 2), else all of them."""
+        return quiet([e for r in self.epochs for e in r[1:]], self.quiet_share, minimum=2)
 
     @property
     def later_epoch_s(self) -> float:
-        """Median over rounds and over every epoch after the first."""
-        return statistics.median(t for r in self.epoch_s for t in r[1:])
+        """Median wall time of the epochs after the first (see :meth:`later`)."""
+        return statistics.median(e.step_s for e in self.later()[0])
 
     def to_json(self) -> dict[str, Any]:
+        used, quiet_only = self.later()
         return {
             "cached": self.cached,
-            "epoch_s": self.epoch_s,
+            "epochs": [[asdict(e) for e in r] for r in self.epochs],
             "first_epoch_s": self.first_epoch_s,
             "later_epoch_median_s": self.later_epoch_s,
+            "later_epochs_used": len(used),
+            "quiet_only": quiet_only,
             "later_step_ms": asdict(Summary.of_seconds(self.later_step_s)),
             "cache_stats": self.stats,
             "peak_memory_bytes": self.peak_bytes,
@@ -58,13 +67,15 @@ class CacheRun:
 
 
 class EpochClock:
-    """Epoch wall times, and step times (as in the speed suite) of the epochs after the first."""
+    """Epoch wall times (with the CPU used by others meanwhile), and the step times of the epochs
+    after the first."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.epoch_s: list[float] = []
+    def __init__(self, tools: Instruments) -> None:
+        self.tools = tools
+        self.epochs: list[Sample] = []
         self.later_step_s: list[float] = []
-        self._start = 0.0
+        self._epoch: tuple[CpuReading | None, float] = (None, 0.0)
+        self._step = 0.0
 
     def callbacks(self) -> tuple[Callback, Callback]:
         """The callback to put first and the one to put last."""
@@ -76,12 +87,12 @@ class _EpochStart(Callback):
         self.clock = clock
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.clock.epoch_s.append(-clock(self.clock.device))
+        self.clock._epoch = self.clock.tools.start()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.clock._start = clock(self.clock.device)
+        self.clock._step = clock(self.clock.tools.device)
 
 
 class _EpochStop(Callback):
@@ -92,27 +103,27 @@ class _EpochStop(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if trainer.current_epoch > 0:
-            self.clock.later_step_s.append(clock(self.clock.device) - self.clock._start)
+            self.clock.later_step_s.append(clock(self.clock.tools.device) - self.clock._step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.clock.epoch_s[-1] += clock(self.clock.device)
+        self.clock.epochs.append(self.clock.tools.stop(self.clock._epoch))
 
 
-def run_cache_once(run: CacheRun, config: BenchConfig, device: torch.device, memory: PeakMemory) -> None:
+def run_cache_once(run: CacheRun, config: BenchConfig, tools: Instruments) -> None:
     """One fit of ``config.cache_epochs`` frozen epochs; appends to ``run``."""
-    memory.begin_variant()
+    tools.memory.begin_variant()
     model = BenchModel(config)
     strategy = resolve_strategy("freeze", cache_features=run.cached, **HEAD_ONLY)
     assert isinstance(strategy, FinetuningStrategy)
-    epochs = EpochClock(device)
+    epochs = EpochClock(tools)
     first, last = epochs.callbacks()
     loader = make_loader(config, config.cache_batches, shuffle=True)
-    make_trainer(device, config.cache_epochs, [first, strategy, last]).fit(model, train_dataloaders=loader)
-    run.epoch_s.append(epochs.epoch_s)
+    make_trainer(tools.device, config.cache_epochs, [first, strategy, last]).fit(model, train_dataloaders=loader)
+    run.epochs.append(epochs.epochs)
     run.later_step_s += epochs.later_step_s
     run.head = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
-    run.peak_bytes = max(run.peak_bytes, memory.peak())
-    run.start_bytes = memory.start_bytes
+    run.peak_bytes = max(run.peak_bytes, tools.memory.peak())
+    run.start_bytes = tools.memory.start_bytes
     if run.cached:
         stats = strategy.cache_stats["backbone"]
         run.stats = {**asdict(stats), "max_bytes": strategy.cache_max_bytes}

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks.config import BenchConfig
-from benchmarks.measure import OptimizerState, PeakMemory, clock
+from benchmarks.measure import CpuReading, Instruments, OptimizerState, Sample
 from benchmarks.records import PhaseRecord
 from benchmarks.workload import BenchModel
 
@@ -51,15 +51,14 @@ def make_trainer(device: torch.device, max_epochs: int, callbacks: list[Callback
 
 
 class StepClock:
-    """Per-phase step timings, optimizer state and peak memory of one Lightning fit."""
+    """Per-phase samples, optimizer state and peak memory of one Lightning fit."""
 
-    def __init__(self, phases: list[PhaseRecord], warmup: int, device: torch.device, memory: PeakMemory) -> None:
+    def __init__(self, phases: list[PhaseRecord], warmup: int, tools: Instruments) -> None:
         self.phases = phases
         self.warmup = warmup
-        self.device = device
-        self.memory = memory
-        self._start = 0.0
-        self._previous: float | None = None
+        self.tools = tools
+        self._started: tuple[CpuReading | None, float] = (None, 0.0)
+        self._last: Sample | None = None  # the previous measured step of this epoch, awaiting its period
 
     def callbacks(self) -> tuple[Callback, Callback]:
         """The callback to put first and the one to put last."""
@@ -68,25 +67,26 @@ class StepClock:
     def epoch_start(self, epoch: int) -> None:
         if epoch >= len(self.phases):
             raise RuntimeError(f"epoch {epoch} has no phase; the variant defines {len(self.phases)}.")
-        self.memory.reset()
-        self._previous = None  # a period never spans two epochs
+        self.tools.memory.reset()
+        self._last = None  # a period never spans two epochs
 
-    def batch_start(self, epoch: int, batch_idx: int) -> None:
-        now = clock(self.device)
-        if self._previous is not None and batch_idx > self.warmup:
-            self.phases[epoch].period_s.append(now - self._previous)
-        self._previous = self._start = now
+    def batch_start(self) -> None:
+        started = self.tools.start()
+        if self._last is not None:
+            self._last.period_s = started[1] - self._started[1]
+        self._started = started
 
     def batch_end(self, epoch: int, batch_idx: int) -> None:
-        now = clock(self.device)
-        if batch_idx >= self.warmup:
-            self.phases[epoch].step_s.append(now - self._start)
+        sample = self.tools.stop(self._started)
+        self._last = sample if batch_idx >= self.warmup else None
+        if self._last is not None:
+            self.phases[epoch].samples.append(self._last)
 
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record = self.phases[trainer.current_epoch]
         record.optimizer = OptimizerState.of(trainer.optimizers[0])
         record.trainable_params = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        record.peak_bytes = self.memory.peak()
+        record.peak_bytes = self.tools.memory.peak()
 
 
 class _ClockStart(Callback):
@@ -99,7 +99,7 @@ class _ClockStart(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.clock.batch_start(trainer.current_epoch, batch_idx)
+        self.clock.batch_start()
 
 
 class _ClockStop(Callback):
@@ -116,20 +116,14 @@ class _ClockStop(Callback):
 
 
 def fit_timed(
-    config: BenchConfig,
-    device: torch.device,
-    memory: PeakMemory,
-    callback: Callback | None,
-    phases: list[PhaseRecord],
-    loader: Any,
+    config: BenchConfig, tools: Instruments, callback: Callback | None, phases: list[PhaseRecord], loader: Any
 ) -> BenchModel:
     """Fit a fresh model for one epoch per phase, with ``callback`` (if any) between the clocks."""
-    memory.begin_variant()
+    tools.memory.begin_variant()
     for record in phases:
-        record.start_bytes = memory.start_bytes
+        record.start_bytes = tools.memory.start_bytes
     model = BenchModel(config)
-    clock_ = StepClock(phases, config.warmup, device, memory)
-    first, last = clock_.callbacks()
+    first, last = StepClock(phases, config.warmup, tools).callbacks()
     callbacks = [first, last] if callback is None else [first, callback, last]
-    make_trainer(device, len(phases), callbacks).fit(model, train_dataloaders=loader)
+    make_trainer(tools.device, len(phases), callbacks).fit(model, train_dataloaders=loader)
     return model

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import gc
 import math
+import os
 import resource
 import statistics
 import sys
@@ -25,6 +26,21 @@ def quantile(values: Sequence[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class Sample:
+    """One measured step.
+
+    ``step_s`` runs from having the batch on the device to the optimizer step done; ``period_s``
+    from one batch in hand to the next (adding data loading and the loop's bookkeeping; ``None``
+    for an epoch's last step); ``others`` is the share of the machine's CPU that other processes
+    used during the step (``None`` where it cannot be read).
+    """
+
+    step_s: float
+    others: float | None = None
+    period_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,52 @@ def clock(device: torch.device) -> float:
     """``time.perf_counter()`` after all queued work on ``device`` has finished."""
     synchronize(device)
     return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """Busy CPU time of the whole machine and of this process, in clock ticks, at ``wall``."""
+
+    machine_busy: int
+    own: int
+    wall: float
+
+
+class CpuMeter:
+    """How much of the machine's CPU *other* processes used between two readings.
+
+    On a shared machine a step can be slowed by someone else's work; this is how such steps are
+    recognised. Reads ``/proc/stat`` (busy = all but idle and iowait, steal included) and
+    ``/proc/self/stat`` (this process's user + system time, all threads). Where those files do not
+    exist, :meth:`read` returns ``None`` and every step counts as quiet.
+    """
+
+    def __init__(self) -> None:
+        try:
+            with open("/proc/stat") as stat:
+                self.cpus = sum(1 for line in stat if line.startswith("cpu") and line[3].isdigit())
+            self.tick = os.sysconf("SC_CLK_TCK")
+            self.available = self.cpus > 0 and self.read() is not None
+        except (OSError, ValueError, IndexError):
+            self.available = False
+
+    def read(self) -> CpuReading | None:
+        try:
+            with open("/proc/stat") as stat:
+                values = [int(v) for v in stat.readline().split()[1:9]]
+            with open("/proc/self/stat") as own:
+                fields = own.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(values) - values[3] - values[4]  # minus idle and iowait
+        return CpuReading(busy, int(fields[11]) + int(fields[12]), time.perf_counter())  # utime, stime
+
+    def others_share(self, start: CpuReading | None, end: CpuReading | None) -> float | None:
+        """Fraction (0-1) of the machine's CPU capacity used by other processes from start to end."""
+        if start is None or end is None or not self.available or end.wall <= start.wall:
+            return None
+        others = (end.machine_busy - start.machine_busy) - (end.own - start.own)
+        return max(others, 0) / ((end.wall - start.wall) * self.tick * self.cpus)
 
 
 def _release_freed_memory() -> None:
@@ -176,3 +238,25 @@ class OptimizerState:
             params=len(params),
             frozen_params=sum(1 for p in params if not p.requires_grad),
         )
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """What every variant is measured with: the device's clock, its memory and the CPU meter."""
+
+    device: torch.device
+    memory: PeakMemory
+    cpu: CpuMeter
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Instruments:
+        return cls(device, PeakMemory(device), CpuMeter())
+
+    def start(self) -> tuple[CpuReading | None, float]:
+        """Read the CPU meter, then the clock (so the meter's cost is outside the window)."""
+        return self.cpu.read(), clock(self.device)
+
+    def stop(self, started: tuple[CpuReading | None, float]) -> Sample:
+        """The window since ``started``, and what other processes used of the CPU meanwhile."""
+        now = clock(self.device)
+        return Sample(now - started[1], self.cpu.others_share(started[0], self.cpu.read()))

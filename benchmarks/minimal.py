@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmarks.config import BenchConfig
-from benchmarks.measure import OptimizerState, PeakMemory, clock
+from benchmarks.measure import Instruments, OptimizerState, Sample
 from benchmarks.records import PhaseRecord
 from benchmarks.variants import MinimalMode, Variant
 from benchmarks.workload import BenchModel, make_loader, make_optimizer
@@ -28,23 +28,24 @@ def _trainable(model: BenchModel, mode: MinimalMode) -> list[nn.Parameter]:
     return list(model.head.parameters()) + norms
 
 
-def run_minimal(variant: Variant, config: BenchConfig, device: torch.device, memory: PeakMemory) -> PhaseRecord:
+def run_minimal(variant: Variant, config: BenchConfig, tools: Instruments) -> PhaseRecord:
     """Train ``config.warmup + config.steps`` steps; time each from batch-on-device to step done."""
     assert variant.mode is not None
-    mode = variant.mode
-    memory.begin_variant()
+    mode, device = variant.mode, tools.device
+    tools.memory.begin_variant()
     model = BenchModel(config).to(device)
     params = _trainable(model, mode)
     optimizer = make_optimizer(params, config.lr)
     batches = iter(make_loader(config, config.steps_per_epoch))
-    record = PhaseRecord(mode, variant.floors[0], start_bytes=memory.start_bytes)
-    previous: float | None = None
+    record = PhaseRecord(mode, variant.floors[0], config.quiet_share, start_bytes=tools.memory.start_bytes)
+    last: Sample | None = None
+    previous = 0.0
     for index in range(config.steps_per_epoch):
         x, y = (t.to(device) for t in next(batches))
-        start = clock(device)
-        if previous is not None and index > config.warmup:
-            record.period_s.append(start - previous)
-        previous = start
+        started = tools.start()
+        if last is not None:
+            last.period_s = started[1] - previous
+        previous = started[1]
         optimizer.zero_grad(set_to_none=True)
         if mode == "frozen":
             with torch.no_grad():
@@ -54,9 +55,11 @@ def run_minimal(variant: Variant, config: BenchConfig, device: torch.device, mem
             logits = model(x)
         torch.autograd.backward(nn.functional.cross_entropy(logits, y))
         optimizer.step()
-        if index >= config.warmup:
-            record.step_s.append(clock(device) - start)
+        sample = tools.stop(started)
+        last = sample if index >= config.warmup else None
+        if last is not None:
+            record.samples.append(last)
     record.optimizer = OptimizerState.of(optimizer)
     record.trainable_params = sum(p.numel() for p in params)
-    record.peak_bytes = memory.peak()
+    record.peak_bytes = tools.memory.peak()
     return record

@@ -2,55 +2,76 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from benchmarks.measure import OptimizerState, Summary
+from benchmarks.measure import OptimizerState, Sample, Summary
+
+MIN_QUIET = 5
+"""Fewest quiet samples that a summary is built from; with fewer, every sample is used."""
+
+
+def quiet(samples: Sequence[Sample], threshold: float, minimum: int = MIN_QUIET) -> tuple[list[Sample], bool]:
+    """The samples during which other processes used at most ``threshold`` of the CPU, and True;
+    or all samples and False when fewer than ``minimum`` are quiet (a busy machine)."""
+    kept = [s for s in samples if s.others is None or s.others <= threshold]
+    if len(kept) >= min(minimum, len(samples)):
+        return kept, True
+    return list(samples), False
 
 
 @dataclass
 class PhaseRecord:
-    """One phase of one variant: its timings (after warm-up) and its state at the phase's end.
-
-    ``step_s`` is the time from having the batch on the device to the optimizer step done;
-    ``period_s`` is the time from one batch in hand to the next, so it adds data loading and the
-    training loop's own bookkeeping.
-    """
+    """One phase of one variant: its samples (after warm-up) and its state at the phase's end."""
 
     phase: str
     floor: str | None  # key of the minimal-loop variant doing the same math, if any
-    step_s: list[float] = field(default_factory=list)
-    period_s: list[float] = field(default_factory=list)
+    quiet_share: float  # a sample is quiet when other processes used at most this share of the CPU
+    samples: list[Sample] = field(default_factory=list)
     optimizer: OptimizerState | None = None
     trainable_params: int = 0
     peak_bytes: int = 0
     start_bytes: int = 0
 
     def merge(self, other: PhaseRecord) -> None:
-        """Pool ``other``'s timings into this record; keep the larger peak and the latest state."""
-        self.step_s += other.step_s
-        self.period_s += other.period_s
+        """Pool ``other``'s samples into this record; keep the larger peak and the latest state."""
+        self.samples += other.samples
         self.optimizer = other.optimizer
         self.trainable_params = other.trainable_params
         if other.peak_bytes - other.start_bytes > self.peak_bytes - self.start_bytes:
             self.peak_bytes, self.start_bytes = other.peak_bytes, other.start_bytes
 
     @property
+    def used(self) -> list[Sample]:
+        """The samples the summaries are built from (see :func:`quiet`)."""
+        return quiet(self.samples, self.quiet_share)[0]
+
+    @property
     def step(self) -> Summary:
-        return Summary.of_seconds(self.step_s)
+        return Summary.of_seconds([s.step_s for s in self.used])
+
+    @property
+    def step_all(self) -> Summary:
+        return Summary.of_seconds([s.step_s for s in self.samples])
 
     @property
     def period(self) -> Summary | None:
-        return Summary.of_seconds(self.period_s) if self.period_s else None
+        periods = [s.period_s for s in self.used if s.period_s is not None]
+        return Summary.of_seconds(periods) if periods else None
 
     def to_json(self) -> dict[str, Any]:
         period = self.period
+        used, filtered = quiet(self.samples, self.quiet_share)
         return {
             "phase": self.phase,
             "floor": self.floor,
             "step_ms": asdict(self.step),
+            "step_ms_all_samples": asdict(self.step_all),
             "period_ms": asdict(period) if period is not None else None,
-            "step_s_raw": self.step_s,
+            "samples_used": len(used),
+            "quiet_only": filtered,
+            "samples": [asdict(s) for s in self.samples],
             "optimizer_state": asdict(self.optimizer) if self.optimizer is not None else None,
             "trainable_params": self.trainable_params,
             "peak_memory_bytes": self.peak_bytes,

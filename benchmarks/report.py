@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cache_bench import CacheResult
-from benchmarks.records import VariantRecord
+from benchmarks.records import VariantRecord, quiet
 from benchmarks.targets import Target
 
 MIB = 2**20
@@ -22,6 +22,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
+
+
+def _used(used: int, total: int, quiet_only: bool) -> str:
+    return f"{used}/{total}" if quiet_only else f"{total}/{total} (busy)"
 
 
 def _target_value(target: Target) -> str:
@@ -60,6 +64,7 @@ def steps_table(records: dict[str, VariantRecord]) -> list[str]:
     for variant in records.values():
         for phase in variant.phases:
             step, period = phase.step, phase.period
+            used, quiet_only = quiet(phase.samples, phase.quiet_share)
             floor = records.get(phase.floor) if phase.floor else None
             vs_floor = "-" if floor is None else f"{step.median / floor.phases[0].step.median:.3f}x"
             optimizer = phase.optimizer
@@ -70,6 +75,7 @@ def steps_table(records: dict[str, VariantRecord]) -> list[str]:
                     phase.phase,
                     f"{step.median:.1f}",
                     f"{step.p10:.1f}-{step.p90:.1f}",
+                    _used(len(used), len(phase.samples), quiet_only),
                     vs_floor,
                     f"{period.median:.1f}" if period is not None else "-",
                     _mib(optimizer.total_bytes) if optimizer else "-",
@@ -84,6 +90,7 @@ def steps_table(records: dict[str, VariantRecord]) -> list[str]:
         "phase",
         "step median (ms)",
         "p10-p90 (ms)",
+        "steps used (quiet/all)",
         "vs minimal loop",
         "period median (ms)",
         "optimizer state (MiB)",
@@ -97,11 +104,13 @@ def steps_table(records: dict[str, VariantRecord]) -> list[str]:
 def cache_table(cache: CacheResult) -> list[str]:
     rows = []
     for run in (cache.uncached, cache.cached):
+        later, quiet_only = run.later()
+        count = _used(len(later), sum(len(r) - 1 for r in run.epochs), quiet_only)
         rows.append(
             [
                 "cache_features=True" if run.cached else "cache_features=False",
                 f"{run.first_epoch_s:.3f}",
-                f"{run.later_epoch_s:.3f}",
+                f"{run.later_epoch_s:.3f} ({count})",
                 f"{statistics.median(run.later_step_s) * 1e3:.1f}",
                 f"{_mib(run.peak_bytes)} (+{_mib(max(run.peak_bytes - run.start_bytes, 0))})",
             ]
@@ -173,7 +182,9 @@ def markdown(
         "## Step time per variant and phase",
         "",
         "Step: batch on the device to optimizer step done, fine-tuning callback hooks included. Period: one "
-        "batch to the next, adding data loading and the training loop's bookkeeping.",
+        "batch to the next, adding data loading and the training loop's bookkeeping. Steps used: those during "
+        f"which other processes used at most {config['quiet_share']:.0%} of the machine's CPU, or every step "
+        "(busy) when fewer than 5 were.",
         "",
         *steps_table(records),
     ]

@@ -23,7 +23,7 @@ from benchmarks.cache_bench import CacheResult, CacheRun, run_cache_once
 from benchmarks.config import SMOKE, BenchConfig
 from benchmarks.lightning_runs import fit_timed, quiet_lightning
 from benchmarks.machine import describe, load_average
-from benchmarks.measure import PeakMemory
+from benchmarks.measure import Instruments
 from benchmarks.minimal import run_minimal
 from benchmarks.records import PhaseRecord, VariantRecord
 from benchmarks.report import write
@@ -39,21 +39,19 @@ def _log(message: str, started: float) -> None:
     print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def run_variant(variant: Variant, config: BenchConfig, device: torch.device, memory: PeakMemory) -> VariantRecord:
+def run_variant(variant: Variant, config: BenchConfig, tools: Instruments) -> VariantRecord:
     """Measure every phase of ``variant`` once (one round)."""
     if variant.mode is not None:
-        phases = [run_minimal(variant, config, device, memory)]
+        phases = [run_minimal(variant, config, tools)]
     else:
         assert variant.callback is not None
-        phases = [PhaseRecord(p, f) for p, f in zip(variant.phases, variant.floors, strict=True)]
+        phases = [PhaseRecord(p, f, config.quiet_share) for p, f in zip(variant.phases, variant.floors, strict=True)]
         loader = make_loader(config, config.steps_per_epoch)
-        fit_timed(config, device, memory, variant.callback(), phases, loader)
+        fit_timed(config, tools, variant.callback(), phases, loader)
     return VariantRecord(variant.key, variant.label, variant.group, variant.settings, phases)
 
 
-def run_speed(
-    config: BenchConfig, device: torch.device, memory: PeakMemory, started: float
-) -> dict[str, VariantRecord]:
+def run_speed(config: BenchConfig, tools: Instruments, started: float) -> dict[str, VariantRecord]:
     """Every variant, ``config.rounds`` times, alternating the order; timings pooled per phase."""
     all_variants = variants()
     records: dict[str, VariantRecord] = {}
@@ -61,7 +59,7 @@ def run_speed(
         order = all_variants if round_ % 2 == 0 else all_variants[::-1]
         for variant in order:
             _log(f"round {round_ + 1}/{config.rounds}: {variant.key}", started)
-            record = run_variant(variant, config, device, memory)
+            record = run_variant(variant, config, tools)
             if variant.key in records:
                 records[variant.key].merge(record)
             else:
@@ -69,13 +67,13 @@ def run_speed(
     return {v.key: records[v.key] for v in all_variants}  # table order, whatever the run order
 
 
-def run_cache(config: BenchConfig, device: torch.device, memory: PeakMemory, started: float) -> CacheResult:
+def run_cache(config: BenchConfig, tools: Instruments, started: float) -> CacheResult:
     """Uncached and cached runs, ``config.rounds`` times, alternating which goes first."""
-    runs = {False: CacheRun(cached=False), True: CacheRun(cached=True)}
+    runs = {c: CacheRun(cached=c, quiet_share=config.quiet_share) for c in (False, True)}
     for round_ in range(config.rounds):
         for cached in (False, True) if round_ % 2 == 0 else (True, False):
             _log(f"round {round_ + 1}/{config.rounds}: cache_features={cached}", started)
-            run_cache_once(runs[cached], config, device, memory)
+            run_cache_once(runs[cached], config, tools)
     return CacheResult(uncached=runs[False], cached=runs[True])
 
 
@@ -123,10 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    memory = PeakMemory(device)
+    tools = Instruments.for_device(device)
     machine = describe(device)
-    records = run_speed(config, device, memory, started) if "speed" in args.suites else {}
-    cache = run_cache(config, device, memory, started) if "cache" in args.suites else None
+    records = run_speed(config, tools, started) if "speed" in args.suites else {}
+    cache = run_cache(config, tools, started) if "cache" in args.suites else None
     machine["load_average_end"] = load_average()
     targets = evaluate(records, cache)
     result: dict[str, Any] = {
@@ -137,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "suites": args.suites,
         "config": config.as_dict(),
         "machine": machine,
-        "memory_kind": memory.kind,
-        "memory_scope": memory.scope,
+        "memory_kind": tools.memory.kind,
+        "memory_scope": tools.memory.scope,
+        "cpu_accounting": tools.cpu.available,
         "total_seconds": time.perf_counter() - started,
     }
     json_path, md_path = write(args.out, result, records, targets, cache)
