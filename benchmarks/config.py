@@ -28,6 +28,8 @@ class BenchConfig:
         quiet_share: A step (or cache epoch) counts as quiet when other processes used at most this
             share of the machine's CPU during it; summaries use quiet samples only when there are
             enough (a shared machine's busy spells would otherwise dominate the medians).
+        retries: Extra passes over the variants (and cache settings) that got too few quiet samples.
+        retry_until_s: No retry starts later than this many seconds into the run (bounds the runtime).
     """
 
     model: str = "resnet18"
@@ -35,7 +37,7 @@ class BenchConfig:
     batch_size: int = 32
     num_classes: int = 10
     warmup: int = 2
-    steps: int = 10
+    steps: int = 8
     rounds: int = 2
     lr: float = 1e-3
     cache_batches: int = 16
@@ -44,6 +46,8 @@ class BenchConfig:
     device: str = "auto"
     seed: int = 0
     quiet_share: float = 0.1
+    retries: int = 2
+    retry_until_s: int = 480
 
     def __post_init__(self) -> None:
         for name in ("image_size", "batch_size", "num_classes", "steps", "rounds", "cache_batches"):
@@ -52,8 +56,9 @@ class BenchConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 (resnet18 downsamples 32x), got {self.image_size}.")
-        if self.warmup < 0 or self.threads < 0:
-            raise ValueError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}.")
+        for name in ("warmup", "threads", "retries", "retry_until_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.cache_epochs < 2:
             raise ValueError(f"cache_epochs must be at least 2 (one fills the cache), got {self.cache_epochs}.")
         if not 0 < self.quiet_share <= 1:
@@ -81,6 +86,7 @@ SMOKE = BenchConfig(
     rounds=1,
     cache_batches=2,
     cache_epochs=3,
+    retries=0,
     threads=1,  # a tiny model gains nothing from threads, and a shared CI runner punishes them
 )
 """Tiny sizes that exercise every code path in seconds (for CI); its numbers mean nothing."""

@@ -48,6 +48,11 @@ class PhaseRecord:
         return quiet(self.samples, self.quiet_share)[0]
 
     @property
+    def quiet_enough(self) -> bool:
+        """Whether the summaries come from quiet samples only."""
+        return quiet(self.samples, self.quiet_share)[1]
+
+    @property
     def step(self) -> Summary:
         return Summary.of_seconds([s.step_s for s in self.used])
 
@@ -94,6 +99,10 @@ class VariantRecord:
             if record.phase == name:
                 return record
         raise KeyError(f"{self.key} has no phase {name!r}; it has {[p.phase for p in self.phases]}.")
+
+    @property
+    def quiet_enough(self) -> bool:
+        return all(p.quiet_enough for p in self.phases)
 
     def merge(self, other: VariantRecord) -> None:
         for mine, theirs in zip(self.phases, other.phases, strict=True):

@@ -10,7 +10,7 @@ from benchmarks.cache_bench import CacheResult
 from benchmarks.measure import Summary
 from benchmarks.records import PhaseRecord, VariantRecord
 
-Verdict = Literal["pass", "within noise", "miss"]
+Verdict = Literal["pass", "within noise", "miss", "inconclusive (busy)"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Target:
     ``noise`` is two standard errors of a timing ratio, relative (0.03 = 3%), from the IQRs of the
     two medians. With a noise band, the verdict is "pass" only when the whole band meets the goal,
     "miss" only when the whole band misses it, and "within noise" when the band straddles it.
+    ``busy`` marks a timing that could not be judged: too few of its samples were free of other
+    processes' load (see :func:`benchmarks.records.quiet`), so it compares unlike conditions.
     """
 
     name: str
@@ -28,9 +30,12 @@ class Target:
     goal: float
     direction: Literal["<=", ">="]
     noise: float | None = None
+    busy: bool = False
 
     @property
     def verdict(self) -> Verdict:
+        if self.busy:
+            return "inconclusive (busy)"
         band = self.noise or 0.0
         low, high = self.value * (1 - band), self.value * (1 + band)
         best, worst = (low, high) if self.direction == "<=" else (high, low)
@@ -58,6 +63,7 @@ def _ratio(name: str, a: PhaseRecord, a_label: str, b: PhaseRecord, b_label: str
         goal,
         "<=",
         ratio_noise(a.step, b.step),
+        busy=not (a.quiet_enough and b.quiet_enough),
     )
 
 

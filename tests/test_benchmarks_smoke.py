@@ -17,11 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
-from benchmarks.measure import CpuMeter  # noqa: E402
+from benchmarks.measure import CpuMeter, Sample  # noqa: E402
+from benchmarks.records import quiet  # noqa: E402
 from benchmarks.run import parse_args  # noqa: E402
+from benchmarks.targets import Target  # noqa: E402
 from benchmarks.variants import variants  # noqa: E402
 
-VERDICTS = {"pass", "within noise", "miss"}
+VERDICTS = {"pass", "within noise", "miss", "inconclusive (busy)"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,7 @@ def test_json_describes_the_run_and_the_machine(smoke: tuple[dict, str]) -> None
     data, _ = smoke
     assert data["smoke"] is True
     assert data["suites"] == ["speed", "cache"]
+    assert data["retried"] == []  # --smoke never retries
     assert data["config"]["model"] == "test_resnet"
     machine = data["machine"]
     for key in ("cpu", "logical_cores", "torch", "lightning", "timm", "torch_threads", "device"):
@@ -142,7 +145,7 @@ def test_smoke_flag_and_overrides() -> None:
     _, config = parse_args(["--smoke", "--steps", "5"])
     assert (config.model, config.steps, config.image_size) == ("test_resnet", 5, 32)
     _, full = parse_args([])
-    assert (full.model, full.image_size, full.batch_size) == ("resnet18", 96, 32)
+    assert (full.model, full.image_size, full.batch_size, full.threads) == ("resnet18", 96, 32, 2)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="CPU accounting reads /proc")
@@ -156,3 +159,26 @@ def test_cpu_meter_sees_this_process_work() -> None:
     assert meter.available
     assert share is not None
     assert 0.0 <= share < 1.5  # a share of the machine (tick granularity can push it past 1)
+
+
+def test_quiet_samples_are_used_only_when_there_are_enough() -> None:
+    calm, loaded = [Sample(0.1, 0.02)] * 5, [Sample(0.5, 0.5)] * 5
+    assert quiet(calm + loaded, 0.1) == (calm, True)
+    assert quiet(calm[:4] + loaded, 0.1) == (calm[:4] + loaded, False), "too few quiet: all, flagged"
+    assert quiet([Sample(0.1)] * 3, 0.1) == ([Sample(0.1)] * 3, True), "no CPU accounting: all count as quiet"
+
+
+@pytest.mark.parametrize(
+    ("target", "verdict"),
+    [
+        (Target("t", "m", 0.98, 1.02, "<=", 0.01), "pass"),
+        (Target("t", "m", 1.00, 1.02, "<=", 0.05), "within noise"),
+        (Target("t", "m", 1.04, 1.02, "<=", 0.01), "miss"),
+        (Target("t", "m", 25.0, 20.0, ">=", 0.1), "pass"),
+        (Target("t", "m", 21.0, 20.0, ">=", 0.1), "within noise"),
+        (Target("t", "m", 0, 0, "<="), "pass"),
+        (Target("t", "m", 0.5, 1.0, "<=", 0.01, busy=True), "inconclusive (busy)"),
+    ],
+)
+def test_verdicts_account_for_noise_and_load(target: Target, verdict: str) -> None:
+    assert target.verdict == verdict
