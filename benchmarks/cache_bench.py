@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 
 from benchmarks.config import BenchConfig
 from benchmarks.lightning_runs import make_trainer
-from benchmarks.measure import CpuReading, Instruments, Sample, Summary, clock
+from benchmarks.measure import CpuReading, Instruments, Sample
 from benchmarks.records import quiet
 from benchmarks.variants import HEAD_ONLY
 from benchmarks.workload import BenchModel, make_loader
@@ -31,15 +31,18 @@ class CacheRun:
     cached: bool
     quiet_share: float
     epochs: list[list[Sample]] = field(default_factory=list)  # per round, per epoch (epoch wall time)
-    later_step_s: list[float] = field(default_factory=list)  # steps of epochs after the first, all rounds
     head: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     peak_bytes: int = 0
     start_bytes: int = 0
 
+    def first(self) -> tuple[list[Sample], bool]:
+        """First epochs (filling the cache, if any) that other processes left alone, else all of them."""
+        return quiet([r[0] for r in self.epochs], self.quiet_share, minimum=1)
+
     @property
     def first_epoch_s(self) -> float:
-        return statistics.median(r[0].step_s for r in self.epochs)
+        return statistics.median(e.step_s for e in self.first()[0])
 
     def later(self) -> tuple[list[Sample], bool]:
         """Epochs after the first that other processes left alone (at least 2), else all of them."""
@@ -59,7 +62,6 @@ class CacheRun:
             "later_epoch_median_s": self.later_epoch_s,
             "later_epochs_used": len(used),
             "quiet_only": quiet_only,
-            "later_step_ms": asdict(Summary.of_seconds(self.later_step_s)),
             "cache_stats": self.stats,
             "peak_memory_bytes": self.peak_bytes,
             "memory_at_start_bytes": self.start_bytes,
@@ -67,15 +69,12 @@ class CacheRun:
 
 
 class EpochClock:
-    """Epoch wall times (with the CPU used by others meanwhile), and the step times of the epochs
-    after the first."""
+    """Epoch wall times, with the share of the CPU that other processes used meanwhile."""
 
     def __init__(self, tools: Instruments) -> None:
         self.tools = tools
         self.epochs: list[Sample] = []
-        self.later_step_s: list[float] = []
         self._epoch: tuple[CpuReading | None, float] = (None, 0.0)
-        self._step = 0.0
 
     def callbacks(self) -> tuple[Callback, Callback]:
         """The callback to put first and the one to put last."""
@@ -89,21 +88,10 @@ class _EpochStart(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.clock._epoch = self.clock.tools.start()
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self.clock._step = clock(self.clock.tools.device)
-
 
 class _EpochStop(Callback):
     def __init__(self, clock: EpochClock) -> None:
         self.clock = clock
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.current_epoch > 0:
-            self.clock.later_step_s.append(clock(self.clock.tools.device) - self.clock._step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.clock.epochs.append(self.clock.tools.stop(self.clock._epoch))
@@ -120,7 +108,6 @@ def run_cache_once(run: CacheRun, config: BenchConfig, tools: Instruments) -> No
     loader = make_loader(config, config.cache_batches, shuffle=True)
     make_trainer(tools.device, config.cache_epochs, [first, strategy, last]).fit(model, train_dataloaders=loader)
     run.epochs.append(epochs.epochs)
-    run.later_step_s += epochs.later_step_s
     run.head = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
     run.peak_bytes = max(run.peak_bytes, tools.memory.peak())
     run.start_bytes = tools.memory.start_bytes
@@ -142,11 +129,6 @@ class CacheResult:
         return self.uncached.later_epoch_s / self.cached.later_epoch_s
 
     @property
-    def step_speedup(self) -> float:
-        """Median step time of later epochs, uncached over cached (no data loading, no epoch hooks)."""
-        return statistics.median(self.uncached.later_step_s) / statistics.median(self.cached.later_step_s)
-
-    @property
     def head_max_abs_diff(self) -> float:
         return max(float((self.uncached.head[k] - self.cached.head[k]).abs().max()) for k in self.uncached.head)
 
@@ -156,6 +138,5 @@ class CacheResult:
             "uncached": self.uncached.to_json(),
             "cached": self.cached.to_json(),
             "speedup_later_epochs": self.speedup,
-            "step_speedup_later_epochs": self.step_speedup,
             "head_max_abs_diff": self.head_max_abs_diff,
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _used(used: int, total: int, quiet_only: bool) -> str:
-    return f"{used}/{total}" if quiet_only else f"{total}/{total} (busy)"
+    return f"{used}/{total}" if quiet_only else f"{total}/{total}, busy"
 
 
 def _target_value(target: Target) -> str:
@@ -104,14 +103,15 @@ def steps_table(records: dict[str, VariantRecord]) -> list[str]:
 def cache_table(cache: CacheResult) -> list[str]:
     rows = []
     for run in (cache.uncached, cache.cached):
-        later, quiet_only = run.later()
-        count = _used(len(later), sum(len(r) - 1 for r in run.epochs), quiet_only)
+        first, first_quiet = run.first()
+        later, later_quiet = run.later()
+        first_count = _used(len(first), len(run.epochs), first_quiet)
+        count = _used(len(later), sum(len(r) - 1 for r in run.epochs), later_quiet)
         rows.append(
             [
                 "cache_features=True" if run.cached else "cache_features=False",
-                f"{run.first_epoch_s:.3f}",
+                f"{run.first_epoch_s:.3f} ({first_count})",
                 f"{run.later_epoch_s:.3f} ({count})",
-                f"{statistics.median(run.later_step_s) * 1e3:.1f}",
                 f"{_mib(run.peak_bytes)} (+{_mib(max(run.peak_bytes - run.start_bytes, 0))})",
             ]
         )
@@ -120,7 +120,6 @@ def cache_table(cache: CacheResult) -> list[str]:
             "freeze (train_bn=False, bn_eval=True)",
             "epoch 0 (s)",
             "later epochs, median (s)",
-            "their steps, median (ms)",
             "peak memory (MiB, +above start)",
         ],
         rows,
@@ -128,7 +127,7 @@ def cache_table(cache: CacheResult) -> list[str]:
     stats = cache.cached.stats
     lines += [
         "",
-        f"- Speed-up of frozen epochs after the first: **{cache.speedup:.1f}x** (per step: {cache.step_speedup:.1f}x).",
+        f"- Speed-up of frozen epochs after the first: **{cache.speedup:.1f}x**.",
         f"- Head weights, largest difference from the uncached run: **{cache.head_max_abs_diff:.1e}**.",
         f"- Cache: {stats.get('samples', 0)} samples, {stats.get('bytes', 0):,} bytes "
         f"({stats.get('bytes', 0) / MIB:.2f} MiB) of a {stats.get('max_bytes', 0) / MIB:,.0f} MiB bound; "
@@ -184,7 +183,7 @@ def markdown(
         "Step: batch on the device to optimizer step done, fine-tuning callback hooks included. Period: one "
         "batch to the next, adding data loading and the training loop's bookkeeping. Steps used: those during "
         f"which other processes used at most {config['quiet_share']:.0%} of the machine's CPU, or every step "
-        "(busy) when fewer than 5 were.",
+        "(marked busy) when fewer than 5 were.",
         "",
         *steps_table(records),
     ]

@@ -136,7 +136,7 @@ def evaluate(records: dict[str, VariantRecord], cache: CacheResult | None) -> li
         targets.append(
             Target(
                 "cache: head weights equal uncached within 1e-5",
-                "max |head(cached) - head(uncached)|",
+                "largest abs difference of head weights, cached vs uncached",
                 cache.head_max_abs_diff,
                 1e-5,
                 "<=",

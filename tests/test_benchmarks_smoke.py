@@ -125,6 +125,17 @@ def test_markdown_has_the_tables(smoke: tuple[dict, str]) -> None:
     assert f"| CPU | {data['machine']['cpu']} |" in md
     assert md.count("| minimal PyTorch loop |") == 3
     assert md.count("| **") == len(data["targets"])  # one verdict per target row
+    tables: list[list[str]] = []
+    previous = ""
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(line)
+        previous = line
+    assert len(tables) == 4
+    for table in tables:  # a stray "|" in a cell would shift the columns
+        assert len({row.count("|") for row in table}) == 1, table[0]
 
 
 @pytest.mark.parametrize(
