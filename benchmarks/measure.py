@@ -1,0 +1,262 @@
+"""Measuring tools shared by every variant: summary statistics, peak memory, optimizer state."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of ``values`` (0 <= q <= 1)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("quantile of no values")
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class Sample:
+    """One measured step.
+
+    ``step_s`` runs from having the batch on the device to the optimizer step done; ``period_s``
+    from one batch in hand to the next (adding data loading and the loop's bookkeeping; ``None``
+    for an epoch's last step); ``others`` is the share of the machine's CPU that other processes
+    used during the step (``None`` where it cannot be read).
+    """
+
+    step_s: float
+    others: float | None = None
+    period_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and spread of repeated timings, in milliseconds."""
+
+    n: int
+    median: float
+    p10: float
+    p90: float
+    q1: float
+    q3: float
+    mean: float
+
+    @classmethod
+    def of_seconds(cls, values: Sequence[float]) -> Summary:
+        ms = [v * 1e3 for v in values]
+        return cls(
+            n=len(ms),
+            median=statistics.median(ms),
+            p10=quantile(ms, 0.1),
+            p90=quantile(ms, 0.9),
+            q1=quantile(ms, 0.25),
+            q3=quantile(ms, 0.75),
+            mean=statistics.fmean(ms),
+        )
+
+    @property
+    def median_se(self) -> float:
+        """Standard error of the median, estimated from the IQR (normal approximation)."""
+        return 0.93 * (self.q3 - self.q1) / math.sqrt(max(self.n, 1))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it sees it done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` after all queued work on ``device`` has finished."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """Busy CPU time of the whole machine and of this process, in clock ticks, at ``wall``."""
+
+    machine_busy: int
+    own: int
+    wall: float
+
+
+class CpuMeter:
+    """How much of the machine's CPU *other* processes used between two readings.
+
+    On a shared machine a step can be slowed by someone else's work; this is how such steps are
+    recognised. Reads ``/proc/stat`` (busy = all but idle and iowait, steal included) and
+    ``/proc/self/stat`` (this process's user + system time, all threads). Where those files do not
+    exist, :meth:`read` returns ``None`` and every step counts as quiet.
+    """
+
+    def __init__(self) -> None:
+        try:
+            with open("/proc/stat") as stat:
+                self.cpus = sum(1 for line in stat if line.startswith("cpu") and line[3].isdigit())
+            self.tick = os.sysconf("SC_CLK_TCK")
+            self.available = self.cpus > 0 and self.read() is not None
+        except (OSError, ValueError, IndexError):
+            self.available = False
+
+    def read(self) -> CpuReading | None:
+        try:
+            with open("/proc/stat") as stat:
+                values = [int(v) for v in stat.readline().split()[1:9]]
+            with open("/proc/self/stat") as own:
+                fields = own.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(values) - values[3] - values[4]  # minus idle and iowait
+        return CpuReading(busy, int(fields[11]) + int(fields[12]), time.perf_counter())  # utime, stime
+
+    def others_share(self, start: CpuReading | None, end: CpuReading | None) -> float | None:
+        """Fraction (0-1) of the machine's CPU capacity used by other processes from start to end."""
+        if start is None or end is None or not self.available or end.wall <= start.wall:
+            return None
+        others = (end.machine_busy - start.machine_busy) - (end.own - start.own)
+        return max(others, 0) / ((end.wall - start.wall) * self.tick * self.cpus)
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed by earlier variants back to the OS, so it does not count as theirs."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        name = ctypes.util.find_library("c")
+        if name:
+            libc = ctypes.CDLL(name)
+            if hasattr(libc, "malloc_trim"):
+                libc.malloc_trim(0)
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakMemory:
+    """Peak memory between :meth:`reset` and :meth:`peak`.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's peak resident set size, read from
+    ``/proc/self/status`` (VmHWM) after resetting it through ``/proc/self/clear_refs``; where that is
+    unavailable, ``resource.getrusage`` gives the peak over the whole process (``scope`` says which).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.scope = "phase"
+        self.start_bytes = 0
+
+    @property
+    def kind(self) -> str:
+        return "cuda max_memory_allocated" if self.device.type == "cuda" else "peak RSS"
+
+    def current(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        rss = _proc_status_kib("VmRSS")
+        return rss * 1024 if rss is not None else 0
+
+    def begin_variant(self) -> None:
+        """Free what earlier variants left behind and remember the memory in use now."""
+        _release_freed_memory()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.start_bytes = self.current()
+        self.reset()
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif not _reset_peak_rss() or _proc_status_kib("VmHWM") is None:
+            self.scope = "process"
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.scope == "phase":
+            hwm = _proc_status_kib("VmHWM")
+            if hwm is not None:
+                return hwm * 1024
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """Bytes held in an optimizer's per-parameter state, split by whether the parameter is frozen."""
+
+    total_bytes: int
+    frozen_bytes: int
+    param_groups: int
+    params: int
+    frozen_params: int
+
+    @classmethod
+    def of(cls, optimizer: torch.optim.Optimizer) -> OptimizerState:
+        total = frozen = 0
+        for param, state in optimizer.state.items():
+            size = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+            total += size
+            if isinstance(param, torch.Tensor) and not param.requires_grad:
+                frozen += size
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return cls(
+            total_bytes=total,
+            frozen_bytes=frozen,
+            param_groups=len(optimizer.param_groups),
+            params=len(params),
+            frozen_params=sum(1 for p in params if not p.requires_grad),
+        )
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """What every variant is measured with: the device's clock, its memory and the CPU meter."""
+
+    device: torch.device
+    memory: PeakMemory
+    cpu: CpuMeter
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Instruments:
+        return cls(device, PeakMemory(device), CpuMeter())
+
+    def start(self) -> tuple[CpuReading | None, float]:
+        """Read the CPU meter, then the clock (so the meter's cost is outside the window)."""
+        return self.cpu.read(), clock(self.device)
+
+    def stop(self, started: tuple[CpuReading | None, float]) -> Sample:
+        """The window since ``started``, and what other processes used of the CPU meanwhile."""
+        now = clock(self.device)
+        return Sample(now - started[1], self.cpu.others_share(started[0], self.cpu.read()))
