@@ -46,13 +46,13 @@ class Model(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(0)
         data = TensorDataset(
             torch.randn(BATCH * STEPS * 2, WIDTH, generator=generator),
             torch.randint(0, 10, (BATCH * STEPS * 2,), generator=generator),
         )
-        sampler = DistributedSampler(data, shuffle=False)
+        sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(data, shuffle=False)
         return DataLoader(data, batch_size=BATCH, sampler=sampler)
 
 
@@ -104,9 +104,10 @@ def run(mechanism: str) -> tuple[list[list[float]], list[float], float]:
             rewraps.append(time.perf_counter() - start)
         return rebuilt
 
-    distributed.sync_ddp = timed_sync  # type: ignore[assignment]
-    if mechanism in {"none", "allreduce"}:
-        distributed.sync_ddp = lambda trainer, stale=False: False  # type: ignore[assignment]
+    def no_sync(trainer: pl.Trainer, stale: bool = False) -> bool:
+        return False
+
+    distributed.sync_ddp = no_sync if mechanism in {"none", "allreduce"} else timed_sync
     try:
         trainer = Trainer(
             accelerator="cpu",
@@ -124,7 +125,8 @@ def run(mechanism: str) -> tuple[list[list[float]], list[float], float]:
         trainer.finetune(model, strategy=strategy)
     finally:
         distributed.sync_ddp = original
-    weight = model.backbone[0][0].weight.detach()
+    first_block: Any = model.backbone[0]
+    weight = first_block[0].weight.detach()
     other = weight.clone()
     dist.broadcast(other, src=1)
     drift = (weight - other).abs().max().item()
