@@ -1,8 +1,8 @@
 """``python -m benchmarks.run --out results/``: measure, judge the targets, write JSON and Markdown.
 
 Suites run in one process, one after another: ``speed`` (every variant of
-:mod:`benchmarks.variants`) and ``cache`` (:mod:`benchmarks.cache_bench`). The transfer-quality
-benchmark is meant to join :data:`SUITES` as a third suite.
+:mod:`benchmarks.variants`), ``cache`` (:mod:`benchmarks.cache_bench`) and ``quality``
+(:mod:`benchmarks.transfer_quality`, which writes its own ``transfer_quality.*`` files).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from benchmarks.minimal import run_minimal
 from benchmarks.records import PhaseRecord, VariantRecord
 from benchmarks.report import write
 from benchmarks.targets import evaluate
+from benchmarks.transfer_quality import run_quality
 from benchmarks.variants import Variant, variants
 from benchmarks.workload import make_loader
 
-SUITES = ("speed", "cache")
+SUITES = ("speed", "cache", "quality")
 """Suites in the order they run; ``--suites`` picks a subset."""
 
 
@@ -175,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_seconds": time.perf_counter() - started,
     }
     json_path, md_path = write(args.out, result, records, targets, cache)
+    if "quality" in args.suites:
+        run_quality(args.out, args.smoke)
+        print(f"wrote {args.out / 'transfer_quality.md'}")
     for target in targets:
         print(f"{target.verdict:>12}  {target.name}: {target.measured} = {target.value:.4g}")
     print(f"wrote {json_path} and {md_path}")

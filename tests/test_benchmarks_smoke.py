@@ -27,7 +27,7 @@ VERDICTS = {"pass", "within noise", "miss", "inconclusive (busy)"}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
     out = tmp_path_factory.mktemp("results")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
@@ -41,13 +41,13 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {out / 'benchmarks.json'}" in result.stdout
-    return json.loads((out / "benchmarks.json").read_text()), (out / "benchmarks.md").read_text()
+    return json.loads((out / "benchmarks.json").read_text()), (out / "benchmarks.md").read_text(), str(out)
 
 
-def test_json_describes_the_run_and_the_machine(smoke: tuple[dict, str]) -> None:
-    data, _ = smoke
+def test_json_describes_the_run_and_the_machine(smoke: tuple[dict, str, str]) -> None:
+    data, *_ = smoke
     assert data["smoke"] is True
-    assert data["suites"] == ["speed", "cache"]
+    assert data["suites"] == ["speed", "cache", "quality"]
     assert data["retried"] == []  # --smoke never retries
     assert data["config"]["model"] == "test_resnet"
     machine = data["machine"]
@@ -57,8 +57,8 @@ def test_json_describes_the_run_and_the_machine(smoke: tuple[dict, str]) -> None
     assert len(machine["load_average_start"]) == len(machine["load_average_end"]) == 3
 
 
-def test_every_variant_and_phase_is_measured(smoke: tuple[dict, str]) -> None:
-    data, _ = smoke
+def test_every_variant_and_phase_is_measured(smoke: tuple[dict, str, str]) -> None:
+    data, *_ = smoke
     config = data["config"]
     expected = {v.key: list(v.phases) for v in variants()}
     assert {v["key"]: [p["phase"] for p in v["phases"]] for v in data["variants"]} == expected
@@ -77,8 +77,8 @@ def test_every_variant_and_phase_is_measured(smoke: tuple[dict, str]) -> None:
             assert set(state) == {"total_bytes", "frozen_bytes", "param_groups", "params", "frozen_params"}
 
 
-def test_frozen_parameters_hold_no_optimizer_state(smoke: tuple[dict, str]) -> None:
-    data, _ = smoke
+def test_frozen_parameters_hold_no_optimizer_state(smoke: tuple[dict, str, str]) -> None:
+    data, *_ = smoke
     by_key = {v["key"]: v for v in data["variants"]}
     head_only = by_key["ours.freeze"]["phases"][0]
     assert head_only["optimizer_state"]["frozen_bytes"] == 0
@@ -91,8 +91,8 @@ def test_frozen_parameters_hold_no_optimizer_state(smoke: tuple[dict, str]) -> N
     assert pending["frozen_bytes"] == 0, "...but no state for them"
 
 
-def test_targets_and_cache(smoke: tuple[dict, str]) -> None:
-    data, _ = smoke
+def test_targets_and_cache(smoke: tuple[dict, str, str]) -> None:
+    data, *_ = smoke
     names = {t["name"] for t in data["targets"]}
     assert names == {
         "frozen-phase step <= 1.10x minimal loop",
@@ -117,8 +117,8 @@ def test_targets_and_cache(smoke: tuple[dict, str]) -> None:
     assert not stats["full"]
 
 
-def test_markdown_has_the_tables(smoke: tuple[dict, str]) -> None:
-    data, md = smoke
+def test_markdown_has_the_tables(smoke: tuple[dict, str, str]) -> None:
+    data, md, _ = smoke
     for heading in ("## Targets", "## Step time per variant and phase", "## Frozen-feature cache"):
         assert heading in md
     assert "smoke size: the numbers mean nothing" in md
@@ -193,3 +193,18 @@ def test_quiet_samples_are_used_only_when_there_are_enough() -> None:
 )
 def test_verdicts_account_for_noise_and_load(target: Target, verdict: str) -> None:
     assert target.verdict == verdict
+
+
+def test_transfer_quality_files(smoke: tuple[dict, str, str]) -> None:
+    out = Path(smoke[2])
+    payload = json.loads((out / "transfer_quality.json").read_text())
+    names = [row["strategy"] for row in payload["rows"]]
+    assert names == ["no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones", "from scratch"]
+    for row in payload["rows"]:
+        assert row["seeds"] == [0, 1]
+        assert 0.0 <= row["final_acc"]["mean"] <= 1.0
+        assert row["final_acc"]["std"] >= 0.0
+    table = (out / "transfer_quality.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| strategy")]
+    assert len(rows) == 5
+    assert (out / "transfer_quality.png").stat().st_size > 10_000
