@@ -28,3 +28,9 @@ def test_strategies_timeline() -> None:
 def test_register_strategy(name: str) -> None:
     out = run_example(name)
     assert "param groups after training: 4" in out
+
+
+def test_feature_cache_example() -> None:
+    out = run_example("feature_cache.py", "--epochs", "2")
+    assert "head weights, largest difference:" in out
+    assert "cache: CacheStats(samples=256" in out
