@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
@@ -107,19 +108,7 @@ def make_callback(name: str) -> BaseFinetuning:
 
 
 def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "deterministic": True,
-    }
-    options.update(kwargs)
-    return Trainer(max_epochs=max_epochs, **options)
+    return Trainer(max_epochs=max_epochs, **{**QUIET_TRAINER, "limit_val_batches": 0, **kwargs})
 
 
 class Dump(pl.Callback):

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from conftest import QUIET_TRAINER
 from PIL import Image
 
 from finetune_strategies import Trainer
@@ -36,15 +37,4 @@ def make_folder(root: Path, classes: tuple[str, ...] = ("ants", "bees"), per_cla
 
 
 def trainer(max_epochs: int, **kwargs: Any) -> Trainer:
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "deterministic": True,
-    }
-    options.update(kwargs)
-    return Trainer(max_epochs=max_epochs, **options)
+    return Trainer(max_epochs=max_epochs, **{**QUIET_TRAINER, **kwargs})
