@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune_strategies import Trainer
+from finetune_strategies import FinetuningStrategy, Trainer
 
 
 class Model(pl.LightningModule):
@@ -56,8 +56,8 @@ def run(cache: bool, epochs: int) -> tuple[list[float], torch.Tensor, Any]:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.finetune(model, loader, strategy="freeze", train_bn=False, bn_eval=True, cache_features=cache)
-    strategy = trainer.callbacks[-1]  # type: ignore[index]
-    return timer.seconds, model.head.weight.detach().clone(), getattr(strategy, "cache_stats", {})
+    (strategy,) = (c for c in trainer.callbacks if isinstance(c, FinetuningStrategy))  # type: ignore[attr-defined]
+    return timer.seconds, model.head.weight.detach().clone(), strategy.cache_stats
 
 
 def main() -> None:

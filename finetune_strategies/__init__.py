@@ -1,6 +1,6 @@
 """Flash-style fine-tuning strategies for Lightning 2.x."""
 
-from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, Phase, StrategyOptions
+from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
 from finetune_strategies.errors import (
     CheckpointError,
     ConfigurationError,
@@ -8,11 +8,12 @@ from finetune_strategies.errors import (
     MissingModuleError,
     ResumeMismatchError,
     ScheduleError,
+    SelectorError,
     StrategySpecError,
     StrategySpecTypeError,
 )
 from finetune_strategies.finetuner import Finetuner
-from finetune_strategies.layers import Layer, LayerUnit, list_layers
+from finetune_strategies.layers import Layer, LayerUnit, list_layers, name_parameters
 from finetune_strategies.monitor import EpochRecord, TrainableMonitor
 from finetune_strategies.registry import (
     StrategySpec,
@@ -21,7 +22,16 @@ from finetune_strategies.registry import (
     resolve_strategy,
     unregister_strategy,
 )
-from finetune_strategies.strategies import Freeze, FreezeUnfreeze, NoFreeze, UnfreezeMilestones
+from finetune_strategies.schedule import Phase, PhaseSpec
+from finetune_strategies.selectors import resolve_selector, resolve_selectors
+from finetune_strategies.strategies import (
+    Freeze,
+    FreezeUnfreeze,
+    GradualUnfreeze,
+    NoFreeze,
+    Phases,
+    UnfreezeMilestones,
+)
 from finetune_strategies.trainer import Trainer
 
 __version__ = "0.1.0"
@@ -36,13 +46,17 @@ __all__ = [
     "FlashBaseFinetuning",
     "Freeze",
     "FreezeUnfreeze",
+    "GradualUnfreeze",
     "Layer",
     "LayerUnit",
     "MissingModuleError",
     "NoFreeze",
     "Phase",
+    "PhaseSpec",
+    "Phases",
     "ResumeMismatchError",
     "ScheduleError",
+    "SelectorError",
     "StrategyOptions",
     "StrategySpec",
     "StrategySpecError",
@@ -53,7 +67,10 @@ __all__ = [
     "__version__",
     "available_strategies",
     "list_layers",
+    "name_parameters",
     "register_strategy",
+    "resolve_selector",
+    "resolve_selectors",
     "resolve_strategy",
     "unregister_strategy",
 ]

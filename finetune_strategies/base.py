@@ -1,47 +1,48 @@
-"""The base callback that every fine-tuning strategy builds on.
+"""The callback every fine-tuning strategy is: a schedule, run by parts that each own one concern.
 
-:class:`FinetuningStrategy` extends Lightning's ``BaseFinetuning`` and fixes what it gets wrong:
+:class:`FinetuningStrategy` extends Lightning's ``BaseFinetuning``. A strategy is its schedule, the
+list of :class:`~finetune_strategies.schedule.Phase` that :meth:`FinetuningStrategy.unfreeze_phases`
+returns; each built-in is a short preset of it. The callback composes:
 
-* optimizer membership is tested by identity, not by value;
-* unfrozen parameters go to exactly one optimizer, in a new param group that the LR schedulers
-  learn about (see :mod:`finetune_strategies.schedulers`);
-* resuming after an unfreeze makes the unfrozen modules trainable again;
-* ``train_bn=False`` keeps BatchNorm frozen after an unfreeze too, and ``bn_eval=True`` runs frozen
-  BatchNorm layers on their running statistics;
-* with ``preregister_groups=True`` (the ``*_deepspeed`` strategies) the optimizer never changes
-  shape: every phase gets a param group with lr 0 when the optimizer is built, and the phase is
-  switched on by setting its lr.
-
-A built-in strategy is only a schedule: it overrides :meth:`FinetuningStrategy.unfreeze_phases`.
+* :mod:`~finetune_strategies.batchnorm` - freezing, thawing, and the BatchNorm policy;
+* :mod:`~finetune_strategies.groups` - the param groups each phase brings (named, layer-wise lr decay,
+  pre-registered for DeepSpeed), with :mod:`~finetune_strategies.schedulers` teaching every LR
+  scheduler about them;
+* :mod:`~finetune_strategies.feature_cache` - the frozen-feature cache session;
+* :mod:`~finetune_strategies.distributed` - re-wrapping DDP when the trainable set changes;
+* :mod:`~finetune_strategies.state` - the resume state written into checkpoints;
+* :mod:`~finetune_strategies.compat` - what Flash's and Lightning's own callbacks need.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, NamedTuple, TypedDict
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, TypedDict
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import BaseFinetuning
-from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 
-from finetune_strategies import distributed
+from finetune_strategies import _lightning, compat, distributed
+from finetune_strategies.batchnorm import BatchNormPolicy, own_parameters
 from finetune_strategies.errors import (
     ConfigurationError,
     MissingModuleError,
     ScheduleError,
+    StrategySpecError,
     StrategySpecTypeError,
 )
-from finetune_strategies.feature_cache import CacheStats, FeatureCache, check_deterministic, check_frozen
-from finetune_strategies.schedulers import follow_group_zero, pad_to_groups, schedulers_of
+from finetune_strategies.feature_cache import CacheSession, CacheStats
+from finetune_strategies.groups import GroupPlan, ParamGroups, not_in_optimizer, plan_phase_groups
+from finetune_strategies.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
+from finetune_strategies.schedule import Phase, check_decay, check_order, due
+from finetune_strategies.schedulers import pad_to_groups, schedulers_of, teach_schedulers
+from finetune_strategies.state import StrategyState
 from finetune_strategies.validation import (
     check_bool,
     check_names,
@@ -49,8 +50,6 @@ from finetune_strategies.validation import (
     check_positive_float,
     check_positive_int,
 )
-
-Modules = nn.Module | Iterable[Any]
 
 
 class StrategyOptions(TypedDict, total=False):
@@ -65,32 +64,8 @@ class StrategyOptions(TypedDict, total=False):
     preregister_groups: bool
     cache_features: bool
     cache_max_bytes: int
-
-
-class Phase(NamedTuple):
-    """Modules that become trainable at the start of ``epoch`` (counted from 0)."""
-
-    epoch: int
-    label: str
-    modules: tuple[nn.Module, ...]
-
-
-def flatten(modules: Modules) -> list[nn.Module]:
-    """Modules that own parameters directly, or leaves, from a module or nested iterables of them."""
-    return BaseFinetuning.flatten_modules(modules)
-
-
-def _direct_parameters(modules: Iterable[nn.Module], train_bn: bool) -> list[nn.Parameter]:
-    seen: set[int] = set()
-    params = []
-    for module in modules:
-        if isinstance(module, _BatchNorm) and not train_bn:
-            continue
-        for param in module.parameters(recurse=False):
-            if id(param) not in seen:
-                seen.add(id(param))
-                params.append(param)
-    return params
+    layer_lr_decay: float | None
+    layer_unit: LayerUnit | None
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -107,7 +82,7 @@ class FinetuningStrategy(BaseFinetuning):
             divided by ``initial_denom_lr``.
         initial_denom_lr: Divisor used when ``lr`` is ``None`` (default 10, as in Lightning).
         optimizer_index: With several optimizers, the one that receives unfrozen parameters.
-        preregister_groups: Give every phase its param group (lr 0) when the optimizer is built,
+        preregister_groups: Give every phase its param groups (lr 0) when the optimizer is built,
             instead of adding groups when phases start. Needed by DeepSpeed, whose optimizer cannot
             take new groups. Under DeepSpeed the pending parameters keep ``requires_grad=True`` and
             their gradients are zeroed until their phase starts.
@@ -117,23 +92,28 @@ class FinetuningStrategy(BaseFinetuning):
             (``bn_eval=True``), no active dropout and a deterministic training transform; refuses
             otherwise. The cache is dropped when the first phase starts.
         cache_max_bytes: Memory bound of the feature cache (default 2 GiB).
+        layer_lr_decay: Layer-wise learning-rate decay in (0, 1]: every layer a phase unfreezes gets
+            its own param group, with lr ``phase_lr * layer_lr_decay ** k``, ``k`` counting the layers
+            from the top layer of the backbone (``k = 0``). ``None`` (default): one group per phase.
+        layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
+            :mod:`finetune_strategies.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
+            ``"param_modules"`` for ``unfreeze_milestones``.
     """
 
     metadata_example: ClassVar[str] = ""
     """How the ``(name, metadata)`` spec of this strategy looks, for error messages."""
+    default_layer_unit: ClassVar[LayerUnit] = "blocks"
+    """The layer unit when ``layer_unit`` is not given."""
 
     _trainer: pl.Trainer | None
+    _pl_module: pl.LightningModule | None
     _phases: list[Phase]
     _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
     _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
     _started: set[int]  # indices of phases that have started
-    _eval_bn: set[_BatchNorm]  # frozen BatchNorm layers kept in eval mode
-    _pending_groups: dict[int, int]  # phase index -> param group index (preregister_groups)
-    _grad_masks: dict[int, list[RemovableHandle]]
-    _original_configure_optimizers: Callable[[], Any] | None
-    _caches: dict[str, FeatureCache]
-    cache_stats: dict[str, CacheStats]
-    """Per frozen module, what its feature cache held and served (filled when a cache is dropped)."""
+    _schedulers: list[Any]
+    _layers: list[Layer] | None
+    _warned_nothing_to_freeze: bool
 
     def __init__(
         self,
@@ -147,6 +127,8 @@ class FinetuningStrategy(BaseFinetuning):
         preregister_groups: bool = False,
         cache_features: bool = False,
         cache_max_bytes: int = 2**31,
+        layer_lr_decay: float | None = None,
+        layer_unit: LayerUnit | None = None,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -158,16 +140,22 @@ class FinetuningStrategy(BaseFinetuning):
         self.preregister_groups = check_bool("preregister_groups", preregister_groups)
         self.cache_features = check_bool("cache_features", cache_features)
         self.cache_max_bytes = check_positive_int("cache_max_bytes", cache_max_bytes)
+        self.layer_lr_decay = check_decay("layer_lr_decay", layer_lr_decay)
+        if layer_unit is not None and layer_unit not in LAYER_UNITS:
+            raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
+        self.layer_unit: LayerUnit | None = layer_unit
         self._reset()
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
-        """Turn the metadata of a ``(name, metadata)`` spec into constructor keywords."""
+        """Turn the metadata of a ``(name, metadata)`` spec into constructor keywords (``None``: none)."""
+        if metadata is None:
+            return {}
         raise StrategySpecTypeError(
-            f"{cls.__name__} takes no metadata: give it by name alone, got metadata {metadata!r}."
+            f"{cls.__name__} takes no metadata: give it by name alone (or with None), got metadata {metadata!r}."
         )
 
-    # ------------------------------------------------------------------ schedule
+    # ------------------------------------------------------------------ the schedule
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         """The schedule: which modules become trainable at which epoch. Built-ins override this."""
         return []
@@ -175,26 +163,35 @@ class FinetuningStrategy(BaseFinetuning):
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze the modules found by :meth:`find_modules_to_freeze`."""
         for _, module in self.find_modules_to_freeze(pl_module):
-            self.freeze(module, train_bn=self.train_bn)
-            if self.bn_eval:
-                self._eval_bn.update(m for m in module.modules() if isinstance(m, _BatchNorm))
+            self._bn.freeze(module)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Start every phase scheduled for ``epoch`` that has not started (a mid-epoch resume has)."""
-        for index, phase in enumerate(self._phases):
-            if phase.epoch == epoch and index not in self._started:
-                self._start_phase(index, phase, optimizer)
+        """Start every phase whose epoch has come and that has not started (a mid-epoch resume has)."""
+        for index in due(self._phases, self._started, epoch):
+            self.start_phase(index, optimizer)
 
     def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
-        """``pl_module.modules_to_freeze()`` if defined, else the modules named by ``attr_names``."""
+        """``pl_module.modules_to_freeze()`` if defined, else the modules named by ``attr_names``.
+
+        ``modules_to_freeze()`` may return ``None`` (Flash's default): nothing is frozen, with a warning.
+        """
         names = {id(m): n for n, m in pl_module.named_modules()}
         hook = getattr(pl_module, "modules_to_freeze", None)
         if callable(hook):
             found = hook()
+            if found is None:
+                if not self._warned_nothing_to_freeze:
+                    self._warned_nothing_to_freeze = True
+                    rank_zero_warn(
+                        f"{type(pl_module).__name__}.modules_to_freeze() returned None: {type(self).__name__} "
+                        "has nothing to freeze, so the whole model trains from the start."
+                    )
+                return []
             modules = [found] if isinstance(found, nn.Module) else list(found)
             if not all(isinstance(m, nn.Module) for m in modules):
                 raise MissingModuleError(
-                    f"{type(pl_module).__name__}.modules_to_freeze() must return a module or modules, got {found!r}."
+                    f"{type(pl_module).__name__}.modules_to_freeze() must return a module, modules or None, "
+                    f"got {found!r}."
                 )
             return [(names.get(id(m), type(m).__name__), m) for m in modules]
         roots = []
@@ -212,52 +209,95 @@ class FinetuningStrategy(BaseFinetuning):
             roots.append((attr, module))
         return roots
 
+    def backbone_layers(self, pl_module: pl.LightningModule) -> list[Layer]:
+        """The layers of the frozen modules, bottom to top, in the strategy's ``layer_unit``."""
+        if self._layers is None:
+            unit = self.layer_unit or self.default_layer_unit
+            self._layers = list_layers(self.find_modules_to_freeze(pl_module), unit)
+        return self._layers
+
     # ------------------------------------------------------------------ helpers for subclasses
-    @staticmethod
-    def filter_on_optimizer(optimizer: Optimizer, params: Iterable[Any]) -> list[Any]:
-        """Drop the parameters that ``optimizer`` already holds, compared by identity."""
-        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        kept: list[Any] = []
-        for param in params:
-            if id(param) not in present:
-                present.add(id(param))
-                kept.append(param)
-        return kept
+    filter_on_optimizer = staticmethod(not_in_optimizer)
+    unfreeze_and_add_param_group = staticmethod(compat.unfreeze_and_add_param_group)
+    unfreeze_and_extend_param_group = staticmethod(compat.unfreeze_and_extend_param_group)
 
-    def unfreeze_and_add_param_group(  # type: ignore[override]
-        self,
-        modules: Modules,
-        optimizer: Optimizer,
-        lr: float | None = None,
-        initial_denom_lr: float = 10.0,
-        train_bn: bool = True,
-    ) -> None:
-        """Make ``modules`` trainable and put their parameters in a new param group.
+    def thaw(self, modules: Iterable[nn.Module], train_bn: bool) -> None:
+        """Make the modules' own parameters trainable, and remember them so that a resume does it again."""
+        modules = list(modules)
+        self._bn.thaw(modules, train_bn)
+        for module in modules:
+            name = self._module_names.get(id(module))
+            owns = isinstance(module, _BatchNorm) or any(True for _ in module.parameters(recurse=False))
+            if name is not None and owns and (name, train_bn) not in self._unfrozen:
+                self._unfrozen.append((name, train_bn))
 
-        The group's lr is ``lr``, or group 0's current lr divided by ``initial_denom_lr``. LR
-        schedulers then drive it like group 0, scaled by that ratio.
-        """
-        flat = flatten(modules)
-        was_frozen = {id(p) for p in _direct_parameters(flat, train_bn) if not p.requires_grad}
-        self._make_trainable(flat, train_bn)
-        candidates = _direct_parameters(flat, train_bn)
-        params = self.filter_on_optimizer(optimizer, candidates)
-        kept = {id(p) for p in params}
-        already = [p for p in candidates if id(p) in was_frozen and id(p) not in kept]
-        if already:
-            rank_zero_warn(
-                f"{len(already)} parameter(s) being unfrozen were already in the optimizer, so they train "
-                "with their existing group's lr. Build the optimizer from trainable parameters only, "
-                "e.g. `Adam(filter(lambda p: p.requires_grad, self.parameters()))`."
+    def name_params(self, params: Iterable[nn.Parameter]) -> str:
+        """A short name for a set of the model's parameters (:func:`~finetune_strategies.layers.name_parameters`)."""
+        assert self._pl_module is not None
+        return name_parameters(self._pl_module, params)
+
+    def start_phase(self, index: int, optimizer: Optimizer) -> None:
+        """Unfreeze phase ``index`` and give it its param groups."""
+        modules = self._phases[index].thawed_modules()
+        frozen_before = {id(p) for p in own_parameters(modules, True) if not p.requires_grad}
+        self.thaw(modules, self.train_bn)
+        self._groups.start(index, optimizer, self._schedulers, frozen_before)
+        self._started.add(index)
+
+    @property
+    def schedule(self) -> list[Phase]:
+        """The schedule bound to the model of the current (or last) fit."""
+        return list(self._phases)
+
+    @property
+    def group_plans(self) -> list[GroupPlan]:
+        """The param groups each phase brings, as planned for the current (or last) fit."""
+        return list(self._groups.plans)
+
+    @property
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """Per frozen module, what its feature cache held and served (filled when the cache is dropped)."""
+        return self._cache.stats
+
+    # ------------------------------------------------------------------ the same steps, outside a fit
+    def prepare(self, pl_module: pl.LightningModule) -> None:
+        """Freeze ``pl_module`` and bind the schedule and its param groups to it (``setup`` does this)."""
+        self._pl_module = pl_module
+        self._module_names = {id(m): n for n, m in pl_module.named_modules()}
+        self.freeze_before_training(pl_module)
+        self._phases = list(self.unfreeze_phases(pl_module))
+        check_order(self._phases, type(self).__name__)
+        plans: list[GroupPlan] = []
+        for index, phase in enumerate(self._phases):
+            decay = phase.layer_lr_decay if phase.layer_lr_decay is not None else self.layer_lr_decay
+            plans += plan_phase_groups(
+                index,
+                phase.label,
+                phase.thawed_modules(),
+                train_bn=self.train_bn,
+                kept_trainable=self._bn.kept_trainable,
+                lr=phase.lr if phase.lr is not None else self.lr,
+                layer_lr_decay=decay,
+                layers=self.backbone_layers(pl_module) if decay is not None else [],
+                name_params=self.name_params,
             )
-        if params:
-            group_lr = float(lr) if lr is not None else optimizer.param_groups[0]["lr"] / initial_denom_lr
-            optimizer.add_param_group({"params": params, "lr": group_lr})
+        if self.layer_lr_decay is not None and not plans:
+            rank_zero_warn(f"layer_lr_decay has no effect: {type(self).__name__} unfreezes nothing.")
+        self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr)
 
-    def unfreeze_and_extend_param_group(self, modules: Modules, optimizer: Optimizer, train_bn: bool = True) -> None:
-        """Flash's helper. Flash appended to group 0, which breaks resume; here the parameters get a
-        new group that always has group 0's learning rate."""
-        self.unfreeze_and_add_param_group(modules, optimizer, initial_denom_lr=1.0, train_bn=train_bn)
+    def attach_optimizer(self, optimizer: Optimizer, schedulers: list[Any], *, deepspeed: bool = False) -> None:
+        """Add the param groups that exist from the start (pre-registered ones, and those of parameters
+        that already train) to a newly built optimizer; keep pending ones from training."""
+        self._schedulers = schedulers
+        self._started |= self._groups.build(optimizer, schedulers)
+        self._groups.gate(deepspeed, self._started)
+
+    def advance(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added."""
+        count = len(optimizer.param_groups)
+        compat.call_finetune_function(self, pl_module, epoch, optimizer)
+        for index in range(count, len(optimizer.param_groups)):
+            teach_schedulers(self._schedulers, optimizer, index, 1.0 / self.initial_denom_lr)
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -278,10 +318,8 @@ class FinetuningStrategy(BaseFinetuning):
             if trainer.strategy.zero_stage_3:
                 raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
         self._trainer = trainer
-        self._module_names = {id(m): n for n, m in pl_module.named_modules()}
-        self.freeze_before_training(pl_module)
-        self._phases = self.unfreeze_phases(pl_module)
-        if self.preregister_groups and stage == "fit":
+        self.prepare(pl_module)
+        if stage == "fit" and self._groups.plans:
             self._wrap_configure_optimizers(trainer, pl_module)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -303,23 +341,21 @@ class FinetuningStrategy(BaseFinetuning):
         # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
         # on_fit_start, and every strategy has restored it by now.
         for name, train_bn in self._unfrozen:
-            self._make_trainable([pl_module.get_submodule(name)], train_bn)
+            self._bn.thaw([pl_module.get_submodule(name)], train_bn)
         for index in self._started:
-            self._ungate(index)
+            self._groups.ungate(index)
         distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
+        self._schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         optimizer = trainer.optimizers[self.optimizer_index]
-        for scheduler in schedulers_of([c.scheduler for c in trainer.lr_scheduler_configs], optimizer):
+        for scheduler in schedulers_of(self._schedulers, optimizer):
             pad_to_groups(scheduler, optimizer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
-        count = len(optimizer.param_groups)
-        self._call_finetune_function(pl_module, trainer.current_epoch, optimizer)
+        self.advance(pl_module, trainer.current_epoch, optimizer)
         distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
-        for index in range(count, len(optimizer.param_groups)):
-            self._follow_group_zero(trainer, optimizer, index)
         if self.cache_features:
-            self._update_caches(pl_module)
+            self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._started))
         if not self.preregister_groups:  # remember the groups by parameter name, for resume
             names = {id(p): n for n, p in pl_module.named_parameters()}
             self._internal_optimizer_metadata[self.optimizer_index] = [
@@ -333,136 +369,63 @@ class FinetuningStrategy(BaseFinetuning):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        for module in self._eval_bn:
-            if module.training:
-                module.eval()
-        for name, cache in self._caches.items():
-            if not cache.checked:  # after the BatchNorm layers were put in eval mode above
-                check_deterministic(name, cache.module)
-                cache.checked = True
-            cache.active = True
+        self._bn.keep_eval()
+        if self.cache_features:
+            self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        for cache in self._caches.values():
-            cache.active = False  # validation and prediction always run the module
+        self._cache.batch_end()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._unwrap_configure_optimizers(pl_module)
-        self._drop_caches()
-        for handle in self._grad_masks.values():
-            for h in handle:
-                h.remove()
-        self._grad_masks = {}
+        self._cache.close()
+        self._groups.remove_masks()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "unfrozen_modules": [list(entry) for entry in self._unfrozen],
-            "started_phases": sorted(self._started),
-            "strategy": type(self).__name__,
-            "schedule": [[phase.epoch, phase.label] for phase in self._phases],
-        }
+        return StrategyState(
+            strategy=type(self).__name__,
+            schedule=[phase.signature() for phase in self._phases],
+            started_phases=sorted(self._started),
+            unfrozen_modules=list(self._unfrozen),
+            optimizer_groups=self._internal_optimizer_metadata,
+        ).to_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._unfrozen = [(str(n), bool(t)) for n, t in state_dict.get("unfrozen_modules", [])]
-        self._started = set(state_dict.get("started_phases", []))
+        state = StrategyState.from_dict(state_dict)
+        self._unfrozen = state.unfrozen_modules
+        self._started = set(state.started_phases)
 
     # ------------------------------------------------------------------ internals
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
         self._trainer = None
+        self._pl_module = None
         self._phases = []
         self._module_names = {}
         self._unfrozen = []
         self._started = set()
-        self._eval_bn = set()
-        self._pending_groups = {}
-        self._grad_masks = {}
-        self._original_configure_optimizers = None
-        self._caches = {}
-        self.cache_stats = {}
+        self._schedulers = []
+        self._layers = None
+        self._warned_nothing_to_freeze = False
+        self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
+        self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
+        self._cache = CacheSession(self.cache_max_bytes)
+        self._original_configure_optimizers: Any = None
 
-    def _call_finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        # Flash's signature has a fourth argument, the optimizer index.
-        parameters = inspect.signature(self.finetune_function).parameters
-        if len(parameters) >= 4:
-            self.finetune_function(pl_module, epoch, optimizer, self.optimizer_index)  # type: ignore[call-arg]
-        else:
-            self.finetune_function(pl_module, epoch, optimizer)
-
-    def _make_trainable(self, modules: Iterable[nn.Module], train_bn: bool) -> None:
-        for module in modules:
-            name = self._module_names.get(id(module))
-            if name is not None and (name, train_bn) not in self._unfrozen:
-                self._unfrozen.append((name, train_bn))
-            for sub in flatten(module):
-                if isinstance(sub, _BatchNorm):
-                    sub.track_running_stats = True
-                    if sub in self._eval_bn:
-                        self._eval_bn.discard(sub)
-                        sub.train(True)
-                    if not train_bn:
-                        continue
-                for param in sub.parameters(recurse=False):
-                    param.requires_grad = True
-
-    def _start_phase(self, index: int, phase: Phase, optimizer: Optimizer) -> None:
-        if not self.preregister_groups:
-            self.unfreeze_and_add_param_group(phase.modules, optimizer, self.lr, self.initial_denom_lr, self.train_bn)
-            self._started.add(index)
-            return
-        group_index = self._pending_groups[index]
-        group_lr = self.lr if self.lr is not None else optimizer.param_groups[0]["lr"] / self.initial_denom_lr
-        optimizer.param_groups[group_index]["lr"] = group_lr
-        self._make_trainable(phase.modules, self.train_bn)
-        self._ungate(index)
-        self._started.add(index)
-        assert self._trainer is not None
-        self._follow_group_zero(self._trainer, optimizer, group_index)
-
-    def _follow_group_zero(self, trainer: pl.Trainer, optimizer: Optimizer, index: int) -> None:
-        first = optimizer.param_groups[0]
-        lr = optimizer.param_groups[index]["lr"]
-        # Group 0 can sit at lr 0 (a warm-up start); then scale from its initial lr instead.
-        reference = first["lr"] if first["lr"] > 0 else first.get("initial_lr", 0.0)
-        ratio = lr / reference if reference > 0 else 1.0 / self.initial_denom_lr
-        for scheduler in schedulers_of([c.scheduler for c in trainer.lr_scheduler_configs], optimizer):
-            follow_group_zero(scheduler, optimizer, index, ratio)
-
-    # --- feature cache ---
-    def _update_caches(self, pl_module: pl.LightningModule) -> None:
-        if self._started:
-            self._drop_caches()
-            return
-        for cache in self._caches.values():
-            cache.strict = True  # a later epoch: every input must have been seen before
-            cache.checked = False
-        for name, module in self.find_modules_to_freeze(pl_module):
-            check_frozen(name, module)
-            if name not in self._caches:
-                self._caches[name] = FeatureCache(name, module, self.cache_max_bytes)
-
-    def _drop_caches(self) -> None:
-        for name, cache in self._caches.items():
-            self.cache_stats[name] = cache.close()
-        self._caches = {}
-
-    # --- pre-registered groups (DeepSpeed) ---
     def _wrap_configure_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         original = pl_module.configure_optimizers
         self._original_configure_optimizers = original
+        deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
 
         @functools.wraps(original)
         def configure_optimizers() -> Any:
             config = original()
-            optimizers, raw_schedulers, _ = _configure_optimizers(config)  # type: ignore[arg-type]
-            schedulers = [s["scheduler"] if isinstance(s, dict) else s for s in raw_schedulers]
-            optimizer = optimizers[self.optimizer_index]
-            self._add_pending_groups(optimizer, schedulers)
-            self._gate_pending(trainer, optimizer)
+            optimizers, schedulers = _lightning.parse_optimizers(config)
+            if self.optimizer_index < len(optimizers):  # else on_fit_start raises
+                self.attach_optimizer(optimizers[self.optimizer_index], schedulers, deepspeed=deepspeed)
             return config
 
         pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
@@ -471,37 +434,6 @@ class FinetuningStrategy(BaseFinetuning):
         if self._original_configure_optimizers is not None:
             del pl_module.configure_optimizers  # drop the instance attribute, back to the class method
             self._original_configure_optimizers = None
-
-    def _add_pending_groups(self, optimizer: Optimizer, schedulers: list[Any]) -> None:
-        schedulers = schedulers_of(schedulers, optimizer)
-        for index, phase in enumerate(self._phases):
-            candidates = _direct_parameters(flatten(phase.modules), self.train_bn)
-            params = self.filter_on_optimizer(optimizer, candidates)
-            if not params:
-                continue
-            optimizer.add_param_group({"params": params, "lr": 0.0})
-            group_index = len(optimizer.param_groups) - 1
-            self._pending_groups[index] = group_index
-            for scheduler in schedulers:
-                follow_group_zero(scheduler, optimizer, group_index, 0.0)
-
-    def _gate_pending(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
-        """Keep pending phases from training: zeroed gradients under DeepSpeed (whose optimizer only
-        holds parameters that require grad when it is built), else ``requires_grad=False``."""
-        mask = isinstance(trainer.strategy, DeepSpeedStrategy)
-        for index, group_index in self._pending_groups.items():
-            if index in self._started:
-                continue
-            params = optimizer.param_groups[group_index]["params"]
-            for param in params:
-                param.requires_grad = mask
-            if mask:
-                hooks = [p.register_hook(torch.zeros_like) for p in params]
-                self._grad_masks[index] = hooks
-
-    def _ungate(self, index: int) -> None:
-        for handle in self._grad_masks.pop(index, []):
-            handle.remove()
 
 
 FlashBaseFinetuning = FinetuningStrategy

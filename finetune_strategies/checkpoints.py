@@ -21,8 +21,10 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
+from finetune_strategies import _lightning
 from finetune_strategies.base import FinetuningStrategy
 from finetune_strategies.errors import CheckpointError, FinetuningError, ResumeMismatchError
+from finetune_strategies.state import saved_strategy
 from finetune_strategies.strategies import NoFreeze
 
 RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
@@ -73,7 +75,7 @@ def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, 
             "['state_dict'])` and start a new fit instead."
         )
     current = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning)]  # type: ignore[attr-defined]
-    saved = _saved_strategy(checkpoint)
+    saved = saved_strategy(checkpoint)
     ours = current[0] if current and isinstance(current[0], FinetuningStrategy) else None
     now_name = type(current[0]).__name__ if current else None
     if saved is None:
@@ -84,16 +86,16 @@ def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, 
                 "that wrote it, or load its weights and start a new fit."
             )
         return
-    saved_name = str(saved.get("strategy"))
+    saved_name = saved.strategy
     if saved_name != now_name:
         raise ResumeMismatchError(
             f"Checkpoint {path} was written by fine-tuning strategy {saved_name}, but this run uses "
             f"{now_name or 'none'}. Resume with {saved_name} and the same options, or load the weights "
             "and start a new fit."
         )
-    if ours is not None and "schedule" in saved:
-        written = [[int(epoch), str(label)] for epoch, label in saved["schedule"]]
-        planned = [[phase.epoch, phase.label] for phase in ours._phases]
+    if ours is not None and saved.schedule:
+        written = saved.schedule
+        planned = [phase.signature() for phase in ours.schedule]
         if written != planned:
             raise ResumeMismatchError(
                 f"Checkpoint {path} was written by {saved_name} with the schedule {_show(written)}, but this "
@@ -104,37 +106,17 @@ def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, 
 
 def guard_resume(trainer: pl.Trainer) -> None:
     """Make ``trainer`` run :func:`check_file` and :func:`check_contents` when it loads ``ckpt_path``."""
-    connector = trainer._checkpoint_connector
-    if getattr(connector, "_finetune_guarded", False):
-        return
-    load = connector.resume_start
 
-    def resume_start(checkpoint_path: Any = None, weights_only: bool | None = None) -> None:
-        if checkpoint_path:
-            check_file(checkpoint_path)
-        try:
-            load(checkpoint_path, weights_only)
-        except FinetuningError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"Could not load checkpoint {checkpoint_path}: {type(exc).__name__}: {exc}") from exc
-        loaded = getattr(connector, "_loaded_checkpoint", None)
-        if checkpoint_path and loaded and trainer.state.fn == TrainerFn.FITTING:
-            check_contents(trainer, checkpoint_path, loaded)
+    def after(path: Any, loaded: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            check_contents(trainer, path, loaded)
 
-    connector.resume_start = resume_start  # type: ignore[method-assign]
-    connector._finetune_guarded = True  # type: ignore[attr-defined]
+    def on_error(path: Any, error: Exception) -> Exception:
+        if isinstance(error, FinetuningError):
+            return error
+        return CheckpointError(f"Could not load checkpoint {path}: {type(error).__name__}: {error}")
 
-
-def _saved_strategy(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The state our strategy callback wrote, or a marker for a plain Lightning fine-tuning callback."""
-    for state in checkpoint.get("callbacks", {}).values():
-        if isinstance(state, dict) and "strategy" in state and "unfrozen_modules" in state:
-            return state
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if isinstance(state, dict) and "internal_optimizer_metadata" in state:
-            return {"strategy": str(key)}
-    return None
+    _lightning.intercept_resume(trainer, check_file, after, on_error)
 
 
 def _show(schedule: list[list[Any]]) -> str:

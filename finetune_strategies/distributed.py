@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
+from finetune_strategies import _lightning
 from finetune_strategies.errors import ConfigurationError
 
 # The parameters (by id) each DDP module registered with its reducer, as far as we know.
@@ -69,17 +70,8 @@ def rewrap(strategy: DDPStrategy, ddp: DistributedDataParallel) -> DistributedDa
         raise ConfigurationError(
             "Nothing is trainable: DistributedDataParallel needs at least one trainable parameter."
         )
-    _detach(ddp)
-    new = strategy._setup_model(ddp.module)
-    strategy.model = new
-    strategy._register_ddp_hooks()
+    _lightning.detach_ddp(ddp)
+    _registered.pop(ddp, None)
+    new = _lightning.rebuild_ddp(strategy, ddp.module)
     _registered[new] = trainable_parameter_ids(new)
     return new
-
-
-def _detach(ddp: DistributedDataParallel) -> None:
-    """Stop ``ddp`` from reducing gradients: drop its reducer's and its Python autograd hooks."""
-    ddp._remove_autograd_hooks()  # type: ignore[no-untyped-call]
-    for handle in getattr(ddp, "_accum_grad_hooks", []):
-        handle.remove()
-    _registered.pop(ddp, None)

@@ -23,17 +23,21 @@ class MissingModuleError(FinetuningError, AttributeError):
     """The LightningModule has no module to freeze under the expected name."""
 
 
+class TransferConfigError(FinetuningError, ValueError):
+    """A transfer-learning config is malformed or does not fit the model and data it is run with."""
+
+
 class ScheduleError(FinetuningError, ValueError):
     """A schedule does not fit the model it is applied to (e.g. more layers than the backbone has)."""
+
+
+class SelectorError(ScheduleError, TransferConfigError):
+    """A module selector that cannot be read, or that picks no module of the model it is applied to."""
 
 
 class ConfigurationError(FinetuningError, RuntimeError):
     """The trainer setup cannot run the strategy (two strategies at once, DeepSpeed without a
     ``*_deepspeed`` strategy, ZeRO stage 3, ...)."""
-
-
-class TransferConfigError(FinetuningError, ValueError):
-    """A transfer-learning config is malformed or does not fit the model and data it is run with."""
 
 
 class WeightMatchError(FinetuningError, ValueError):

@@ -140,3 +140,47 @@ class FeatureCache:
         self._store[key] = features.detach().clone()
         self.stats.samples += 1
         self.stats.bytes += size
+
+
+class CacheSession:
+    """The feature caches of one fit: one per frozen module, from the first frozen epoch until a phase starts.
+
+    The strategy calls :meth:`epoch_start` at every epoch start, :meth:`batch_start` /
+    :meth:`batch_end` around every training batch (after frozen BatchNorm layers were put in eval
+    mode), and :meth:`close` at teardown. ``stats`` reports, per module, what its cache held and served.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.caches: dict[str, FeatureCache] = {}
+        self.stats: dict[str, CacheStats] = {}
+
+    def epoch_start(self, frozen: list[tuple[str, nn.Module]], unfreezing_started: bool) -> None:
+        """Start, or keep, a cache for every frozen module; drop them all once anything was unfrozen."""
+        if unfreezing_started:
+            self.close()
+            return
+        for cache in self.caches.values():
+            cache.strict = True  # a later epoch: every input must have been seen before
+            cache.checked = False
+        for name, module in frozen:
+            check_frozen(name, module)
+            if name not in self.caches:
+                self.caches[name] = FeatureCache(name, module, self.max_bytes)
+
+    def batch_start(self) -> None:
+        for name, cache in self.caches.items():
+            if not cache.checked:
+                check_deterministic(name, cache.module)
+                cache.checked = True
+            cache.active = True
+
+    def batch_end(self) -> None:
+        for cache in self.caches.values():
+            cache.active = False  # validation and prediction always run the module
+
+    def close(self) -> None:
+        """Restore every module's forward and free the caches, keeping their final stats."""
+        for name, cache in self.caches.items():
+            self.stats[name] = cache.close()
+        self.caches = {}

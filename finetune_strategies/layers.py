@@ -13,7 +13,7 @@ Three units are offered:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple, get_args
 
 from timm.models import group_modules
@@ -83,3 +83,28 @@ def list_layers(roots: Sequence[tuple[str, nn.Module]], unit: LayerUnit = "param
     for prefix, root in roots:
         layers.extend(_UNIT_BUILDERS[unit](prefix, root))
     return layers
+
+
+def name_parameters(model: nn.Module, params: Iterable[nn.Parameter], prefix: str = "") -> str:
+    """Provisional: the fewest module or parameter names whose parameters are exactly ``params``."""
+    wanted = {id(p) for p in params}
+    if not wanted:
+        raise ValueError("name_parameters needs at least one parameter.")
+    under: dict[str, set[int]] = {}
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters():
+        names.setdefault(id(param), name)
+        parts = name.split(".")
+        for depth in range(len(parts) + 1):
+            under.setdefault(".".join(parts[:depth]), set()).add(id(param))
+    chosen: list[str] = []
+    for pid in sorted(wanted, key=lambda i: list(names).index(i)):
+        parts = names[pid].split(".")
+        for depth in range(len(parts) + 1):
+            key = ".".join(parts[:depth])
+            if under[key] <= wanted:
+                if key not in chosen:
+                    chosen.append(key)
+                break
+    full = [".".join(p for p in (prefix, c) if p) for c in chosen]
+    return " + ".join(full) if len(full) <= 3 else f"{full[0]} + ... + {full[-1]} ({len(full)} modules)"

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from lightning.pytorch.callbacks import BaseFinetuning
 
 from finetune_strategies.base import FinetuningStrategy, StrategyOptions
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
-from finetune_strategies.strategies import Freeze, FreezeUnfreeze, NoFreeze, UnfreezeMilestones
+from finetune_strategies.strategies import (
+    Freeze,
+    FreezeUnfreeze,
+    GradualUnfreeze,
+    NoFreeze,
+    Phases,
+    UnfreezeMilestones,
+)
+from finetune_strategies.validation import did_you_mean
 
-StrategySpec = str | tuple[str, Any] | list[Any] | Mapping[str, Any] | BaseFinetuning
-"""A name, ``(name, metadata)``, ``{"strategy": name, **kwargs}`` or a callback instance."""
+StrategySpec = str | os.PathLike[str] | tuple[str, Any] | list[Any] | Mapping[str, Any] | BaseFinetuning
+"""A name, ``(name, metadata)``, ``{"strategy": name, **kwargs}``, a YAML/JSON file of that dict, or a
+callback instance."""
+
+SPEC_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 Factory = Callable[..., BaseFinetuning]
 F = TypeVar("F", bound=Factory)
 
 _SPEC_FORMS = (
     'a name ("freeze"), a (name, metadata) tuple (("freeze_unfreeze", 7)), a dict '
-    '({"strategy": "freeze_unfreeze", "unfreeze_epoch": 7}) or a BaseFinetuning callback instance'
+    '({"strategy": "freeze_unfreeze", "unfreeze_epoch": 7}), a YAML or JSON file holding such a dict, '
+    "or a BaseFinetuning callback instance"
 )
 
 
@@ -79,9 +94,37 @@ def available_strategies() -> list[str]:
 
 
 def _unknown_name_message(name: str) -> str:
-    close = difflib.get_close_matches(name, _REGISTRY, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"Unknown fine-tuning strategy {name!r}.{hint} Available: {', '.join(available_strategies())}."
+    return (
+        f"Unknown fine-tuning strategy {name!r}.{did_you_mean(name, _REGISTRY)} "
+        f"Available: {', '.join(available_strategies())}."
+    )
+
+
+def is_spec_file(spec: Any) -> bool:
+    """Whether ``spec`` names a schedule file rather than a strategy (a path, or a str ending in .yaml...)."""
+    if isinstance(spec, os.PathLike):
+        return True
+    return isinstance(spec, str) and spec not in _REGISTRY and spec.lower().endswith(SPEC_FILE_SUFFIXES)
+
+
+def load_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a strategy dict (``{"strategy": name, ...}``) from a YAML or JSON file."""
+    file = Path(path)
+    if file.suffix.lower() not in SPEC_FILE_SUFFIXES:
+        raise StrategySpecError(f"Strategy file {str(file)!r} must end in {', '.join(SPEC_FILE_SUFFIXES)}.")
+    if not file.is_file():
+        raise StrategySpecError(f"Strategy file {str(file)!r} does not exist.")
+    text = file.read_text()
+    try:
+        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise StrategySpecError(f"Cannot parse strategy file {str(file)!r}: {error}") from None
+    if not isinstance(data, Mapping) or "strategy" not in data:
+        raise StrategySpecTypeError(
+            f"Strategy file {str(file)!r} must hold a mapping with a 'strategy' key, e.g. "
+            f"'strategy: phases' and 'phases: [...]', got {data!r}."
+        )
+    return dict(data)
 
 
 def _accepted_keywords(factory: Factory) -> set[str] | None:
@@ -96,6 +139,16 @@ def _accepted_keywords(factory: Factory) -> set[str] | None:
         elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
             accepted.add(parameter.name)
     return accepted
+
+
+def _missing_required(factory: Factory, keywords: dict[str, Any]) -> list[str]:
+    """Required keyword parameters of ``factory`` that ``keywords`` leaves out."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in keywords
+    ]
 
 
 def _parse(spec: Any) -> tuple[str, bool, Any, dict[str, Any]]:
@@ -145,6 +198,8 @@ def resolve_strategy(spec: StrategySpec, **options: Any) -> BaseFinetuning:
                 f"({type(spec).__name__}); set them when you construct it."
             )
         return spec
+    if is_spec_file(spec):
+        spec = load_spec_file(spec)  # type: ignore[arg-type]
     name, has_metadata, metadata, keywords = _parse(spec)
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -165,6 +220,11 @@ def resolve_strategy(spec: StrategySpec, **options: Any) -> BaseFinetuning:
         raise StrategySpecTypeError(
             f"Strategy {name!r} does not take {unknown}. It takes: {', '.join(sorted(accepted or ()))}."
         )
+    missing = _missing_required(entry.factory, keywords)
+    if missing:
+        example = getattr(entry.factory, "metadata_example", "")
+        hint = f" (as metadata: {example})" if example else ""
+        raise StrategySpecTypeError(f"Strategy {name!r} needs {missing}{hint}; got {spec!r}.")
     try:
         callback = entry.factory(**keywords)
     except (StrategySpecError, StrategySpecTypeError) as error:
@@ -184,6 +244,8 @@ for _name, _cls in (
     ("freeze", Freeze),
     ("freeze_unfreeze", FreezeUnfreeze),
     ("unfreeze_milestones", UnfreezeMilestones),
+    ("gradual_unfreeze", GradualUnfreeze),
+    ("phases", Phases),
 ):
     register_strategy(_name)(_cls)
     register_strategy(f"{_name}_deepspeed", preregister_groups=True)(_cls)

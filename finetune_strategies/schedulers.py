@@ -82,3 +82,17 @@ def schedulers_of(schedulers: list[Any], optimizer: Any) -> list[Any]:
         for scheduler in schedulers
         if any(getattr(leaf, "optimizer", None) in targets for leaf in child_schedulers(scheduler))
     ]
+
+
+def teach_schedulers(schedulers: list[Any], optimizer: Optimizer, index: int, fallback_ratio: float) -> None:
+    """Make every scheduler of ``optimizer`` drive group ``index`` like group 0, at their current ratio.
+
+    Group 0 can sit at lr 0 (a warm-up start); the ratio is then taken from its initial lr, and
+    ``fallback_ratio`` is used when that is 0 too.
+    """
+    first = optimizer.param_groups[0]
+    lr = optimizer.param_groups[index]["lr"]
+    reference = first["lr"] if first["lr"] > 0 else first.get("initial_lr", 0.0)
+    ratio = lr / reference if reference > 0 else fallback_ratio
+    for scheduler in schedulers_of(schedulers, optimizer):
+        follow_group_zero(scheduler, optimizer, index, ratio)

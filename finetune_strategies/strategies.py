@@ -1,32 +1,53 @@
 """The built-in strategies. Each is a schedule on :class:`~finetune_strategies.base.FinetuningStrategy`.
 
-| name                  | frozen at start | unfrozen                                              |
-|-----------------------|-----------------|-------------------------------------------------------|
-| `no_freeze`           | nothing         | -                                                     |
-| `freeze`              | backbone        | never                                                 |
-| `freeze_unfreeze`     | backbone        | all of it at `unfreeze_epoch`                         |
-| `unfreeze_milestones` | backbone        | last `num_layers` layers at `e1`, the rest at `e2`     |
+| name                  | frozen at start | unfrozen                                                        |
+|-----------------------|-----------------|-----------------------------------------------------------------|
+| `no_freeze`           | nothing         | -                                                               |
+| `freeze`              | backbone        | never                                                           |
+| `freeze_unfreeze`     | backbone        | all of it at `unfreeze_epoch`                                   |
+| `unfreeze_milestones` | backbone        | last `num_layers` layers at `e1`, the rest at `e2`              |
+| `gradual_unfreeze`    | backbone        | one more layer from the top every `every` epochs from `start_epoch` |
+| `phases`              | backbone        | what each phase names, at its epoch                             |
+
+Every one takes the options of :class:`~finetune_strategies.base.FinetuningStrategy`, such as
+``layer_lr_decay`` for one param group per layer with geometrically decaying learning rates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+from torch import nn
 from typing_extensions import Unpack
 
-from finetune_strategies.base import FinetuningStrategy, Phase, StrategyOptions
+from finetune_strategies.base import FinetuningStrategy, StrategyOptions
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
-from finetune_strategies.layers import LAYER_UNITS, LayerUnit, list_layers
+from finetune_strategies.layers import LayerUnit
+from finetune_strategies.schedule import Phase, bind_phases, parse_phases
 from finetune_strategies.validation import check_epoch, check_positive_int
 
 
+def _label(roots: list[tuple[str, nn.Module]]) -> str:
+    return ", ".join(name for name, _ in roots)
+
+
 class NoFreeze(FinetuningStrategy):
-    """Train everything from the first epoch."""
+    """Train everything from the first epoch.
+
+    With ``layer_lr_decay`` the backbone's layers get their own param groups when the optimizer is
+    built, at the lr of the group they were in times the layer's factor.
+    """
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze nothing."""
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        if self.layer_lr_decay is None:
+            return []
+        roots = self.find_modules_to_freeze(pl_module)
+        return [Phase(0, _label(roots), tuple(m for _, m in roots))] if roots else []
 
 
 class Freeze(FinetuningStrategy):
@@ -47,24 +68,21 @@ class FreezeUnfreeze(FinetuningStrategy):
         return {"unfreeze_epoch": metadata}
 
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
-        modules = tuple(m for _, m in self.find_modules_to_freeze(pl_module))
-        return [Phase(self.unfreeze_epoch, "backbone", modules)]
+        roots = self.find_modules_to_freeze(pl_module)
+        return [Phase(self.unfreeze_epoch, _label(roots), tuple(m for _, m in roots))] if roots else []
 
 
 class UnfreezeMilestones(FinetuningStrategy):
     """Freeze the backbone; unfreeze its last ``num_layers`` layers at ``milestones[0]`` and the rest
-    at ``milestones[1]``. What a layer is depends on ``layer_unit`` (see :mod:`finetune_strategies.layers`).
+    at ``milestones[1]``. What a layer is depends on ``layer_unit`` (default ``"param_modules"``, see
+    :mod:`finetune_strategies.layers`).
     """
 
     metadata_example = '("unfreeze_milestones", ((3, 8), 2))'
+    default_layer_unit: ClassVar[LayerUnit] = "param_modules"
 
     def __init__(
-        self,
-        milestones: Sequence[int] = (5, 10),
-        num_layers: int = 5,
-        *,
-        layer_unit: LayerUnit = "param_modules",
-        **options: Unpack[StrategyOptions],
+        self, milestones: Sequence[int] = (5, 10), num_layers: int = 5, **options: Unpack[StrategyOptions]
     ) -> None:
         super().__init__(**options)
         if not isinstance(milestones, (tuple, list)) or len(milestones) != 2:
@@ -74,9 +92,6 @@ class UnfreezeMilestones(FinetuningStrategy):
             raise StrategySpecError(f"milestones must satisfy e1 < e2, got ({first}, {second}).")
         self.milestones = (first, second)
         self.num_layers = check_positive_int("num_layers", num_layers)
-        if layer_unit not in LAYER_UNITS:
-            raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
-        self.layer_unit: LayerUnit = layer_unit
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
@@ -87,15 +102,75 @@ class UnfreezeMilestones(FinetuningStrategy):
         return {"milestones": tuple(metadata[0]), "num_layers": metadata[1]}
 
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
-        layers = list_layers(self.find_modules_to_freeze(pl_module), self.layer_unit)
+        layers = self.backbone_layers(pl_module)
         if self.num_layers > len(layers):
             raise ScheduleError(
                 f"unfreeze_milestones asks for the last {self.num_layers} layers, but the backbone has "
-                f"only {len(layers)} layers counted as {self.layer_unit!r}."
+                f"only {len(layers)} layers counted as {self.layer_unit or self.default_layer_unit!r}."
             )
         split = len(layers) - self.num_layers
         last, rest = layers[split:], layers[:split]
+        phases = [Phase(self.milestones[0], ", ".join(x.name for x in last), _modules(last), tuple(last))]
+        if rest:
+            phases.append(Phase(self.milestones[1], "rest of backbone", _modules(rest), tuple(rest)))
+        return phases
+
+
+class GradualUnfreeze(FinetuningStrategy):
+    """ULMFiT's gradual unfreezing: from ``start_epoch``, ``layers_per_step`` more layers from the top of
+    the backbone unfreeze every ``every`` epochs, until all have. With ``layer_lr_decay=1/2.6`` it is
+    ULMFiT's recipe (discriminative learning rates)."""
+
+    metadata_example = '("gradual_unfreeze", 2)'
+
+    def __init__(
+        self,
+        start_epoch: int = 1,
+        every: int = 1,
+        layers_per_step: int = 1,
+        **options: Unpack[StrategyOptions],
+    ) -> None:
+        super().__init__(**options)
+        self.start_epoch = check_epoch("start_epoch", start_epoch)
+        self.every = check_positive_int("every", every)
+        self.layers_per_step = check_positive_int("layers_per_step", layers_per_step)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"start_epoch": metadata}
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        from_top = self.backbone_layers(pl_module)[::-1]
+        steps = [from_top[i : i + self.layers_per_step] for i in range(0, len(from_top), self.layers_per_step)]
         return [
-            Phase(self.milestones[0], ", ".join(x.name for x in last), sum((x.modules for x in last), ())),
-            Phase(self.milestones[1], "rest of backbone", sum((x.modules for x in rest), ())),
+            Phase(self.start_epoch + i * self.every, ", ".join(x.name for x in step), _modules(step), tuple(step))
+            for i, step in enumerate(steps)
         ]
+
+
+class Phases(FinetuningStrategy):
+    """An explicit schedule: a list of phases, each a dict with ``epoch`` (when it starts), ``modules``
+    (selectors of what it unfreezes; everything still frozen when left out), and optionally ``lr``,
+    ``layer_lr_decay`` and ``name``. See :mod:`finetune_strategies.schedule`.
+
+    Example:
+        >>> Phases([{"epoch": 2, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": 5}]).phases[1].epoch
+        5
+    """
+
+    metadata_example = '("phases", [{"epoch": 2, "modules": ["backbone.layer4"]}, {"epoch": 5}])'
+
+    def __init__(self, phases: list[dict[str, Any]], **options: Unpack[StrategyOptions]) -> None:
+        super().__init__(**options)
+        self.phases = parse_phases(phases)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"phases": metadata}
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        return bind_phases(self.phases, pl_module, self.find_modules_to_freeze(pl_module))
+
+
+def _modules(layers: Sequence[Any]) -> tuple[nn.Module, ...]:
+    return tuple(module for layer in layers for module in layer.modules)

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 
+from finetune_strategies import _lightning
 from finetune_strategies.checkpoints import guard_resume
 from finetune_strategies.finetuner import Finetuner
 from finetune_strategies.registry import StrategySpec
@@ -32,7 +33,9 @@ class Trainer(pl.Trainer):
         """Fit ``model`` with the fine-tuning ``strategy`` (any spec :func:`resolve_strategy` takes).
 
         A fine-tuning callback already on the trainer is replaced, with a warning: two strategies
-        never run at once. ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``.
+        never run at once. The strategy's callback runs before the other callbacks (after Lightning's
+        tuner callbacks), so that they see each epoch's unfreeze; checkpoint callbacks stay last.
+        ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``.
         """
         if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
             if train_dataloaders is not None:
@@ -71,4 +74,7 @@ class Trainer(pl.Trainer):
                 f"Replacing fine-tuning callback(s) {[type(c).__name__ for c in replaced]} with "
                 f"{type(callback).__name__}: only one strategy runs at a time."
             )
-        self.callbacks = [c for c in current if not isinstance(c, BaseFinetuning)] + [callback]
+        # First, as Flash did, so that other callbacks see each epoch's unfreeze; Lightning's own order
+        # still puts tuner callbacks before it and checkpoint callbacks last.
+        others = [c for c in current if not isinstance(c, BaseFinetuning)]
+        self.callbacks = _lightning.reorder_callbacks([callback, *others])

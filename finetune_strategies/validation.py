@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
@@ -65,3 +67,24 @@ def check_names(name: str, value: Any) -> tuple[str, ...]:
             f"['backbone', 'neck'], got {value!r}."
         )
     return tuple(names)
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` (or `` Did you mean 'x', 'y'?`` for several), with a leading space; '' when
+    nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=cutoff)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_known_keys(
+    keys: Iterable[Any], allowed: Iterable[str], where: str, *, error: type[Exception] = StrategySpecTypeError
+) -> None:
+    """Raise ``error`` naming every key not in ``allowed`` (with the closest allowed key) and the allowed keys."""
+    allowed = list(allowed)
+    unknown = [key for key in keys if key not in allowed]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise error(f"{where}: unknown key(s) {', '.join(hints)}. Allowed keys: {', '.join(allowed)}.")

@@ -10,7 +10,7 @@ from conftest import Recorder, TinyClassifier, make_data, make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from finetune_strategies import ConfigurationError
+from finetune_strategies import ConfigurationError, FinetuningStrategy
 
 
 class CountingBackbone(TinyClassifier):
@@ -23,6 +23,11 @@ class CountingBackbone(TinyClassifier):
 
     def _count(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         self.seen += args[0].shape[0]
+
+
+def strategy_of(trainer: Any) -> FinetuningStrategy:
+    (strategy,) = (c for c in trainer.callbacks if isinstance(c, FinetuningStrategy))
+    return strategy
 
 
 def shuffled_loader() -> DataLoader:
@@ -47,7 +52,7 @@ def test_cache_gives_the_same_head_and_skips_the_backbone() -> None:
     for name in ("head.weight", "head.bias"):
         assert torch.allclose(plain_rec.weights[-1][name], cached_rec.weights[-1][name], atol=1e-5)
         assert not torch.equal(cached_rec.initial[name], cached_rec.weights[-1][name])
-    stats = trainer.callbacks[-1].cache_stats["backbone"]
+    stats = strategy_of(trainer).cache_stats["backbone"]
     assert (stats.samples, stats.bytes, stats.hits, stats.misses) == (32, 32 * 8 * 4, 64, 32)
 
 
@@ -55,14 +60,14 @@ def test_cache_is_dropped_at_unfreeze() -> None:
     model, rec, trainer = fit(cache=True, spec=("freeze_unfreeze", 2), epochs=4)
     assert model.seen == 32 + 2 * 32, "epoch 0 fills, epoch 1 hits, epochs 2-3 run the backbone"
     assert "forward" not in vars(model.backbone), "the original forward is restored"
-    assert trainer.callbacks[-1].cache_stats["backbone"].hits == 32
+    assert strategy_of(trainer).cache_stats["backbone"].hits == 32
     assert not torch.equal(rec.weights[1]["backbone.0.weight"], rec.weights[3]["backbone.0.weight"])
 
 
 def test_cache_bound() -> None:
     with pytest.warns(UserWarning, match="reached its bound"):
         model, _, trainer = fit(cache=True, cache_max_bytes=10 * 8 * 4)
-    assert trainer.callbacks[-1].cache_stats["backbone"].samples == 10
+    assert strategy_of(trainer).cache_stats["backbone"].samples == 10
     assert model.seen == 32 + 2 * 22
 
 

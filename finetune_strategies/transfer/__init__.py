@@ -4,6 +4,7 @@ See ``docs/transfer_learning.md``. The entry points are :func:`run_transfer_lear
 subcommand ``finetune-strategies transfer --config tl.yaml`` (:func:`transfer_main`).
 """
 
+from finetune_strategies.selectors import resolve_selector, resolve_selectors
 from finetune_strategies.transfer.cli import transfer_main
 from finetune_strategies.transfer.config import NewHeadsConfig, ReplayConfig, StageConfig, TransferConfig
 from finetune_strategies.transfer.heads import SummedHeads, add_readout_heads, modules_outside
@@ -16,7 +17,6 @@ from finetune_strategies.transfer.matching import (
 from finetune_strategies.transfer.progress import StageResult
 from finetune_strategies.transfer.replay import ReplayDataModule, mix_replay
 from finetune_strategies.transfer.runner import TransferResult, run_transfer_learning
-from finetune_strategies.transfer.selectors import resolve_selector, resolve_selectors
 from finetune_strategies.transfer.stages import StagePlan, plan_stages
 
 __all__ = [

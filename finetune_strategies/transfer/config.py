@@ -29,8 +29,8 @@ import lightning.pytorch as pl
 import yaml
 
 from finetune_strategies.errors import TransferConfigError
+from finetune_strategies.selectors import check_selector
 from finetune_strategies.transfer.optim import OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
-from finetune_strategies.transfer.selectors import check_selector
 
 
 class Inherit(enum.Enum):

@@ -1,0 +1,200 @@
+"""Every private Lightning API this library touches, and the private parts of torch's DDP, in one place.
+
+Lightning gives a callback no public way to rebuild the DDP wrapper after an unfreeze, to check a
+checkpoint where the trainer loads it, to parse ``configure_optimizers`` output outside a fit, to
+keep its callback order, or to add per-subcommand CLI arguments. The few private names that do
+these jobs are used here and nowhere else. :data:`PRIVATE_APIS` lists them with a check each;
+``tests/test_private_apis.py`` runs the checks, so a Lightning release that renames or reshapes
+one fails with a message naming the installed version, and :func:`private` raises such an error
+at run time instead of an ``AttributeError`` from deep inside a fit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import lightning
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core import optimizer as lightning_optimizer
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.connectors import callback_connector, checkpoint_connector
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+
+from finetune_strategies.errors import ConfigurationError
+
+LIGHTNING_VERSION: str = lightning.__version__
+T = TypeVar("T")
+
+
+def private(owner: Any, name: str) -> Any:
+    """``owner.name``, or a :class:`ConfigurationError` naming the Lightning and torch versions."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        where = getattr(owner, "__name__", type(owner).__name__)
+        raise ConfigurationError(
+            f"finetune-strategies needs the private {where}.{name}, which Lightning {LIGHTNING_VERSION} "
+            f"(torch {torch.__version__}) does not have. Install a Lightning version this release supports, "
+            "or report it with both versions."
+        ) from None
+
+
+# ------------------------------------------------------------------ optimizers
+def parse_optimizers(config: Any) -> tuple[list[Optimizer], list[Any]]:
+    """The optimizers and LR schedulers of a ``configure_optimizers`` return value, as Lightning reads it."""
+    optimizers, schedulers, _ = private(lightning_optimizer, "_configure_optimizers")(config)
+    return list(optimizers), [s["scheduler"] if isinstance(s, dict) else s for s in schedulers]
+
+
+# ------------------------------------------------------------------ callbacks
+def reorder_callbacks(callbacks: list[Callback]) -> list[Callback]:
+    """Lightning's own order: tuner callbacks first, checkpoint callbacks last, the rest as given."""
+    reorder = private(callback_connector._CallbackConnector, "_reorder_callbacks")
+    return list(reorder(callbacks))
+
+
+# ------------------------------------------------------------------ checkpoints
+def intercept_resume(
+    trainer: pl.Trainer,
+    before: Callable[[Any], None],
+    after: Callable[[Any, dict[str, Any]], None],
+    on_error: Callable[[Any, Exception], Exception],
+) -> None:
+    """Run ``before(path)`` and ``after(path, loaded)`` around the trainer's load of ``ckpt_path``.
+
+    An exception from the load itself is passed through ``on_error``, which returns the one to raise.
+    Installing twice on the same trainer does nothing.
+    """
+    connector = private(trainer, "_checkpoint_connector")
+    if getattr(connector, "_finetune_guarded", False):
+        return
+    load = private(connector, "resume_start")
+
+    def resume_start(*args: Any, **kwargs: Any) -> None:
+        path = args[0] if args else kwargs.get("checkpoint_path")
+        if path:
+            before(path)
+        try:
+            load(*args, **kwargs)
+        except Exception as error:
+            raise on_error(path, error) from error
+        loaded = private(connector, "_loaded_checkpoint")
+        if path and loaded:
+            after(path, loaded)
+
+    connector.resume_start = resume_start
+    connector._finetune_guarded = True
+
+
+# ------------------------------------------------------------------ DDP
+def rebuild_ddp(strategy: DDPStrategy, module: torch.nn.Module) -> DistributedDataParallel:
+    """Wrap ``module`` in a new DDP module built by ``strategy`` with its options, and install it."""
+    new: DistributedDataParallel = private(strategy, "_setup_model")(module)
+    strategy.model = new
+    private(strategy, "_register_ddp_hooks")()
+    return new
+
+
+def detach_ddp(ddp: DistributedDataParallel) -> None:
+    """Stop ``ddp`` from reducing gradients: remove its reducer's and its Python autograd hooks."""
+    private(ddp, "_remove_autograd_hooks")()
+    for handle in getattr(ddp, "_accum_grad_hooks", []):
+        handle.remove()
+
+
+# ------------------------------------------------------------------ modules and the CLI
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The trainer ``module`` is attached to, or None (``module.trainer`` raises when there is none)."""
+    trainer: pl.Trainer | None = private(module, "_trainer")
+    return trainer
+
+
+def with_subcommand_arguments(cli_class: type[T]) -> type[T]:
+    """Give a ``LightningCLI`` subclass the hook ``add_subcommand_arguments(parser, subcommand)``.
+
+    Lightning builds one parser per subcommand in its private ``_prepare_subcommand_parser``; the hook
+    runs on each, so arguments can depend on the subcommand.
+    """
+    build = private(cli_class, "_prepare_subcommand_parser")
+
+    def prepare(self: Any, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = build(self, klass, subcommand, **kwargs)
+        self.add_subcommand_arguments(parser, subcommand)
+        return parser
+
+    cli_class._prepare_subcommand_parser = prepare  # type: ignore[attr-defined]
+    return cli_class
+
+
+# ------------------------------------------------------------------ the checks
+def _has_parameters(owner: Any, name: str, expected: tuple[str, ...]) -> str | None:
+    found = getattr(owner, name, None)
+    if found is None:
+        return f"{getattr(owner, '__name__', owner)}.{name} is missing"
+    parameters = list(inspect.signature(found).parameters)
+    missing = [p for p in expected if p not in parameters]
+    if missing:
+        return f"{getattr(owner, '__name__', owner)}.{name}{inspect.signature(found)} has no parameter {missing}"
+    return None
+
+
+def _connector_has_loaded_checkpoint() -> str | None:
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # a Trainer logs its accelerator choice
+    try:
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    finally:
+        logger.setLevel(level)
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    if connector is None:
+        return "Trainer._checkpoint_connector is missing"
+    if not isinstance(getattr(connector, "_loaded_checkpoint", None), dict):
+        return "_CheckpointConnector._loaded_checkpoint is missing"
+    return _has_parameters(type(connector), "resume_start", ("checkpoint_path",))
+
+
+PRIVATE_APIS: dict[str, Callable[[], str | None]] = {
+    "lightning.pytorch.core.optimizer._configure_optimizers": lambda: _has_parameters(
+        lightning_optimizer, "_configure_optimizers", ("optim_conf",)
+    ),
+    "_CallbackConnector._reorder_callbacks": lambda: _has_parameters(
+        callback_connector._CallbackConnector, "_reorder_callbacks", ("callbacks",)
+    ),
+    "Trainer._checkpoint_connector.resume_start / _loaded_checkpoint": _connector_has_loaded_checkpoint,
+    "_CheckpointConnector (module)": lambda: (
+        None
+        if hasattr(checkpoint_connector, "_CheckpointConnector")
+        else "lightning.pytorch.trainer.connectors.checkpoint_connector._CheckpointConnector is missing"
+    ),
+    "DDPStrategy._setup_model": lambda: _has_parameters(DDPStrategy, "_setup_model", ("model",)),
+    "DDPStrategy._register_ddp_hooks": lambda: _has_parameters(DDPStrategy, "_register_ddp_hooks", ()),
+    "DistributedDataParallel._remove_autograd_hooks": lambda: _has_parameters(
+        DistributedDataParallel, "_remove_autograd_hooks", ()
+    ),
+    "LightningModule._trainer": lambda: (
+        None if hasattr(pl.LightningModule(), "_trainer") else "LightningModule._trainer is missing"
+    ),
+    "LightningCLI._prepare_subcommand_parser": lambda: _has_parameters(
+        __import__("lightning.pytorch.cli", fromlist=["LightningCLI"]).LightningCLI,
+        "_prepare_subcommand_parser",
+        ("klass", "subcommand"),
+    ),
+}
+"""Each private API by name, with a check that returns what changed, or None."""
+
+
+def check_private_apis() -> dict[str, str]:
+    """What changed in each private API that differs from what this library expects, by name."""
+    problems = {}
+    for name, check in PRIVATE_APIS.items():
+        problem = check()
+        if problem is not None:
+            problems[name] = f"{problem} (Lightning {LIGHTNING_VERSION}, torch {torch.__version__})"
+    return problems
