@@ -67,9 +67,13 @@ def test_flash_leaves_match_flash_and_hold_no_parameters() -> None:
     assert not any(p for m in flash[-2:] for p in m.parameters())
 
 
-def test_blocks_need_timm_model() -> None:
-    with pytest.raises(ScheduleError, match="group_matcher"):
-        UnfreezeMilestones((1, 2), 1, layer_unit="blocks").unfreeze_phases(TinyClassifier())
+def test_blocks_on_a_plain_sequential_are_its_parameter_units() -> None:
+    # No timm group_matcher: the structural rule applies; an MLP without blocks gives one layer per unit.
+    module = TinyClassifier()
+    first, rest = UnfreezeMilestones((1, 2), 1, layer_unit="blocks").unfreeze_phases(module)
+    assert first.label == "backbone.3"
+    assert first.modules == (module.backbone[3],)
+    assert rest.modules == (module.backbone[0], module.backbone[2])
 
 
 def test_too_many_layers_fails_at_setup_with_both_counts() -> None:
