@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lightning
 import lightning.pytorch as pl
@@ -46,10 +46,22 @@ def private(owner: Any, name: str) -> Any:
 
 
 # ------------------------------------------------------------------ optimizers
-def parse_optimizers(config: Any) -> tuple[list[Optimizer], list[Any]]:
+class ParsedOptimizers(NamedTuple):
+    """What ``configure_optimizers`` returned: optimizers, LR schedulers and each scheduler's interval."""
+
+    optimizers: list[Optimizer]
+    schedulers: list[Any]
+    intervals: list[str]
+
+
+def parse_optimizers(config: Any) -> ParsedOptimizers:
     """The optimizers and LR schedulers of a ``configure_optimizers`` return value, as Lightning reads it."""
     optimizers, schedulers, _ = private(lightning_optimizer, "_configure_optimizers")(config)
-    return list(optimizers), [s["scheduler"] if isinstance(s, dict) else s for s in schedulers]
+    return ParsedOptimizers(
+        list(optimizers),
+        [s["scheduler"] if isinstance(s, dict) else s for s in schedulers],
+        [str(s.get("interval", "epoch")) if isinstance(s, dict) else "epoch" for s in schedulers],
+    )
 
 
 # ------------------------------------------------------------------ callbacks

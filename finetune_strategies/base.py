@@ -255,6 +255,16 @@ class FinetuningStrategy(BaseFinetuning):
         return list(self._groups.plans)
 
     @property
+    def started_phases(self) -> list[int]:
+        """Indices of the phases that have started, in order."""
+        return sorted(self._started)
+
+    @property
+    def kept_trainable(self) -> set[int]:
+        """Ids of the BatchNorm parameters that ``train_bn=True`` keeps trainable in frozen modules."""
+        return set(self._bn.kept_trainable)
+
+    @property
     def cache_stats(self) -> dict[str, CacheStats]:
         """Per frozen module, what its feature cache held and served (filled when the cache is dropped)."""
         return self._cache.stats
@@ -291,6 +301,11 @@ class FinetuningStrategy(BaseFinetuning):
         self._schedulers = schedulers
         self._started |= self._groups.build(optimizer, schedulers)
         self._groups.gate(deepspeed, self._started)
+
+    def finish(self) -> None:
+        """Drop the feature caches and the gradient masks of pending groups."""
+        self._cache.close()
+        self._groups.remove_masks()
 
     def advance(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added."""
@@ -380,8 +395,7 @@ class FinetuningStrategy(BaseFinetuning):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._unwrap_configure_optimizers(pl_module)
-        self._cache.close()
-        self._groups.remove_masks()
+        self.finish()
 
     def state_dict(self) -> dict[str, Any]:
         return StrategyState(
@@ -423,7 +437,7 @@ class FinetuningStrategy(BaseFinetuning):
         @functools.wraps(original)
         def configure_optimizers() -> Any:
             config = original()
-            optimizers, schedulers = _lightning.parse_optimizers(config)
+            optimizers, schedulers, _ = _lightning.parse_optimizers(config)
             if self.optimizer_index < len(optimizers):  # else on_fit_start raises
                 self.attach_optimizer(optimizers[self.optimizer_index], schedulers, deepspeed=deepspeed)
             return config
