@@ -1,10 +1,31 @@
-"""A callback that records what is trainable at each epoch, for logs, tables and plots."""
+"""What trains: a callback that records it at each epoch, for logs, tables and plots.
+
+:class:`TrainableMonitor` is the one place that measures it; the demo and the transfer-learning
+runner build on it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def trainable_fraction(module: nn.Module, *, skip_batchnorm: bool = False) -> float:
+    """The share of ``module``'s parameter values that require grad (0.0 without parameters).
+
+    ``skip_batchnorm`` leaves BatchNorm layers out: they may train in a frozen module (``train_bn``).
+    """
+    params = [
+        p
+        for m in module.modules()
+        if not (skip_batchnorm and isinstance(m, _BatchNorm))
+        for p in m.parameters(recurse=False)
+    ]
+    total = sum(p.numel() for p in params)
+    return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
 
 
 @dataclass
@@ -15,19 +36,50 @@ class EpochRecord:
     trainable_params: int
     total_params: int
     trainable_modules: dict[str, bool] = field(default_factory=dict)
+    """For each top-level child with parameters: whether any of them requires grad."""
     group_lrs: list[float] = field(default_factory=list)
+    """The lr of every param group of every optimizer."""
+    group_names: list[str | None] = field(default_factory=list)
+    """The ``"name"`` of every param group (``None`` where a group has none), in the order of ``group_lrs``."""
+    trainable_fractions: dict[str, float] = field(default_factory=dict)
+    """For each top-level child with parameters: the share of its parameter values that train."""
+
+    @property
+    def frozen_params(self) -> int:
+        return self.total_params - self.trainable_params
 
 
 class TrainableMonitor(pl.Callback):
     """Record, and log as ``trainable_params``, how much of the model trains at each epoch.
 
-    ``trainable_modules`` tells, for each top-level child of the LightningModule, whether any of its
-    parameters requires grad.
+    A record is taken at the first training batch of each epoch, after every epoch-start hook ran
+    (so after a strategy unfroze what it unfreezes that epoch). ``skip_batchnorm`` leaves BatchNorm
+    layers out of ``trainable_fractions``.
     """
 
-    def __init__(self, log: bool = True) -> None:
+    def __init__(self, log: bool = True, *, skip_batchnorm: bool = False) -> None:
         self.log = log
+        self.skip_batchnorm = skip_batchnorm
         self.records: list[EpochRecord] = []
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> EpochRecord:
+        """What trains now, as a record of the current epoch."""
+        params = list(pl_module.parameters())
+        children = [
+            (name, child) for name, child in pl_module.named_children() if any(True for _ in child.parameters())
+        ]
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        return EpochRecord(
+            epoch=trainer.current_epoch,
+            trainable_params=sum(p.numel() for p in params if p.requires_grad),
+            total_params=sum(p.numel() for p in params),
+            trainable_modules={name: any(p.requires_grad for p in child.parameters()) for name, child in children},
+            group_lrs=[float(g["lr"]) for g in groups],
+            group_names=[g.get("name") for g in groups],
+            trainable_fractions={
+                name: trainable_fraction(child, skip_batchnorm=self.skip_batchnorm) for name, child in children
+            },
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.records = []
@@ -37,18 +89,7 @@ class TrainableMonitor(pl.Callback):
     ) -> None:
         if self.records and self.records[-1].epoch == trainer.current_epoch:
             return
-        params = list(pl_module.parameters())
-        record = EpochRecord(
-            epoch=trainer.current_epoch,
-            trainable_params=sum(p.numel() for p in params if p.requires_grad),
-            total_params=sum(p.numel() for p in params),
-            trainable_modules={
-                name: any(p.requires_grad for p in child.parameters())
-                for name, child in pl_module.named_children()
-                if any(True for _ in child.parameters())
-            },
-            group_lrs=[float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups],
-        )
+        record = self.measure(trainer, pl_module)
         self.records.append(record)
         if self.log:
             pl_module.log("trainable_params", float(record.trainable_params), on_step=False, on_epoch=True)

@@ -24,9 +24,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
-from torch import nn
 
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
+from finetune_strategies.monitor import TrainableMonitor
 from finetune_strategies.registry import StrategySpec
 from finetune_strategies.trainer import Trainer
 
@@ -138,39 +138,32 @@ class DemoResult:
         return grouped
 
 
-class _EpochRecorder(pl.Callback):
-    """Records validation accuracy and trainable parameters per epoch, and reports progress."""
+class _EpochRecorder(TrainableMonitor):
+    """Records what trains (BatchNorm aside in the backbone's fraction) and the validation accuracy
+    per epoch, and reports progress."""
 
-    def __init__(self, result: RunResult | None, advance: Callable[[], None]) -> None:
-        self.result = result
+    def __init__(self, advance: Callable[[], None]) -> None:
+        super().__init__(log=False, skip_batchnorm=True)
         self.advance = advance
-        self.last_acc = float("nan")
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        # Batch 0 comes after every epoch-start hook, so the strategy has started this epoch's phase.
-        if self.result is None or args[-1] != 0:
-            return
-        self.result.trainable.append(sum(p.numel() for p in pl_module.parameters() if p.requires_grad))
-        # BatchNorm affine parameters may train in a frozen backbone (train_bn): count the other layers.
-        backbone = [
-            p
-            for m in pl_module.get_submodule("backbone").modules()
-            if not isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters(recurse=False)
-        ]
-        total = sum(p.numel() for p in backbone)
-        trainable = sum(p.numel() for p in backbone if p.requires_grad)
-        self.result.backbone_trainable.append(trainable / total if total else 0.0)
+        self.val_acc: list[float] = []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.last_acc = float(trainer.callback_metrics["val_acc"])
-        if self.result is not None:
-            self.result.val_acc.append(self.last_acc)
+        if not trainer.sanity_checking:
+            self.val_acc.append(float(trainer.callback_metrics["val_acc"]))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.advance()
+
+    def result(self, name: str, seed: int, seconds: float) -> RunResult:
+        """The run's per-epoch record."""
+        return RunResult(
+            name,
+            seed,
+            val_acc=list(self.val_acc),
+            trainable=[r.trainable_params for r in self.records],
+            backbone_trainable=[r.trainable_fractions.get("backbone", 0.0) for r in self.records],
+            seconds=seconds,
+        )
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -258,12 +251,12 @@ def _pretrain(
         lr=settings.pretrain_lr,
         scheduler="cosine",
     )
-    recorder = _EpochRecorder(None, advance)
+    recorder = _EpochRecorder(advance)
     start = time.perf_counter()
     _trainer(settings.pretrain_epochs, recorder).fit(model, data)
     seconds = time.perf_counter() - start
     model.save_backbone(weights)
-    return recorder.last_acc, seconds
+    return (recorder.val_acc or [float("nan")])[-1], seconds
 
 
 def run_demo(
@@ -314,10 +307,8 @@ def run_demo(
                     lr=settings.lr,
                     scheduler=settings.scheduler,
                 )
-                result = RunResult(name, seed)
-                trainer = _trainer(settings.epochs, _EpochRecorder(result, on_epoch))
+                recorder = _EpochRecorder(on_epoch)
                 start = time.perf_counter()
-                trainer.finetune(model, data, strategy=strategy)
-                result.seconds = time.perf_counter() - start
-                runs.append(result)
+                _trainer(settings.epochs, recorder).finetune(model, data, strategy=strategy)
+                runs.append(recorder.result(name, seed, time.perf_counter() - start))
     return DemoResult(settings, pretrain_acc, pretrain_seconds, runs, weights, settings.shots, val_size)

@@ -15,7 +15,6 @@ fit the headless backbone exactly; the original classifier's keys are dropped, a
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,13 @@ from finetune_strategies.errors import (
 )
 from finetune_strategies.image.timm_api import model_data_config
 from finetune_strategies.image.weights import (
+    check_fits,
     check_weight_path,
     diff_weights,
     mismatch_message,
     read_weights,
 )
+from finetune_strategies.validation import close_matches
 
 TORCHVISION_PREFIX = "torchvision:"
 HEAD_ATTRIBUTES = ("fc", "classifier", "heads.head", "head")
@@ -69,14 +70,15 @@ class Backbone:
     data_config: dict[str, Any] = field(default_factory=imagenet_data_config)
 
 
-def _close_names(name: str) -> list[str]:
-    candidates = list(timm.list_models()) + [TORCHVISION_PREFIX + n for n in torchvision.models.list_models()]
-    return difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+def _hint(name: str, candidates: list[str], prefix: str = "") -> str:
+    """`` Did you mean: a, b?`` (the wording the CLI shows) with up to five close backbone names."""
+    close = close_matches(name, candidates, n=5)
+    return f" Did you mean: {', '.join(prefix + c for c in close)}?" if close else ""
 
 
 def _unknown_backbone(name: str) -> UnknownBackboneError:
-    close = _close_names(name)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    candidates = list(timm.list_models()) + [TORCHVISION_PREFIX + n for n in torchvision.models.list_models()]
+    hint = _hint(name, candidates)
     return UnknownBackboneError(
         f"Unknown backbone {name!r}.{hint} Use a timm model name (see timm.list_models('*pattern*')) "
         f"or a torchvision one as '{TORCHVISION_PREFIX}<name>' (see torchvision.models.list_models())."
@@ -149,9 +151,7 @@ def _timm_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
         diff = diff_weights(weights, reference.state_dict(), ignore=_classifier_names(reference))
         raise WeightMatchError(mismatch_message(path, target, diff)) from error
     # timm loads non-strictly once it drops the classifier, so check what it silently skipped.
-    diff = diff_weights(weights, model.state_dict(), ignore=_classifier_names(model))
-    if diff:
-        raise WeightMatchError(mismatch_message(path, target, diff))
+    check_fits(path, weights, model, target, ignore=_classifier_names(model))
     return model
 
 
@@ -195,9 +195,7 @@ def _load_file(module: nn.Module, path: Path, target: str, drop: list[str]) -> N
     weights = read_weights(path)
     prefixes = tuple(f"{d}." for d in drop)
     weights = {k: v for k, v in weights.items() if not k.startswith(prefixes)}
-    diff = diff_weights(weights, module.state_dict())
-    if diff:
-        raise WeightMatchError(mismatch_message(path, target, diff))
+    check_fits(path, weights, module, target)
     module.load_state_dict(weights)
 
 
@@ -205,8 +203,7 @@ def _torchvision_backbone(name: str, pretrained: Pretrained, kwargs: dict[str, A
     model_name = name[len(TORCHVISION_PREFIX) :]
     available = torchvision.models.list_models()
     if model_name not in available:
-        close = difflib.get_close_matches(model_name, available, n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(TORCHVISION_PREFIX + c for c in close)}?" if close else ""
+        hint = _hint(model_name, available, TORCHVISION_PREFIX)
         raise UnknownBackboneError(
             f"Unknown torchvision model {model_name!r}.{hint} See torchvision.models.list_models()."
         )

@@ -37,6 +37,7 @@ from finetune_strategies.image.transforms import (
     build_transforms,
     with_image_size,
 )
+from finetune_strategies.validation import check_bool, check_non_negative_int, check_positive_int
 
 STAGES = ("train", "val", "test", "predict")
 
@@ -56,12 +57,6 @@ class DataSettings(TypedDict, total=False):
     eval_transform: Callable[[Any], Any] | None
     on_bad_image: BadImagePolicy
     seed: int
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ImageDataError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
 
 
 class ImageClassificationData(pl.LightningDataModule):
@@ -119,17 +114,19 @@ class ImageClassificationData(pl.LightningDataModule):
             raise ImageDataError(f"`val_split` must be a fraction in [0, 1), got {val_split!r}.")
         if on_bad_image not in ("skip", "error"):
             raise ImageDataError(f"`on_bad_image` must be 'skip' or 'error', got {on_bad_image!r}.")
-        if not isinstance(augment, bool):
-            raise ImageDataError(f"`augment` must be True or False, got {augment!r}.")
         self.val_split = float(val_split)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.batch_size = check_positive_int("batch_size", batch_size, error=ImageDataError)
         self.eval_batch_size = (
-            self.batch_size if eval_batch_size is None else _check_int("eval_batch_size", eval_batch_size, 1)
+            self.batch_size
+            if eval_batch_size is None
+            else check_positive_int("eval_batch_size", eval_batch_size, error=ImageDataError)
         )
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.num_workers = check_non_negative_int("num_workers", num_workers, error=ImageDataError)
         self.backbone = backbone
-        self.image_size = None if image_size is None else _check_int("image_size", image_size, 1)
-        self.augment = augment
+        self.image_size = (
+            None if image_size is None else check_positive_int("image_size", image_size, error=ImageDataError)
+        )
+        self.augment = check_bool("augment", augment, error=ImageDataError)
         self.transform_kwargs = dict(transform_kwargs or {})
         self.train_transform = train_transform
         self.eval_transform = eval_transform

@@ -17,15 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
-from finetune_strategies.image.optim import build_optimizer, build_scheduler, optimizer_class, scheduler_class
 from finetune_strategies.image.weights import save_weights
-from finetune_strategies.validation import check_positive_float
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ModelConfigError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
+from finetune_strategies.optim import LIGHTNING_KEYS, OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
+from finetune_strategies.validation import check_int, check_positive_float
 
 
 class ImageClassifier(pl.LightningModule):
@@ -40,7 +34,8 @@ class ImageClassifier(pl.LightningModule):
             weights, and a path loads a local ``.safetensors`` / ``.pth`` file.
         labels: Class names, in class-index order, used in prediction files.
         head_dropout: Dropout before the head.
-        optimizer: A ``torch.optim`` class name, case-insensitive (``"adam"``, ``"adamw"``, ``"sgd"``).
+        optimizer: A ``torch.optim`` class name, case-insensitive (``"adam"``, ``"adamw"``, ``"sgd"``), or
+            a dotted class path (see :mod:`finetune_strategies.optim`).
         lr: Learning rate of the optimizer's first param group.
         weight_decay: Weight decay.
         optimizer_kwargs: Extra optimizer arguments, e.g. ``{"momentum": 0.9}``.
@@ -73,7 +68,7 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
         if num_classes is None:
             raise ModelConfigError("ImageClassifier needs num_classes (the number of classes, >= 2).")
-        self.num_classes = _check_int("num_classes", num_classes, 2)
+        self.num_classes = check_int("num_classes", num_classes, minimum=2, error=ModelConfigError)
         if labels is not None:
             labels = [str(label) for label in labels]
             if len(labels) != num_classes:
@@ -83,16 +78,17 @@ class ImageClassifier(pl.LightningModule):
         self.labels = labels
         if not isinstance(head_dropout, (int, float)) or not 0 <= head_dropout < 1:
             raise ModelConfigError(f"`head_dropout` must be in [0, 1), got {head_dropout!r}.")
-        optimizer_class(optimizer)  # fail early on an unknown name
-        if scheduler is not None:
-            scheduler_class(scheduler)
         self.optimizer_name = optimizer
-        self.lr = check_positive_float("lr", lr)
-        self.weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        self.lr = check_positive_float("lr", lr, error=ModelConfigError)
+        self.weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True, error=ModelConfigError)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.scheduler_name = scheduler
         self.scheduler_kwargs = dict(scheduler_kwargs or {})
-        self.image_size = None if image_size is None else _check_int("image_size", image_size, 1)
+        self._optimizer_spec()  # fail early on an unknown name or argument
+        self._scheduler_spec()
+        self.image_size = (
+            None if image_size is None else check_int("image_size", image_size, minimum=1, error=ModelConfigError)
+        )
 
         built = build_backbone(backbone, pretrained, num_features=num_features, backbone_kwargs=backbone_kwargs)
         self.backbone = built.module
@@ -150,13 +146,27 @@ class ImageClassifier(pl.LightningModule):
         return torch.softmax(self(images), dim=-1)
 
     # ------------------------------------------------------------------ optimization
+    def _optimizer_spec(self) -> OptimizerSpec:
+        """The optimizer from the current settings (``lr`` may change after init, e.g. by an LR finder)."""
+        init_args = {"lr": self.lr, "weight_decay": self.weight_decay, **self.optimizer_kwargs}
+        spec = {"class_path": self.optimizer_name, "init_args": init_args}
+        return parse_optimizer(spec, "optimizer", error=ModelConfigError)
+
+    def _scheduler_spec(self) -> SchedulerSpec | None:
+        """The LR scheduler from ``scheduler`` and ``scheduler_kwargs`` (whose Lightning keys go to Lightning)."""
+        if self.scheduler_name is None:
+            return None
+        init_args = {k: v for k, v in self.scheduler_kwargs.items() if k not in LIGHTNING_KEYS}
+        lightning = {k: v for k, v in self.scheduler_kwargs.items() if k in LIGHTNING_KEYS}
+        spec = {"class_path": self.scheduler_name, "init_args": init_args, **lightning}
+        return parse_scheduler(spec, "scheduler", error=ModelConfigError, default_monitor="val_loss")
+
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ModelConfigError("No parameter requires grad, so there is nothing to optimize.")
-        optimizer = build_optimizer(params, self.optimizer_name, self.lr, self.weight_decay, self.optimizer_kwargs)
-        if self.scheduler_name is None:
+        optimizer = self._optimizer_spec().build(params)
+        scheduler = self._scheduler_spec()
+        if scheduler is None:
             return optimizer
-        trainer = self._trainer
-        scheduler = build_scheduler(optimizer, self.scheduler_name, self.lr, self.scheduler_kwargs, trainer)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler.build(optimizer, self._trainer)}

@@ -1,8 +1,8 @@
-"""Local weight files: read them, check that they fit a backbone, and save a backbone's weights.
+"""Local weight files for a backbone: read them, check that they fit it, and save a backbone's weights.
 
 A weight file is a ``.safetensors`` file or a ``torch.save`` file (``.pth``, ``.pt``, ``.bin``)
-holding a state dict, possibly wrapped under ``state_dict`` / ``model`` (EMA weights first, as timm
-does) and possibly with ``module.`` / ``_orig_mod.`` prefixes (DDP, ``torch.compile``).
+holding a state dict; :mod:`finetune_strategies.weights` reads it (unwrapping ``state_dict`` /
+``model``, EMA weights first, and removing DDP / ``torch.compile`` prefixes).
 """
 
 from __future__ import annotations
@@ -13,60 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from finetune_strategies.errors import MissingPathError, PretrainedWeightsError, WeightMatchError
+from finetune_strategies.errors import PretrainedWeightsError, WeightMatchError
+from finetune_strategies.weights import check_weight_file, read_state_dict
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
-_PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 8  # keys listed per kind of problem in an error message
 
 
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
 def check_weight_path(path: str | Path) -> Path:
-    """Return ``path`` as a Path if it names an existing weight file with a known suffix."""
-    file = Path(path)
-    if file.suffix not in WEIGHT_SUFFIXES:
-        raise PretrainedWeightsError(
-            f"pretrained={str(path)!r}: expected True, False or a path to a weight file ending in "
-            f"{', '.join(WEIGHT_SUFFIXES)}."
-        )
-    if not file.is_file():
-        raise MissingPathError(f"Weight file {str(file)!r} does not exist.")
-    return file
+    """Return ``path`` as a Path if it names an existing backbone weight file."""
+    return check_weight_file(path, suffixes=WEIGHT_SUFFIXES)
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weight file into a flat ``{name: tensor}`` dict (see the module docstring)."""
-    file = check_weight_path(path)
-    try:
-        if file.suffix == ".safetensors":
-            raw: Any = load_file(str(file), device="cpu")
-        else:
-            raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # any decoder failure: report the file and the cause
-        raise PretrainedWeightsError(f"Cannot read weight file {str(file)!r}: {error}") from error
-    if isinstance(raw, Mapping):
-        for key in _WRAPPER_KEYS:
-            if isinstance(raw.get(key), Mapping):
-                raw = raw[key]
-                break
-    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise PretrainedWeightsError(
-            f"Weight file {str(file)!r} does not hold a state dict of tensors (got {type(raw).__name__})."
-        )
-    return {_strip_prefixes(str(k)): v for k, v in raw.items()}
+    """Read a backbone weight file into a flat ``{name: tensor}`` dict (see the module docstring)."""
+    return read_state_dict(path, suffixes=WEIGHT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -135,9 +99,12 @@ def mismatch_message(path: str | Path, target: str, diff: WeightsDiff) -> str:
     return "\n".join(lines)
 
 
-def check_fits(path: str | Path, weights: Mapping[str, torch.Tensor], module: nn.Module, target: str) -> None:
-    """Raise :class:`WeightMatchError` unless ``weights`` fit ``module``'s state dict exactly."""
-    diff = diff_weights(weights, module.state_dict())
+def check_fits(
+    path: str | Path, weights: Mapping[str, torch.Tensor], module: nn.Module, target: str, ignore: Iterable[str] = ()
+) -> None:
+    """Raise :class:`WeightMatchError` unless ``weights`` fit ``module``'s state dict exactly (but for
+    the keys under an ``ignore`` prefix)."""
+    diff = diff_weights(weights, module.state_dict(), ignore)
     if diff:
         raise WeightMatchError(mismatch_message(path, target, diff))
 

@@ -14,7 +14,6 @@ stage switches the base section off for that stage.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import inspect
 import json
@@ -29,8 +28,10 @@ import lightning.pytorch as pl
 import yaml
 
 from finetune_strategies.errors import TransferConfigError
+from finetune_strategies.optim import OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
 from finetune_strategies.selectors import check_selector
-from finetune_strategies.transfer.optim import OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
+from finetune_strategies.transfer.heads import check_heads
+from finetune_strategies.validation import check_bool, check_int, check_known_keys, check_mapping
 
 
 class Inherit(enum.Enum):
@@ -74,37 +75,8 @@ _STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TRAINER_ARGS = tuple(n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self")
 
 
-def _unknown(keys: Any, allowed: tuple[str, ...], where: str) -> None:
-    unknown = [k for k in keys if k not in allowed]
-    if not unknown:
-        return
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), allowed, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TransferConfigError(f"{where}: unknown key(s) {', '.join(hints)}. Allowed keys: {', '.join(allowed)}.")
-
-
-def _mapping(value: Any, where: str, example: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise TransferConfigError(f"{where} must be a mapping with string keys, e.g. {example}, got {value!r}.")
-    return dict(value)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise TransferConfigError(f"{where} must be true or false, got {value!r}.")
-    return value
-
-
-def _optional_int(value: Any, where: str) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TransferConfigError(f"{where} must be an integer or null, got {value!r}.")
-    return value
-
-
 def _section(value: Any, where: str, example: str) -> dict[str, Any] | None:
-    return None if value is None else _mapping(value, where, example)
+    return None if value is None else check_mapping(where, value, example=example, error=TransferConfigError)
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,7 +101,7 @@ def _merge_class_spec(base: dict[str, Any] | None, stage: Section) -> dict[str, 
 
 
 def _check_trainer(section: dict[str, Any], where: str) -> dict[str, Any]:
-    _unknown(section, _TRAINER_ARGS, f"{where} (Trainer arguments)")
+    check_known_keys(section, _TRAINER_ARGS, f"{where} (Trainer arguments)", error=TransferConfigError)
     callbacks = section.get("callbacks")
     if callbacks is not None and not (
         isinstance(callbacks, list) and all(isinstance(c, pl.Callback) for c in callbacks)
@@ -163,18 +135,20 @@ class NewHeadsConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.head, str) or not self.head:
             raise TransferConfigError(f"new_heads.head must be a module name, got {self.head!r}.")
-        if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
-            raise TransferConfigError(f"new_heads.num_heads must be an int >= 1, got {self.num_heads!r}.")
-        factor = self.scale_factor
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < float("inf"):
-            raise TransferConfigError(f"new_heads.scale_factor must be a finite number >= 0, got {factor!r}.")
-        _bool(self.train_only_new_heads, "new_heads.train_only_new_heads")
-        _optional_int(self.seed, "new_heads.seed")
+        check_heads(self.num_heads, self.scale_factor)
+        check_bool("new_heads.train_only_new_heads", self.train_only_new_heads, error=TransferConfigError)
+        if self.seed is not None:
+            check_int("new_heads.seed", self.seed, error=TransferConfigError)
 
     @classmethod
     def from_dict(cls, data: Any) -> NewHeadsConfig:
-        section = _mapping(data, "new_heads", "{'head': 'head', 'num_heads': 1, 'scale_factor': 0.1}")
-        _unknown(section, HEADS_KEYS, "new_heads")
+        section = check_mapping(
+            "new_heads",
+            data,
+            example="{'head': 'head', 'num_heads': 1, 'scale_factor': 0.1}",
+            error=TransferConfigError,
+        )
+        check_known_keys(section, HEADS_KEYS, "new_heads", error=TransferConfigError)
         return cls(**section)
 
 
@@ -193,14 +167,13 @@ class ReplayConfig:
                 f"replay.fraction must be a number in [0, 1), the share of pretraining samples in the mixed "
                 f"training set (0.5 for 50:50), got {f!r}."
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TransferConfigError(f"replay.seed must be an integer, got {self.seed!r}.")
+        check_int("replay.seed", self.seed, error=TransferConfigError)
 
 
 def _replay(section: dict[str, Any] | None, where: str) -> ReplayConfig | None:
     if section is None:
         return None
-    _unknown(section, REPLAY_KEYS, where)
+    check_known_keys(section, REPLAY_KEYS, where, error=TransferConfigError)
     if "fraction" not in section:
         raise TransferConfigError(f"{where} needs 'fraction', e.g. {{'fraction': 0.3}}.")
     return ReplayConfig(**section)
@@ -224,8 +197,13 @@ class StageConfig:
     @classmethod
     def from_dict(cls, data: Any, index: int) -> StageConfig:
         where = f"stages[{index}]"
-        stage = _mapping(data, where, "{'freeze_modules': ['backbone'], 'trainer': {'max_epochs': 5}}")
-        _unknown(stage, STAGE_KEYS, where)
+        stage = check_mapping(
+            where,
+            data,
+            example="{'freeze_modules': ['backbone'], 'trainer': {'max_epochs': 5}}",
+            error=TransferConfigError,
+        )
+        check_known_keys(stage, STAGE_KEYS, where, error=TransferConfigError)
         name = stage.get("name", f"stage_{index + 1}")
         if not isinstance(name, str) or not _STAGE_NAME.match(name):
             raise TransferConfigError(
@@ -250,11 +228,22 @@ class StageConfig:
         return cls(
             name=name,
             freeze_modules=tuple(freeze),
-            train_bn=_bool(stage.get("train_bn", False), f"{where}.train_bn"),
-            reset_optimizer=_bool(stage.get("reset_optimizer", True), f"{where}.reset_optimizer"),
-            only_new_heads=None if only is None else _bool(only, f"{where}.only_new_heads"),
-            trainer=_mapping(stage.get("trainer") or {}, f"{where}.trainer", "{'max_epochs': 5}"),
-            datamodule=_mapping(stage.get("datamodule") or {}, f"{where}.datamodule", "{'batch_size': 8}"),
+            train_bn=check_bool(f"{where}.train_bn", stage.get("train_bn", False), error=TransferConfigError),
+            reset_optimizer=check_bool(
+                f"{where}.reset_optimizer", stage.get("reset_optimizer", True), error=TransferConfigError
+            ),
+            only_new_heads=None
+            if only is None
+            else check_bool(f"{where}.only_new_heads", only, error=TransferConfigError),
+            trainer=check_mapping(
+                f"{where}.trainer", stage.get("trainer") or {}, example="{'max_epochs': 5}", error=TransferConfigError
+            ),
+            datamodule=check_mapping(
+                f"{where}.datamodule",
+                stage.get("datamodule") or {},
+                example="{'batch_size': 8}",
+                error=TransferConfigError,
+            ),
             optimizer=sections["optimizer"],
             scheduler=sections["scheduler"],
             replay=sections["replay"],
@@ -334,14 +323,17 @@ class TransferConfig:
                 )
             if path is None:
                 raise TransferConfigError("modules_to_match is set but pre_trained_model_path is not.")
-        _bool(self.weights_only, "weights_only")
+        check_bool("weights_only", self.weights_only, error=TransferConfigError)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise TransferConfigError(f"output_dir must be a folder path, got {self.output_dir!r}.")
-        _optional_int(self.seed, "seed")
+        if self.seed is not None:
+            check_int("seed", self.seed, error=TransferConfigError)
         if self.new_heads is not None and not isinstance(self.new_heads, NewHeadsConfig):
             raise TransferConfigError(f"new_heads must be a NewHeadsConfig, got {self.new_heads!r}.")
-        _check_trainer(_mapping(self.trainer, "trainer", "{'max_epochs': 10}"), "trainer")
-        _mapping(self.datamodule, "datamodule", "{'batch_size': 8}")
+        _check_trainer(
+            check_mapping("trainer", self.trainer, example="{'max_epochs': 10}", error=TransferConfigError), "trainer"
+        )
+        check_mapping("datamodule", self.datamodule, example="{'batch_size': 8}", error=TransferConfigError)
         for index in range(len(self.stages)):
             self.stage(index)  # every merged stage is checked now, before anything runs
 
@@ -349,8 +341,10 @@ class TransferConfig:
     @classmethod
     def from_dict(cls, data: Any) -> TransferConfig:
         """Build from a mapping with the keys of the YAML form."""
-        config = _mapping(data, "The transfer-learning config", "{'stages': [{'freeze_modules': ['backbone']}]}")
-        _unknown(config, TOP_KEYS, "transfer-learning config")
+        config = check_mapping(
+            "config", data, example="{'stages': [{'freeze_modules': ['backbone']}]}", error=TransferConfigError
+        )
+        check_known_keys(config, TOP_KEYS, "transfer-learning config", error=TransferConfigError)
         if "stages" not in config:
             raise TransferConfigError("The transfer-learning config needs `stages`, a non-empty list of stages.")
         stages = config.pop("stages")
@@ -359,7 +353,7 @@ class TransferConfig:
         heads = config.pop("new_heads", None)
         path = config.pop("pre_trained_model_path", None)
         for key in ("trainer", "datamodule"):
-            config[key] = _mapping(config.get(key) or {}, key, "{}")
+            config[key] = check_mapping(key, config.get(key) or {}, example="{}", error=TransferConfigError)
         for key in ("optimizer", "scheduler", "replay"):
             config[key] = _section(config.get(key), key, "{...}")
         return cls(
@@ -414,14 +408,20 @@ class TransferConfig:
         only = stage.only_new_heads
         if only is None:
             only = self.new_heads.train_only_new_heads if self.new_heads is not None else False
-        optimizer_spec = None if optimizer is None else parse_optimizer(optimizer, f"{where}.optimizer")
+        optimizer_spec = (
+            None if optimizer is None else parse_optimizer(optimizer, f"{where}.optimizer", error=TransferConfigError)
+        )
         if not stage.reset_optimizer:
             if index == 0:
                 raise TransferConfigError(
                     f"{where}.reset_optimizer is false, but the first stage has no earlier optimizer state to keep."
                 )
             previous = _merge_class_spec(self.optimizer, self.stages[index - 1].optimizer)
-            before = None if previous is None else parse_optimizer(previous, f"stages[{index - 1}].optimizer")
+            before = (
+                None
+                if previous is None
+                else parse_optimizer(previous, f"stages[{index - 1}].optimizer", error=TransferConfigError)
+            )
             if before is not None and optimizer_spec is not None and before.cls is not optimizer_spec.cls:
                 raise TransferConfigError(
                     f"{where}.reset_optimizer is false, but its optimizer ({optimizer_spec.cls.__name__}) is "
@@ -439,7 +439,9 @@ class TransferConfig:
             trainer=trainer,
             datamodule=datamodule,
             optimizer=optimizer_spec,
-            scheduler=None if scheduler is None else parse_scheduler(scheduler, f"{where}.scheduler"),
+            scheduler=None
+            if scheduler is None
+            else parse_scheduler(scheduler, f"{where}.scheduler", error=TransferConfigError),
             replay=_replay(replay, f"{where}.replay"),
             raw=_plain(
                 {

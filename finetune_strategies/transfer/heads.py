@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import math
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from finetune_strategies.errors import TransferConfigError
+from finetune_strategies.validation import did_you_mean
 
 
 class SummedHeads(nn.Module):
@@ -61,6 +61,19 @@ def _fresh_copy(module: nn.Module, scale_factor: float) -> nn.Module:
     return head
 
 
+def check_heads(num_heads: Any, scale_factor: Any) -> None:
+    """Raise :class:`TransferConfigError` unless ``num_heads`` is an int >= 1 and ``scale_factor`` a
+    finite number >= 0 (the checks of :func:`add_readout_heads` and of a config's ``new_heads``)."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise TransferConfigError(f"num_heads must be an int >= 1, got {num_heads!r}.")
+    if (
+        isinstance(scale_factor, bool)
+        or not isinstance(scale_factor, (int, float))
+        or not (scale_factor >= 0 and math.isfinite(scale_factor))
+    ):
+        raise TransferConfigError(f"scale_factor must be a finite number >= 0, got {scale_factor!r}.")
+
+
 def add_readout_heads(
     model: nn.Module,
     head: str = "head",
@@ -77,18 +90,10 @@ def add_readout_heads(
     Returns:
         The dotted names of the new modules, e.g. ``["head.new.0"]``.
     """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise TransferConfigError(f"num_heads must be an int >= 1, got {num_heads!r}.")
-    if (
-        isinstance(scale_factor, bool)
-        or not isinstance(scale_factor, (int, float))
-        or not (scale_factor >= 0 and math.isfinite(scale_factor))
-    ):
-        raise TransferConfigError(f"scale_factor must be a finite number >= 0, got {scale_factor!r}.")
+    check_heads(num_heads, scale_factor)
     names = [n for n, _ in model.named_modules() if n]
     if head not in names:
-        close = difflib.get_close_matches(head, names, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(head, names, n=3)
         raise TransferConfigError(f"{type(model).__name__} has no module {head!r} to add read-out heads to.{hint}")
     current = model.get_submodule(head)
     summed = current if isinstance(current, SummedHeads) else SummedHeads(current)

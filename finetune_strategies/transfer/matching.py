@@ -12,20 +12,17 @@ one error lists every problem, naming the module, the tensor and both shapes.
 
 from __future__ import annotations
 
-import difflib
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from finetune_strategies.errors import WeightMatchError
+from finetune_strategies.validation import close_matches
+from finetune_strategies.weights import read_state_dict
 
-WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
 _MAX_LISTED = 20
 
 
@@ -52,57 +49,13 @@ class MatchReport:
         return text + "."
 
 
-def _tensor_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # a Lightning checkpoint, or a dict saved around a state dict
-    if not isinstance(obj, Mapping) or not obj:
-        raise WeightMatchError(
-            f"{source} does not hold a state dict (a mapping of names to tensors): got {type(obj).__name__}."
-        )
-    wrong = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if wrong:
-        raise WeightMatchError(
-            f"{source} is not a state dict: {len(wrong)} entries are not name -> tensor, e.g. {wrong[:5]!r}. "
-            "Save `model.state_dict()`, or a Lightning checkpoint."
-        )
-    return dict(obj)
-
-
 def load_pretrained_state_dict(path: str | os.PathLike[str], *, weights_only: bool = True) -> dict[str, torch.Tensor]:
-    """Read a state dict from a Lightning ``.ckpt``, a torch ``.pt``/``.pth`` or a ``.safetensors`` file.
+    """Read a state dict from a Lightning ``.ckpt``, a torch ``.pt``/``.pth``/``.bin`` or a ``.safetensors`` file.
 
     ``weights_only=False`` lets ``torch.load`` unpickle arbitrary objects (a whole saved module, or a
     checkpoint with custom hyperparameter objects); use it only for files you trust.
     """
-    file = Path(path)
-    if file.suffix not in WEIGHT_SUFFIXES:
-        raise WeightMatchError(
-            f"Pretrained weights {str(file)!r}: unsupported file type {file.suffix!r}; use one of "
-            f"{', '.join(WEIGHT_SUFFIXES)}."
-        )
-    if not file.is_file():
-        raise FileNotFoundError(f"Pretrained weights file {str(file)!r} does not exist.")
-    source = repr(str(file))
-    if file.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return _tensor_dict(load_file(file, device="cpu"), source)
-        except SafetensorError as error:
-            raise WeightMatchError(f"Cannot read {source} as safetensors: {error}") from None
-    try:
-        loaded = torch.load(file, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as error:
-        raise WeightMatchError(
-            f"Cannot load {source} with weights_only=True: it holds objects other than tensors ({error}). "
-            "Save `model.state_dict()` instead, or set `weights_only: false` if you trust the file."
-        ) from None
-    except (RuntimeError, EOFError) as error:
-        raise WeightMatchError(f"Cannot read {source} with torch.load: {error}") from None
-    return _tensor_dict(loaded, source)
+    return read_state_dict(path, weights_only=weights_only, error=WeightMatchError)
 
 
 def _under(key: str, module: str) -> bool:
@@ -116,7 +69,7 @@ def _relocate(key: str, source: str, target: str) -> str:
 
 def _missing_module(name: str, keys: list[str], side: str) -> str:
     modules = sorted({".".join(k.split(".")[:depth]) for k in keys for depth in range(1, k.count(".") + 1)})
-    close = difflib.get_close_matches(name, modules, n=3)
+    close = close_matches(name, modules, n=3)
     hint = f" Close names: {', '.join(close)}." if close else ""
     top = sorted({k.split(".")[0] for k in keys})
     return f"module `{name}` is not in the {side}.{hint} Top-level names there: {', '.join(top)}."

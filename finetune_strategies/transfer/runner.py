@@ -32,6 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from finetune_strategies.base import FinetuningStrategy
 from finetune_strategies.errors import StageError, TransferConfigError
+from finetune_strategies.monitor import TrainableMonitor
 from finetune_strategies.strategies import Freeze, NoFreeze
 from finetune_strategies.trainer import Trainer
 from finetune_strategies.transfer.config import TransferConfig
@@ -67,11 +68,12 @@ class TransferResult:
     output_dir: Path
 
 
-class _StageMonitor(pl.Callback):
-    """Counts and logs what a stage trains once its modules are frozen and its optimizer is built;
-    hands optimizer state from one stage to the next when a stage keeps it."""
+class _StageMonitor(TrainableMonitor):
+    """Measures and logs what a stage trains once its modules are frozen and its optimizer is built
+    (and records it per epoch); hands optimizer state from one stage to the next when a stage keeps it."""
 
     def __init__(self, plan: StagePlan, num_stages: int, memory: OptimizerMemory | None) -> None:
+        super().__init__(log=False)
         self.plan = plan
         self.num_stages = num_stages
         self.memory = memory
@@ -81,9 +83,8 @@ class _StageMonitor(pl.Callback):
         self.optimizer_class = ""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = list(pl_module.parameters())
-        self.trainable = sum(p.numel() for p in params if p.requires_grad)
-        self.frozen = sum(p.numel() for p in params) - self.trainable
+        start = self.measure(trainer, pl_module)
+        self.trainable, self.frozen = start.trainable_params, start.frozen_params
         frozen = ", ".join(self.plan.frozen) or "nothing"
         bn = " (BatchNorm kept trainable)" if self.plan.frozen and self.plan.settings.train_bn else ""
         kept = ""
