@@ -22,7 +22,7 @@ from torch import nn
 
 from finetune_strategies.batchnorm import flatten
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
-from finetune_strategies.layers import Layer
+from finetune_strategies.layers import Layer, name_parameters
 from finetune_strategies.selectors import check_selector, select_modules
 from finetune_strategies.validation import check_epoch, check_known_keys, check_positive_float
 
@@ -180,6 +180,9 @@ def _inside(name: str, roots: Iterable[str]) -> bool:
 def bind_phases(specs: Sequence[PhaseSpec], model: nn.Module, frozen: Sequence[tuple[str, nn.Module]]) -> list[Phase]:
     """Resolve each spec's selectors in ``model``; each phase gets what it names that no earlier one got.
 
+    A phase is labelled (and its param group named) by its ``name``, else by what it unfreezes
+    (:func:`~finetune_strategies.layers.name_parameters`), e.g. ``backbone.blocks.10 + backbone.blocks.11``.
+
     Raises :class:`ScheduleError` before anything trains when a selector matches nothing (naming the
     closest module names), names a module outside the frozen ones, or a phase has nothing left to unfreeze.
     """
@@ -209,8 +212,7 @@ def bind_phases(specs: Sequence[PhaseSpec], model: nn.Module, frozen: Sequence[t
                 "parameters. Remove it or name other modules."
             )
         done.update(id(m) for m in thawed)
-        layer = Layer(spec.label, tuple(thawed))
-        phases.append(
-            Phase(spec.epoch, spec.label, tuple(m for _, m in chosen), (layer,), spec.lr, spec.layer_lr_decay)
-        )
+        label = spec.name or name_parameters(model, [p for m in thawed for p in m.parameters(recurse=False)])
+        layer = Layer(label, tuple(thawed))
+        phases.append(Phase(spec.epoch, label, tuple(m for _, m in chosen), (layer,), spec.lr, spec.layer_lr_decay))
     return phases

@@ -81,12 +81,14 @@ def make_trainer(max_epochs: int, **kwargs: Any) -> Trainer:
 
 
 class Recorder(pl.Callback):
-    """Per epoch: requires_grad per parameter, param groups (by id), lrs, BN modes, and weights."""
+    """Per epoch: requires_grad per parameter, param groups (by id), their lrs and names, BN modes, and
+    weights; per step: every group's lr."""
 
     def __init__(self) -> None:
         self.requires_grad: list[dict[str, bool]] = []
         self.groups: list[list[list[int]]] = []
         self.group_lrs: list[list[float]] = []
+        self.group_names: list[list[str | None]] = []
         self.bn_training: list[dict[str, bool]] = []
         self.weights: list[dict[str, torch.Tensor]] = []
         self.step_lrs: list[list[float]] = []
@@ -102,6 +104,7 @@ class Recorder(pl.Callback):
         self.requires_grad.append({n: p.requires_grad for n, p in pl_module.named_parameters()})
         self.groups.append([[id(p) for p in g["params"]] for g in optimizer.param_groups])
         self.group_lrs.append([g["lr"] for g in optimizer.param_groups])
+        self.group_names.append([g.get("name") for g in optimizer.param_groups])
         self.bn_training.append(
             {n: m.training for n, m in pl_module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         )
@@ -113,3 +116,40 @@ class Recorder(pl.Callback):
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+class TinyViT(pl.LightningModule):
+    """A timm ViT (4 blocks, 32 px, random weights) as ``backbone`` and a linear head; SGD over trainable
+    parameters, with an optional scheduler factory as in :class:`TinyClassifier`."""
+
+    def __init__(self, lr: float = 0.1, scheduler: Any = None) -> None:
+        super().__init__()
+        import timm
+
+        torch.manual_seed(0)
+        self.backbone = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=4
+        )
+        self.head = nn.Linear(self.backbone.num_features, 2)
+        self.lr = lr
+        self.scheduler_factory = scheduler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9)
+        if self.scheduler_factory is None:
+            return optimizer
+        config = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": config if isinstance(config, dict) else {"scheduler": config}}
+
+
+def image_loader(n: int = 8, batch_size: int = 4) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=generator)
+    return DataLoader(TensorDataset(x, torch.arange(n) % 2), batch_size=batch_size, shuffle=False)
