@@ -15,6 +15,7 @@ from finetune_strategies.errors import (
 from finetune_strategies.finetuner import Finetuner
 from finetune_strategies.layers import Layer, LayerUnit, list_layers, name_parameters
 from finetune_strategies.monitor import EpochRecord, TrainableMonitor
+from finetune_strategies.plan import EpochPlan, SchedulePlan, describe_schedule
 from finetune_strategies.registry import (
     StrategySpec,
     available_strategies,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ConfigurationError",
+    "EpochPlan",
     "EpochRecord",
     "Finetuner",
     "FinetuningError",
@@ -56,6 +58,7 @@ __all__ = [
     "Phases",
     "ResumeMismatchError",
     "ScheduleError",
+    "SchedulePlan",
     "SelectorError",
     "StrategyOptions",
     "StrategySpec",
@@ -66,6 +69,7 @@ __all__ = [
     "UnfreezeMilestones",
     "__version__",
     "available_strategies",
+    "describe_schedule",
     "list_layers",
     "name_parameters",
     "register_strategy",

@@ -105,7 +105,6 @@ class FinetuningStrategy(BaseFinetuning):
     default_layer_unit: ClassVar[LayerUnit] = "blocks"
     """The layer unit when ``layer_unit`` is not given."""
 
-    _trainer: pl.Trainer | None
     _pl_module: pl.LightningModule | None
     _phases: list[Phase]
     _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
@@ -332,7 +331,6 @@ class FinetuningStrategy(BaseFinetuning):
                 )
             if trainer.strategy.zero_stage_3:
                 raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
-        self._trainer = trainer
         self.prepare(pl_module)
         if stage == "fit" and self._groups.plans:
             self._wrap_configure_optimizers(trainer, pl_module)
@@ -415,7 +413,6 @@ class FinetuningStrategy(BaseFinetuning):
     # ------------------------------------------------------------------ internals
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
-        self._trainer = None
         self._pl_module = None
         self._phases = []
         self._module_names = {}

@@ -94,8 +94,22 @@ class LightningAnchor(BaseFinetuning):
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer)
 
 
+SCHEDULES: dict[str, Any] = {
+    "gradual_decay": {"strategy": "gradual_unfreeze", "start_epoch": 1, "layers_per_step": 2, "layer_lr_decay": 0.5},
+    "phases_decay": {
+        "strategy": "phases",
+        "phases": [{"epoch": 1, "modules": ["backbone.3"]}, {"epoch": 2, "layer_lr_decay": 0.5}],
+    },
+    "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
+    "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
+}
+"""Schedules as data, with layer-wise lr decay, run by name like the other scenarios."""
+
+
 def make_callback(name: str) -> BaseFinetuning:
     """The fine-tuning callback of a scenario."""
+    if name in SCHEDULES:
+        return resolve_strategy(SCHEDULES[name])
     if name == "anchor":
         return LightningAnchor()
     if name == "user_subclass":

@@ -14,7 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ddp_helpers import EPOCHS, GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
+from ddp_helpers import (
+    EPOCHS,
+    GLOBAL_BATCH,
+    SCHEDULES,
+    WORLD,
+    Data,
+    Dump,
+    Net,
+    make_callback,
+    make_trainer,
+    shutdown,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finetune_strategies import distributed
@@ -60,6 +71,7 @@ SCENARIOS = {
     "accumulate": lambda out: fit(
         out, "accumulate", "freeze_unfreeze", batch_size=PER_RANK // 2, accumulate_grad_batches=2
     ),
+    **{name: (lambda out, name=name: fit(out, name, name)) for name in SCHEDULES},
     "anchor": lambda out: fit(out, "anchor", "anchor"),
     "resume": lambda out: resume(out, "resume", sync_on_resume=True),
     "resume_unsynced": lambda out: resume(out, "resume_unsynced", sync_on_resume=False),

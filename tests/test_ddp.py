@@ -15,6 +15,7 @@ import torch
 from ddp_helpers import (
     EPOCHS,
     GLOBAL_BATCH,
+    SCHEDULES,
     Data,
     Dump,
     Net,
@@ -35,6 +36,7 @@ OURS = [
     "user_subclass",
     "find_unused",
     "accumulate",
+    *SCHEDULES,
 ]
 CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"}
 

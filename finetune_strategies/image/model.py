@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from finetune_strategies import _lightning
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weights import save_weights
@@ -169,4 +170,4 @@ class ImageClassifier(pl.LightningModule):
         scheduler = self._scheduler_spec()
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler.build(optimizer, self._trainer)}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler.build(optimizer, _lightning.attached_trainer(self))}
