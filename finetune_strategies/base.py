@@ -259,11 +259,6 @@ class FinetuningStrategy(BaseFinetuning):
         return sorted(self._started)
 
     @property
-    def kept_trainable(self) -> set[int]:
-        """Ids of the BatchNorm parameters that ``train_bn=True`` keeps trainable in frozen modules."""
-        return set(self._bn.kept_trainable)
-
-    @property
     def cache_stats(self) -> dict[str, CacheStats]:
         """Per frozen module, what its feature cache held and served (filled when the cache is dropped)."""
         return self._cache.stats

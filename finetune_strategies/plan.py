@@ -111,23 +111,31 @@ class _Flags:
             module.train(training)
 
 
-def _training(model: pl.LightningModule, unit: LayerUnit, kept: set[int]) -> list[tuple[str, int]]:
+def _trains(params: list[nn.Parameter]) -> bool:
+    return bool(params) and all(p.requires_grad for p in params)
+
+
+def _own_non_bn(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in modules if not isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)]
+
+
+def _training(model: pl.LightningModule, unit: LayerUnit) -> list[tuple[str, int]]:
     """The top-level parts of ``model`` that train; a part that trains only in part is broken down into
-    its layers (in ``unit``) that train whole. BatchNorm parameters in ``kept`` are counted apart."""
+    its layers (in ``unit``) that train. BatchNorm parameters are counted apart: ``train_bn`` decides
+    whether they train, not the schedule."""
     parts: list[tuple[str, int]] = []
     for name, child in model.named_children():
-        params = [p for p in child.parameters() if id(p) not in kept]
-        count = sum(p.numel() for p in params if p.requires_grad)
-        if params and count == sum(p.numel() for p in params):
-            parts.append((name, count))
-        elif count:
+        params = _own_non_bn(child.modules())
+        if _trains(params):
+            parts.append((name, sum(p.numel() for p in params)))
+        elif any(p.requires_grad for p in params):
             for layer in list_layers([(name, child)], unit):
-                own = [p for m in layer.modules for p in m.parameters(recurse=False) if id(p) not in kept]
-                if own and all(p.requires_grad for p in own):
+                own = _own_non_bn(layer.modules)
+                if _trains(own):
                     parts.append((layer.name, sum(p.numel() for p in own)))
-    bn = sum(p.numel() for p in model.parameters() if id(p) in kept and p.requires_grad)
-    if bn:
-        parts.append(("BatchNorm (train_bn)", bn))
+    bn = [p for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)]
+    if any(p.requires_grad for p in bn):
+        parts.append(("BatchNorm", sum(p.numel() for p in bn if p.requires_grad)))
     return parts
 
 
@@ -222,7 +230,7 @@ def _epoch_plan(
     ]
     return EpochPlan(
         epoch=epoch,
-        training=_training(model, strategy.layer_unit or strategy.default_layer_unit, strategy.kept_trainable),
+        training=_training(model, strategy.layer_unit or strategy.default_layer_unit),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params),
         groups=groups,
