@@ -17,13 +17,17 @@ returns; each built-in is a short preset of it. The callback composes:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypedDict
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import BaseFinetuning
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, EarlyStopping
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
@@ -40,9 +44,10 @@ from finetune_strategies.errors import (
 from finetune_strategies.feature_cache import CacheSession, CacheStats
 from finetune_strategies.groups import GroupPlan, ParamGroups, not_in_optimizer, plan_phase_groups
 from finetune_strategies.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
-from finetune_strategies.schedule import Phase, check_decay, check_order, due
+from finetune_strategies.schedule import Phase, check_decay, check_order
 from finetune_strategies.schedulers import pad_to_groups, schedulers_of, teach_schedulers
 from finetune_strategies.state import StrategyState
+from finetune_strategies.triggers import Mode, Plateau, StageWatch, Transition, decide, restore
 from finetune_strategies.validation import (
     check_bool,
     check_names,
@@ -66,6 +71,12 @@ class StrategyOptions(TypedDict, total=False):
     cache_max_bytes: int
     layer_lr_decay: float | None
     layer_unit: LayerUnit | None
+    monitor: str | None
+    mode: Mode
+    patience: int
+    min_delta: float
+    max_epochs: int | None
+    restore_best: bool
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -98,6 +109,15 @@ class FinetuningStrategy(BaseFinetuning):
         layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
             :mod:`finetune_strategies.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
             ``"param_modules"`` for ``unfreeze_milestones``.
+        monitor: End every stage when this validation metric plateaus, instead of waiting for the next
+            phase's epoch, which then only says when it starts at the latest (see
+            :mod:`finetune_strategies.triggers`). ``None`` (default): phases start at their epochs.
+        mode: ``"min"`` or ``"max"``: whether a lower or a higher ``monitor`` is better.
+        patience: How many validation runs without improvement end a stage.
+        min_delta: The least change of ``monitor`` that counts as an improvement.
+        max_epochs: The most epochs a stage may run before the next phase starts.
+        restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
+            ending stage's best validation (default True).
     """
 
     metadata_example: ClassVar[str] = ""
@@ -110,7 +130,14 @@ class FinetuningStrategy(BaseFinetuning):
     _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
     _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
     _started: set[int]  # indices of phases that have started
-    _schedulers: list[Any]
+    _trainer: pl.Trainer | None
+    _lr_configs: list[LRSchedulerConfig]
+    _watch: StageWatch
+    _bn: BatchNormPolicy
+    _groups: ParamGroups
+    _cache: CacheSession
+    transitions: list[Transition]
+    """The phase starts that triggers decided in the current (or last) fit."""
     _layers: list[Layer] | None
     _warned_nothing_to_freeze: bool
 
@@ -128,6 +155,12 @@ class FinetuningStrategy(BaseFinetuning):
         cache_max_bytes: int = 2**31,
         layer_lr_decay: float | None = None,
         layer_unit: LayerUnit | None = None,
+        monitor: str | None = None,
+        mode: Mode = "min",
+        patience: int = 1,
+        min_delta: float = 0.0,
+        max_epochs: int | None = None,
+        restore_best: bool = True,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -143,6 +176,8 @@ class FinetuningStrategy(BaseFinetuning):
         if layer_unit is not None and layer_unit not in LAYER_UNITS:
             raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
         self.layer_unit: LayerUnit | None = layer_unit
+        plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
+        self.plateau: Plateau | None = plateau if monitor is not None else None
         self._reset()
 
     @classmethod
@@ -165,9 +200,40 @@ class FinetuningStrategy(BaseFinetuning):
             self._bn.freeze(module)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Start every phase whose epoch has come and that has not started (a mid-epoch resume has)."""
-        for index in due(self._phases, self._started, epoch):
+        """Start, in order, every phase that is due at ``epoch`` and has not started (a mid-epoch resume
+        has): its epoch has come, or the stage before it ended on its plateau trigger."""
+        while (due := self._next_due(epoch)) is not None:
+            index, reason = due
+            phase = self._phases[index]
+            watch = self._watch
+            if phase.after is not None and phase.after.restore_best and watch.snapshot is not None:
+                restore(pl_module, watch.snapshot)
             self.start_phase(index, optimizer)
+            transition = Transition(epoch, index, phase.label, reason, watch.best, watch.best_epoch)
+            self.transitions.append(transition)
+            rank_zero_info(f"{type(self).__name__}: {transition}")
+            self._watch = StageWatch(start_epoch=epoch)
+
+    def _next_due(self, epoch: int) -> tuple[int, str] | None:
+        """The next phase, if it starts at ``epoch``, with the reason; phases start in order."""
+        index = next((i for i in range(len(self._phases)) if i not in self._started), None)
+        if index is None:
+            return None
+        phase = self._phases[index]
+        if phase.after is not None:
+            if self._watch.ended is not None:
+                return index, f"{phase.after.monitor} plateaued"
+            if self._watch.capped(epoch, phase.after):
+                return index, f"the stage ran its max_epochs={phase.after.max_epochs}"
+        if phase.epoch is not None and epoch >= phase.epoch:
+            return index, f"epoch {phase.epoch}"
+        return None
+
+    @property
+    def watched(self) -> Plateau | None:
+        """The plateau trigger that ends the current stage, if any."""
+        index = next((i for i in range(len(self._phases)) if i not in self._started), None)
+        return None if index is None else self._phases[index].after
 
     def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
         """``pl_module.modules_to_freeze()`` if defined, else the modules named by ``attr_names``.
@@ -236,12 +302,34 @@ class FinetuningStrategy(BaseFinetuning):
         return name_parameters(self._pl_module, params)
 
     def start_phase(self, index: int, optimizer: Optimizer) -> None:
-        """Unfreeze phase ``index`` and give it its param groups."""
-        modules = self._phases[index].thawed_modules()
+        """Unfreeze phase ``index``, give it its param groups, and its LR scheduler if it brings one."""
+        phase = self._phases[index]
+        modules = phase.thawed_modules()
         frozen_before = {id(p) for p in own_parameters(modules, True) if not p.requires_grad}
         self.thaw(modules, self.train_bn)
         self._groups.start(index, optimizer, self._schedulers, frozen_before)
         self._started.add(index)
+        if phase.reset_optimizer_state:
+            optimizer.state.clear()
+        if phase.lr_scheduler is not None:
+            self._install_scheduler(phase, optimizer)
+        if len(self._started) == len(self._phases) and self._trainer is not None:
+            self._hold_early_stopping(self._trainer)  # the last phase: EarlyStopping counts from here
+
+    def _install_scheduler(self, phase: Phase, optimizer: Optimizer) -> None:
+        """Replace the schedulers of ``optimizer`` by the phase's own (each group keeps its current lr as
+        its base, so every group keeps its ratio). Lengths it leaves out (``T_max``, OneCycle's
+        ``total_steps``) span the rest of the run."""
+        trainer, epochs, steps = self._trainer, None, None
+        if trainer is not None and trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epochs = max(1, trainer.max_epochs - trainer.current_epoch)  # the rest of the run
+            batches = trainer.num_training_batches  # not known yet on a resume, whose state then replaces it
+            per_epoch = int(batches) // trainer.accumulate_grad_batches if math.isfinite(batches) else 1
+            steps = epochs * max(1, per_epoch)
+        built = phase.lr_scheduler.build(optimizer, trainer, epochs=epochs, total_steps=steps or None)
+        config = LRSchedulerConfig(**built)
+        drives = set(map(id, schedulers_of(self._schedulers, optimizer)))
+        self._lr_configs[:] = [c for c in self._lr_configs if id(c.scheduler) not in drives] + [config]
 
     @property
     def schedule(self) -> list[Phase]:
@@ -269,7 +357,9 @@ class FinetuningStrategy(BaseFinetuning):
         self._pl_module = pl_module
         self._module_names = {id(m): n for n, m in pl_module.named_modules()}
         self.freeze_before_training(pl_module)
-        self._phases = list(self.unfreeze_phases(pl_module))
+        phases = self.unfreeze_phases(pl_module)
+        plateau = self.plateau
+        self._phases = [p._replace(after=plateau) if p.after is None and plateau else p for p in phases]
         check_order(self._phases, type(self).__name__)
         plans: list[GroupPlan] = []
         for index, phase in enumerate(self._phases):
@@ -289,11 +379,22 @@ class FinetuningStrategy(BaseFinetuning):
             rank_zero_warn(f"layer_lr_decay has no effect: {type(self).__name__} unfreezes nothing.")
         self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr)
 
-    def attach_optimizer(self, optimizer: Optimizer, schedulers: list[Any], *, deepspeed: bool = False) -> None:
+    @property
+    def _schedulers(self) -> list[Any]:
+        return [config.scheduler for config in self._lr_configs]
+
+    @property
+    def lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
+        """The LR schedulers the strategy teaches and replaces: the trainer's during a fit."""
+        return self._lr_configs
+
+    def attach_optimizer(
+        self, optimizer: Optimizer, configs: list[LRSchedulerConfig], *, deepspeed: bool = False
+    ) -> None:
         """Add the param groups that exist from the start (pre-registered ones, and those of parameters
         that already train) to a newly built optimizer; keep pending ones from training."""
-        self._schedulers = schedulers
-        self._started |= self._groups.build(optimizer, schedulers)
+        self._lr_configs = configs
+        self._started |= self._groups.build(optimizer, self._schedulers)
         self._groups.gate(deepspeed, self._started)
 
     def finish(self) -> None:
@@ -326,9 +427,29 @@ class FinetuningStrategy(BaseFinetuning):
                 )
             if trainer.strategy.zero_stage_3:
                 raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
+        self._trainer = trainer
         self.prepare(pl_module)
+        self._check_triggers(trainer, pl_module, stage)
         if stage == "fit" and self._groups.plans:
             self._wrap_configure_optimizers(trainer, pl_module)
+
+    def _check_triggers(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        watched = [phase for phase in self._phases if phase.after is not None]
+        if watched and (not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0):
+            raise ConfigurationError(
+                f"{type(self).__name__} ends a stage when {watched[0].after.monitor!r} plateaus "  # type: ignore[union-attr]
+                f"({watched[0].describe_start()}), but this fit runs no validation "
+                f"({type(pl_module).__name__} has no validation_step, or limit_val_batches=0). Add a validation "
+                "loop that logs the metric, or give the phases epochs instead."
+            )
+        per_phase = [p.label for p in self._phases if p.lr_scheduler is not None or p.reset_optimizer_state]
+        if per_phase and isinstance(trainer.strategy, DeepSpeedStrategy):
+            raise ConfigurationError(
+                f"Phase(s) {per_phase} bring their own LR scheduler or reset the optimizer state, which DeepSpeed's "
+                "engine does not let a callback do. Remove those phase options, or train without DeepSpeed."
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._unwrap_configure_optimizers(pl_module)
@@ -337,13 +458,17 @@ class FinetuningStrategy(BaseFinetuning):
                 f"optimizer_index={self.optimizer_index}, but configure_optimizers returned "
                 f"{len(trainer.optimizers)} optimizer(s)."
             )
-        last_phase = max((p.epoch for p in self._phases), default=-1)
+        last_phase = max((p.epoch for p in self._phases if p.epoch is not None and p.after is None), default=-1)
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= last_phase:
             rank_zero_warn(
                 f"{type(self).__name__} starts a phase at epoch {last_phase}, but max_epochs="
                 f"{trainer.max_epochs} ends training before it (epochs count from 0)."
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
+        self._lr_configs = trainer.lr_scheduler_configs
+        with_scheduler = [i for i in sorted(self._started) if self._phases[i].lr_scheduler is not None]
+        if with_scheduler:  # a resumed run: Lightning loads the saved scheduler state into this one next
+            self._install_scheduler(self._phases[with_scheduler[-1]], trainer.optimizers[self.optimizer_index])
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
@@ -353,7 +478,7 @@ class FinetuningStrategy(BaseFinetuning):
         for index in self._started:
             self._groups.ungate(index)
         distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
-        self._schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        self._lr_configs = trainer.lr_scheduler_configs
         optimizer = trainer.optimizers[self.optimizer_index]
         for scheduler in schedulers_of(self._schedulers, optimizer):
             pad_to_groups(scheduler, optimizer)
@@ -373,6 +498,32 @@ class FinetuningStrategy(BaseFinetuning):
                 }
                 for g in optimizer.param_groups
             ]
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        plateau = self.watched
+        if plateau is not None and self._watch.ended is None:
+            decision = decide(trainer, plateau, self._watch.best)
+            self._watch.observe(decision.improved, decision.value, trainer.current_epoch, plateau, pl_module)
+        if len(self._started) < len(self._phases):
+            self._hold_early_stopping(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(self._started) < len(self._phases):
+            self._hold_early_stopping(trainer)
+
+    def _hold_early_stopping(self, trainer: pl.Trainer) -> None:
+        """Keep Lightning's EarlyStopping from counting before the last phase starts: reset its count and
+        best score, and undo a stop it decided in this epoch."""
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if not isinstance(callback, EarlyStopping):
+                continue
+            if trainer.should_stop and callback.stopped_epoch == trainer.current_epoch:
+                trainer.should_stop = False
+                callback.stopped_epoch = 0
+            callback.wait_count = 0
+            callback.best_score = torch.tensor(torch.inf if callback.monitor_op == torch.lt else -torch.inf)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -397,6 +548,8 @@ class FinetuningStrategy(BaseFinetuning):
             started_phases=sorted(self._started),
             unfrozen_modules=list(self._unfrozen),
             optimizer_groups=self._internal_optimizer_metadata,
+            stage=self._watch.state_dict(),
+            transitions=[vars(t) for t in self.transitions],
         ).to_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -404,17 +557,22 @@ class FinetuningStrategy(BaseFinetuning):
         state = StrategyState.from_dict(state_dict)
         self._unfrozen = state.unfrozen_modules
         self._started = set(state.started_phases)
+        self._watch = StageWatch.from_state_dict(state.stage)
+        self.transitions = [Transition(**t) for t in state.transitions]
 
     # ------------------------------------------------------------------ internals
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
         self._pl_module = None
+        self._trainer = None
         self._phases = []
         self._module_names = {}
         self._unfrozen = []
         self._started = set()
-        self._schedulers = []
+        self._lr_configs = []
         self._layers = None
+        self._watch = StageWatch()
+        self.transitions = []
         self._warned_nothing_to_freeze = False
         self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
@@ -429,9 +587,10 @@ class FinetuningStrategy(BaseFinetuning):
         @functools.wraps(original)
         def configure_optimizers() -> Any:
             config = original()
-            optimizers, schedulers, _ = _lightning.parse_optimizers(config)
+            optimizers, schedulers, intervals = _lightning.parse_optimizers(config)
             if self.optimizer_index < len(optimizers):  # else on_fit_start raises
-                self.attach_optimizer(optimizers[self.optimizer_index], schedulers, deepspeed=deepspeed)
+                configs = [LRSchedulerConfig(s, interval=i) for s, i in zip(schedulers, intervals, strict=True)]
+                self.attach_optimizer(optimizers[self.optimizer_index], configs, deepspeed=deepspeed)
             return config
 
         pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]

@@ -25,6 +25,9 @@ class StrategyState:
             trainable, in order; a resume thaws them again.
         optimizer_groups: Lightning's per-optimizer param-group layout (group settings and parameter
             names), with which ``BaseFinetuning`` rebuilds the groups on resume.
+        stage: The current stage's plateau watch (best score, wait count, best snapshot; see
+            :class:`~finetune_strategies.triggers.StageWatch`).
+        transitions: The phase starts that triggers decided (epoch, phase, reason, best score).
     """
 
     strategy: str
@@ -32,6 +35,8 @@ class StrategyState:
     started_phases: list[int] = field(default_factory=list)
     unfrozen_modules: list[tuple[str, bool]] = field(default_factory=list)
     optimizer_groups: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    stage: dict[str, Any] = field(default_factory=dict)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +45,8 @@ class StrategyState:
             "schedule": [list(entry) for entry in self.schedule],
             "started_phases": sorted(self.started_phases),
             "unfrozen_modules": [[name, train_bn] for name, train_bn in self.unfrozen_modules],
+            "stage": self.stage,
+            "transitions": self.transitions,
         }
 
     @classmethod
@@ -50,6 +57,8 @@ class StrategyState:
             started_phases=[int(i) for i in state.get("started_phases", [])],
             unfrozen_modules=[(str(n), bool(t)) for n, t in state.get("unfrozen_modules", [])],
             optimizer_groups=dict(state.get("internal_optimizer_metadata", {})),
+            stage=dict(state.get("stage", {})),
+            transitions=list(state.get("transitions", [])),
         )
 
     @staticmethod

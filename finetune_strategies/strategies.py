@@ -55,13 +55,21 @@ class Freeze(FinetuningStrategy):
 
 
 class FreezeUnfreeze(FinetuningStrategy):
-    """Freeze the backbone, then unfreeze all of it at ``unfreeze_epoch`` (counted from 0)."""
+    """Freeze the backbone, then unfreeze all of it at ``unfreeze_epoch`` (counted from 0).
+
+    With ``monitor``, the backbone unfreezes when the metric plateaus, at ``unfreeze_epoch`` at the
+    latest (``None``: no limit).
+    """
 
     metadata_example = '("freeze_unfreeze", 7)'
 
-    def __init__(self, unfreeze_epoch: int = 10, **options: Unpack[StrategyOptions]) -> None:
+    def __init__(self, unfreeze_epoch: int | None = 10, **options: Unpack[StrategyOptions]) -> None:
         super().__init__(**options)
-        self.unfreeze_epoch = check_epoch("unfreeze_epoch", unfreeze_epoch)
+        if unfreeze_epoch is None and self.plateau is None:
+            raise StrategySpecError(
+                "unfreeze_epoch=None means 'when the metric plateaus', which needs `monitor` (e.g. monitor='val_loss')."
+            )
+        self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch("unfreeze_epoch", unfreeze_epoch)
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
@@ -151,7 +159,10 @@ class GradualUnfreeze(FinetuningStrategy):
 class Phases(FinetuningStrategy):
     """An explicit schedule: a list of phases, each a dict with ``epoch`` (when it starts), ``modules``
     (selectors of what it unfreezes; everything still frozen when left out), and optionally ``lr``,
-    ``layer_lr_decay`` and ``name``. See :mod:`finetune_strategies.schedule`.
+    ``layer_lr_decay``, ``name``, ``until`` (a plateau trigger that ends the stage the phase starts),
+    ``lr_scheduler`` and ``reset_optimizer_state``. The strategy's own ``monitor`` options end every
+    stage that has no ``until``, the stage before the first phase included. See
+    :mod:`finetune_strategies.schedule` and :mod:`finetune_strategies.triggers`.
 
     Example:
         >>> Phases([{"epoch": 2, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": 5}]).phases[1].epoch
@@ -163,6 +174,13 @@ class Phases(FinetuningStrategy):
     def __init__(self, phases: list[dict[str, Any]], **options: Unpack[StrategyOptions]) -> None:
         super().__init__(**options)
         self.phases = parse_phases(phases)
+        for index, spec in enumerate(self.phases):
+            triggered = self.plateau is not None or (index > 0 and self.phases[index - 1].until is not None)
+            if spec.epoch is None and not triggered:
+                raise StrategySpecTypeError(
+                    f"phases[{index}] needs 'epoch', the epoch (from 0) at which it starts, or a plateau trigger "
+                    "on the stage before it: `until` on the phase before, or the strategy's `monitor`."
+                )
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:

@@ -72,6 +72,29 @@ class Data(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
 
+class ScoredData(Data):
+    """:class:`Data` with the same samples for validation."""
+
+    def val_dataloader(self) -> DataLoader:
+        return self.train_dataloader()
+
+
+SCORES = {0: [1.0, 1.1, 0.9, 0.8, 0.7, 0.6], 1: [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]}
+"""Per rank, the ``val_score`` of each epoch: rank 0 plateaus after epoch 1 (patience 1), rank 1 never."""
+
+
+class ScoredNet(Net):
+    """Logs ``val_score`` from :data:`SCORES`, per rank and without ``sync_dist``: the ranks disagree."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        score = SCORES[self.trainer.global_rank][self.current_epoch]
+        self.log("val_score", torch.tensor(score))
+
+
+PLATEAU = {"strategy": "freeze_unfreeze", "unfreeze_epoch": None, "monitor": "val_score", "patience": 1}
+"""Unfreeze when ``val_score`` plateaus: at the start of epoch 2 on rank 0's scores."""
+
+
 class UserStrategy(FinetuningStrategy):
     """A user subclass built on the documented helpers: the last layer at epoch 1, the rest at 2."""
 
@@ -142,6 +165,7 @@ class Dump(pl.Callback):
             "final": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
             "optimizer": trainer.optimizers[0].state_dict(),
             "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+            "transitions": [t.epoch for c in trainer.callbacks for t in getattr(c, "transitions", [])],
         }
         torch.save(state, self.path.with_name(f"{self.path.name}.rank{trainer.global_rank}.pt"))
 

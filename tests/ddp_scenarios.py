@@ -17,18 +17,21 @@ from typing import Any
 from ddp_helpers import (
     EPOCHS,
     GLOBAL_BATCH,
+    PLATEAU,
     SCHEDULES,
     WORLD,
     Data,
     Dump,
     Net,
+    ScoredData,
+    ScoredNet,
     make_callback,
     make_trainer,
     shutdown,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from finetune_strategies import distributed
+from finetune_strategies import distributed, resolve_strategy
 
 PER_RANK = GLOBAL_BATCH // WORLD
 
@@ -37,6 +40,13 @@ def fit(out: Path, name: str, callback_name: str, strategy: str = "ddp", **kwarg
     batch = kwargs.pop("batch_size", PER_RANK)
     trainer = make_trainer(devices=WORLD, strategy=strategy, callbacks=[Dump(out / name)], **kwargs)
     trainer.finetune(Net(), Data(batch), strategy=make_callback(callback_name))
+
+
+def plateau(out: Path) -> None:
+    """The ranks log different validation scores; rank 0's decide, so both unfreeze at the same epoch."""
+    callbacks = [Dump(out / "plateau")]
+    trainer = make_trainer(4, devices=WORLD, strategy="ddp", callbacks=callbacks, limit_val_batches=1.0)
+    trainer.finetune(ScoredNet(), ScoredData(PER_RANK), strategy=resolve_strategy(PLATEAU))
 
 
 def resume(out: Path, name: str, sync_on_resume: bool) -> None:
@@ -73,6 +83,7 @@ SCENARIOS = {
     ),
     **{name: (lambda out, name=name: fit(out, name, name)) for name in SCHEDULES},
     "anchor": lambda out: fit(out, "anchor", "anchor"),
+    "plateau": plateau,
     "resume": lambda out: resume(out, "resume", sync_on_resume=True),
     "resume_unsynced": lambda out: resume(out, "resume_unsynced", sync_on_resume=False),
 }

@@ -140,3 +140,14 @@ def test_resume_without_the_resync_would_diverge(runs: Path) -> None:
     """The power check for the resume path: the same resume with our DDP sync switched off."""
     unsynced = load_ranks(runs / "resume_unsynced")
     assert cross_rank_diffs(unsynced)[0] > 1e-4
+
+
+def test_a_plateau_decision_is_rank_zeros_and_every_rank_takes_it(runs: Path) -> None:
+    """Rank 1's own scores never plateau; rank 0's do after epoch 1. Both unfreeze at epoch 2, and stay equal."""
+    ranks = load_ranks(runs / "plateau")
+    assert [r["transitions"] for r in ranks] == [[2], [2]]
+    assert cross_rank_diffs(ranks) == [0.0] * 4
+    assert optimizer_diff(ranks) == 0.0
+    assert all(ranks[0]["requires_grad"].values())
+    frozen, unfrozen = ranks[0]["epochs"][1], ranks[0]["epochs"][2]
+    assert not torch.equal(frozen["backbone.0.weight"], unfrozen["backbone.0.weight"])

@@ -83,3 +83,38 @@ def test_sigkill_after_unfreeze_then_resume_last_is_bitwise_identical(tmp_path: 
         assert_bitwise_equal(resumed["final"], full["final"], "weights")
         assert_bitwise_equal(resumed["optimizer"], full["optimizer"], "optimizer")
         assert all(resumed["requires_grad"].values())
+
+
+@pytest.mark.parametrize(("kill_epoch", "checkpointed_epoch"), [(2, 1), (3, 2)])
+def test_sigkill_around_a_plateau_transition_then_resume_last_is_bitwise_identical(
+    tmp_path: Path, kill_epoch: int, checkpointed_epoch: int
+) -> None:
+    """The score plateaus after epoch 1, so the backbone unfreezes at the start of epoch 2. Killed in
+    epoch 2, the last checkpoint holds the ended stage and its best snapshot, and the resumed run makes
+    the transition itself; killed in epoch 3, the checkpoint is after the transition."""
+    kill_when_ready(launch("plateau", "killed", str(tmp_path), str(kill_epoch)), tmp_path / "ready")
+    last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == checkpointed_epoch
+    (state,) = [s for s in last["callbacks"].values() if "started_phases" in s]
+    if checkpointed_epoch == 1:
+        assert state["started_phases"] == []
+        assert state["stage"]["ended"] == "plateau"
+        assert state["stage"]["snapshot"]
+    else:
+        assert state["started_phases"] == [0]
+        assert [t["epoch"] for t in state["transitions"]] == [2]
+
+    result = subprocess.run(
+        [sys.executable, str(WORKER), "plateau", "resume", str(tmp_path)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    resumed = torch.load(tmp_path / "resumed.rank0.pt", weights_only=False)
+    full = torch.load(tmp_path / "full.rank0.pt", weights_only=False)
+    assert len(resumed["epochs"]) == 4 - checkpointed_epoch
+    assert resumed["transitions"] == full["transitions"] == [2]
+    assert_bitwise_equal(resumed["final"], full["final"], "weights")
+    assert_bitwise_equal(resumed["optimizer"], full["optimizer"], "optimizer")
