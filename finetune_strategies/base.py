@@ -131,6 +131,8 @@ class FinetuningStrategy(BaseFinetuning):
     _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
     _started: set[int]  # indices of phases that have started
     _trainer: pl.Trainer | None
+    _epoch: int
+    _run: tuple[int, int] | None
     _lr_configs: list[LRSchedulerConfig]
     _watch: StageWatch
     _bn: BatchNormPolicy
@@ -214,9 +216,13 @@ class FinetuningStrategy(BaseFinetuning):
             rank_zero_info(f"{type(self).__name__}: {transition}")
             self._watch = StageWatch(start_epoch=epoch)
 
+    def _next_phase(self) -> int | None:
+        """The first phase that has not started (phases start in order), or None."""
+        return next((i for i in range(len(self._phases)) if i not in self._started), None)
+
     def _next_due(self, epoch: int) -> tuple[int, str] | None:
-        """The next phase, if it starts at ``epoch``, with the reason; phases start in order."""
-        index = next((i for i in range(len(self._phases)) if i not in self._started), None)
+        """The next phase, if it starts at ``epoch``, with the reason."""
+        index = self._next_phase()
         if index is None:
             return None
         phase = self._phases[index]
@@ -232,7 +238,7 @@ class FinetuningStrategy(BaseFinetuning):
     @property
     def watched(self) -> Plateau | None:
         """The plateau trigger that ends the current stage, if any."""
-        index = next((i for i in range(len(self._phases)) if i not in self._started), None)
+        index = self._next_phase()
         return None if index is None else self._phases[index].after
 
     def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
@@ -326,6 +332,10 @@ class FinetuningStrategy(BaseFinetuning):
             batches = trainer.num_training_batches  # not known yet on a resume, whose state then replaces it
             per_epoch = int(batches) // trainer.accumulate_grad_batches if math.isfinite(batches) else 1
             steps = epochs * max(1, per_epoch)
+        elif self._run is not None:  # a plan: no trainer runs
+            max_epochs, per_epoch = self._run
+            epochs = max(1, max_epochs - self._epoch)
+            steps = epochs * per_epoch
         built = phase.lr_scheduler.build(optimizer, trainer, epochs=epochs, total_steps=steps or None)
         config = LRSchedulerConfig(**built)
         drives = set(map(id, schedulers_of(self._schedulers, optimizer)))
@@ -402,8 +412,14 @@ class FinetuningStrategy(BaseFinetuning):
         self._cache.close()
         self._groups.remove_masks()
 
-    def advance(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added."""
+    def advance(
+        self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer, *, run: tuple[int, int] | None = None
+    ) -> None:
+        """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added.
+
+        ``run`` is ``(max_epochs, steps per epoch)`` when no trainer runs (a plan), for the lengths of
+        the LR schedulers phases bring."""
+        self._epoch, self._run = epoch, run
         count = len(optimizer.param_groups)
         compat.call_finetune_function(self, pl_module, epoch, optimizer)
         for index in range(count, len(optimizer.param_groups)):
@@ -570,6 +586,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._unfrozen = []
         self._started = set()
         self._lr_configs = []
+        self._epoch, self._run = 0, None
         self._layers = None
         self._watch = StageWatch()
         self.transitions = []

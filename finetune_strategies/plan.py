@@ -218,7 +218,7 @@ def describe_schedule(
         epochs = []
         for epoch in range(max_epochs):
             started_before = set(callback.started_phases)
-            callback.advance(model, epoch, built)
+            callback.advance(model, epoch, built, run=(max_epochs, steps_per_epoch))
             started = [_started(callback.schedule[i]) for i in sorted(set(callback.started_phases) - started_before)]
             epochs.append(_epoch_plan(model, callback, epoch, built, started))
             _step(callback.lr_scheduler_configs, steps_per_epoch)

@@ -53,3 +53,10 @@ def test_gradual_unfreezing_example() -> None:
     assert "backbone.layer4" in epoch_1  # the top block unfreezes first
     assert top == pytest.approx(head / 10, rel=0.02)
     assert "validation accuracy" in out
+
+
+def test_plateau_phases_example() -> None:
+    out = run_example("plateau_phases.py", "--epochs", "7")
+    assert "until val_acc plateaus (patience 2, at most 6 epochs)" in out
+    transitions = out.split("transitions:")[1]
+    assert "phase 0 (backbone) starts" in transitions
