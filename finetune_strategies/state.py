@@ -78,3 +78,15 @@ def saved_strategy(checkpoint: Mapping[str, Any]) -> StrategyState | None:
         if isinstance(state, Mapping) and "internal_optimizer_metadata" in state:
             return StrategyState(strategy=str(key))
     return None
+
+
+def group_layout(optimizer: Any, names: Mapping[int, str]) -> list[dict[str, Any]]:
+    """The optimizer's param groups by parameter name (``names`` maps ``id(param)`` to it), as Lightning's
+    ``BaseFinetuning`` stores them to rebuild the groups on resume."""
+    return [
+        {
+            **{key: value for key, value in group.items() if key != "params"},
+            "params": [names[id(p)] for p in group["params"]],
+        }
+        for group in optimizer.param_groups
+    ]

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from finetune_strategies.errors import ConfigurationError, StrategySpecError, StrategySpecTypeError
@@ -178,3 +180,26 @@ def decide(trainer: pl.Trainer, plateau: Plateau, best: float | None) -> Decisio
             f"(self.log({plateau.monitor!r}, ...)) or set `monitor` to one of those."
         )
     return decision
+
+
+def hold_early_stopping(trainer: pl.Trainer) -> None:
+    """Keep Lightning's ``EarlyStopping`` callbacks from counting: reset their count and best score, and
+    undo a stop one of them decided in this epoch. Strategies call it until their last phase starts."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if not isinstance(callback, EarlyStopping):
+            continue
+        if trainer.should_stop and callback.stopped_epoch == trainer.current_epoch:
+            trainer.should_stop = False
+            callback.stopped_epoch = 0
+        callback.wait_count = 0
+        callback.best_score = torch.tensor(torch.inf if callback.monitor_op == torch.lt else -torch.inf)
+
+
+def check_validation(trainer: pl.Trainer, pl_module: pl.LightningModule, watched: list[Plateau], owner: str) -> None:
+    """Raise before anything trains if plateau triggers watch a fit that runs no validation."""
+    if watched and (not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0):
+        raise ConfigurationError(
+            f"{owner} ends a stage when {watched[0].monitor!r} plateaus ({watched[0].describe()}), but this fit "
+            f"runs no validation ({type(pl_module).__name__} has no validation_step, or limit_val_batches=0). "
+            "Add a validation loop that logs the metric, or give the phases epochs instead."
+        )
