@@ -1,6 +1,7 @@
 """Flash-style fine-tuning strategies for Lightning 2.x."""
 
 from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
+from finetune_strategies.drift import DriftMonitor, plot_drift
 from finetune_strategies.errors import (
     CheckpointError,
     ConfigurationError,
@@ -26,6 +27,7 @@ from finetune_strategies.registry import (
 from finetune_strategies.schedule import Phase, PhaseSpec
 from finetune_strategies.selectors import resolve_selector, resolve_selectors
 from finetune_strategies.strategies import (
+    LPFT,
     Freeze,
     FreezeUnfreeze,
     GradualUnfreeze,
@@ -34,12 +36,15 @@ from finetune_strategies.strategies import (
     UnfreezeMilestones,
 )
 from finetune_strategies.trainer import Trainer
+from finetune_strategies.wise_ft import WiSEFT, WiSEFTResult, wise_ft
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LPFT",
     "CheckpointError",
     "ConfigurationError",
+    "DriftMonitor",
     "EpochPlan",
     "EpochRecord",
     "Finetuner",
@@ -67,14 +72,18 @@ __all__ = [
     "TrainableMonitor",
     "Trainer",
     "UnfreezeMilestones",
+    "WiSEFT",
+    "WiSEFTResult",
     "__version__",
     "available_strategies",
     "describe_schedule",
     "list_layers",
     "name_parameters",
+    "plot_drift",
     "register_strategy",
     "resolve_selector",
     "resolve_selectors",
     "resolve_strategy",
     "unregister_strategy",
+    "wise_ft",
 ]

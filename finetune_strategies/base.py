@@ -12,6 +12,7 @@ returns; each built-in is a short preset of it. The callback composes:
 * :mod:`~finetune_strategies.progress` and :mod:`~finetune_strategies.triggers` - where the run is in
   its schedule, and the plateau triggers that end stages;
 * :mod:`~finetune_strategies.distributed` - re-wrapping DDP when the trainable set changes;
+* :mod:`~finetune_strategies.regularizers` - the L2-SP penalty toward the pretrained weights;
 * :mod:`~finetune_strategies.state` - the resume state written into checkpoints;
 * :mod:`~finetune_strategies.compat` - what Flash's and Lightning's own callbacks need.
 """
@@ -42,6 +43,7 @@ from finetune_strategies.feature_cache import CacheSession, CacheStats
 from finetune_strategies.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
 from finetune_strategies.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
 from finetune_strategies.progress import ScheduleProgress
+from finetune_strategies.regularizers import L2SP
 from finetune_strategies.schedule import Phase, check_decay, check_order
 from finetune_strategies.schedulers import (
     pad_to_groups,
@@ -81,6 +83,8 @@ class StrategyOptions(TypedDict, total=False):
     min_delta: float
     max_epochs: int | None
     restore_best: bool
+    l2_sp: float | None
+    l2_sp_beta: float | None
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -122,6 +126,11 @@ class FinetuningStrategy(BaseFinetuning):
         max_epochs: The most epochs a stage may run before the next phase starts.
         restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
             ending stage's best validation (default True).
+        l2_sp: L2-SP's ``alpha``: add ``alpha / 2 * ||w - w0||^2`` over the frozen (pretrained) modules'
+            parameters that train, ``w0`` being their weights at the fit's start (see
+            :mod:`finetune_strategies.regularizers`). Keeps one copy of those weights. ``None``: off.
+        l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
+            that train (the head).
     """
 
     metadata_example: ClassVar[str] = ""
@@ -143,6 +152,7 @@ class FinetuningStrategy(BaseFinetuning):
     _groups: ParamGroups
     _cache: CacheSession
     _hook: OptimizerHook
+    _l2sp: L2SP
 
     def __init__(
         self,
@@ -164,6 +174,8 @@ class FinetuningStrategy(BaseFinetuning):
         min_delta: float = 0.0,
         max_epochs: int | None = None,
         restore_best: bool = True,
+        l2_sp: float | None = None,
+        l2_sp_beta: float | None = None,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -181,6 +193,8 @@ class FinetuningStrategy(BaseFinetuning):
         self.layer_unit: LayerUnit | None = layer_unit
         plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
         self.plateau: Plateau | None = plateau if monitor is not None else None
+        penalty = L2SP(l2_sp, l2_sp_beta)  # checks them
+        self.l2_sp, self.l2_sp_beta = penalty.alpha, penalty.beta
         self._reset()
 
     @classmethod
@@ -309,6 +323,11 @@ class FinetuningStrategy(BaseFinetuning):
         return self._cache.stats
 
     @property
+    def l2_sp_bytes(self) -> int:
+        """The memory of L2-SP's copy of the pretrained weights in this fit (0 without ``l2_sp``)."""
+        return self._l2sp.start.nbytes
+
+    @property
     def _schedulers(self) -> list[Any]:
         return [config.scheduler for config in self._lr_configs]
 
@@ -366,6 +385,8 @@ class FinetuningStrategy(BaseFinetuning):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
+            return
         self._reset()
         others = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning) and c is not self]  # type: ignore[attr-defined]
         if others:
@@ -383,8 +404,7 @@ class FinetuningStrategy(BaseFinetuning):
             raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
         self._trainer = trainer
         self.prepare(pl_module)
-        if stage != "fit":
-            return
+        self._l2sp.check(trainer, type(self).__name__)
         phases = self._progress.phases
         check_validation(trainer, pl_module, [p.after for p in phases if p.after is not None], type(self).__name__)
         per_phase = [p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state]
@@ -417,6 +437,8 @@ class FinetuningStrategy(BaseFinetuning):
                 f"{trainer.max_epochs} ends training before it (epochs count from 0)."
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
+        if self._l2sp.active:
+            self._l2sp.begin(pl_module, self.find_modules_to_freeze(pl_module), type(self).__name__)
         self._lr_configs = trainer.lr_scheduler_configs
         phases = self._progress.phases
         with_scheduler = [i for i in sorted(self._progress.started) if phases[i].lr_scheduler is not None]
@@ -464,6 +486,11 @@ class FinetuningStrategy(BaseFinetuning):
         if self.cache_features:
             self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -483,6 +510,7 @@ class FinetuningStrategy(BaseFinetuning):
             optimizer_groups=self._internal_optimizer_metadata,
             stage=progress["stage"],
             transitions=progress["transitions"],
+            l2_sp_start=self._l2sp.state_dict(),
         ).to_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -490,6 +518,7 @@ class FinetuningStrategy(BaseFinetuning):
         state = StrategyState.from_dict(state_dict)
         self._unfrozen = state.unfrozen_modules
         self._progress.load_state_dict(state.to_dict())
+        self._l2sp.load_state_dict(state.l2_sp_start, type(self).__name__)
 
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
@@ -506,6 +535,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
         self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
 
 
 FlashBaseFinetuning = FinetuningStrategy

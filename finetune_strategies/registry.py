@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from finetune_strategies.base import FinetuningStrategy, StrategyOptions
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
 from finetune_strategies.strategies import (
+    LPFT,
     Freeze,
     FreezeUnfreeze,
     GradualUnfreeze,
@@ -246,6 +247,7 @@ for _name, _cls in (
     ("unfreeze_milestones", UnfreezeMilestones),
     ("gradual_unfreeze", GradualUnfreeze),
     ("phases", Phases),
+    ("lp_ft", LPFT),
 ):
     register_strategy(_name)(_cls)
     register_strategy(f"{_name}_deepspeed", preregister_groups=True)(_cls)

@@ -125,8 +125,9 @@ SCHEDULES: dict[str, Any] = {
     },
     "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
     "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
+    "l2_sp": {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5, "l2_sp_beta": 0.1},
 }
-"""Schedules as data, with layer-wise lr decay, run by name like the other scenarios."""
+"""Schedules as data (with layer-wise lr decay, or L2-SP), run by name like the other scenarios."""
 
 
 def make_callback(name: str) -> BaseFinetuning:

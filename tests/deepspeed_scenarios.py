@@ -1,6 +1,7 @@
 """Run ``*_deepspeed`` strategies under the real DeepSpeed engine, ZeRO stage 1 and 2, on 2 ranks.
 
     python tests/deepspeed_scenarios.py OUTDIR
+    python tests/deepspeed_scenarios.py OUTDIR l2_sp_refused   # one rank: L2-SP is refused at setup
 
 With a GPU per rank Lightning's own ``DeepSpeedStrategy`` runs; elsewhere ``CPUDeepSpeedStrategy``
 (DeepSpeed's CPU accelerator over gloo; the test sets ``DS_ACCELERATOR=cpu`` then).
@@ -16,6 +17,8 @@ import torch
 from ddp_helpers import WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
 from deepspeed_cpu import deepspeed_strategy
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from finetune_strategies import ConfigurationError, resolve_strategy
 
 SCENARIOS = {
     "stage1_freeze_unfreeze": (1, "freeze_unfreeze_deepspeed"),
@@ -60,5 +63,25 @@ def resume_after_unfreeze(out: Path) -> None:
         )
 
 
+def l2_sp_refused(out: Path) -> None:
+    """L2-SP under DeepSpeed (one rank, ZeRO stage 2): setup refuses it before anything trains."""
+    accelerator, strategy = deepspeed_strategy(2, 1)
+    trainer = make_trainer(1, accelerator=accelerator, devices=1, strategy=strategy)
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "l2_sp": 0.1}
+    try:
+        trainer.finetune(model, Data(4, samples=SAMPLES), strategy=resolve_strategy(spec))
+        message = ""
+    except ConfigurationError as error:
+        message = str(error)
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.save({"message": message, "unchanged": unchanged}, out / "l2_sp_refused.pt")
+    shutdown()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["l2_sp_refused"]:
+        l2_sp_refused(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

@@ -99,3 +99,18 @@ def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path) -> 
         assert resumed[rank]["requires_grad"]["backbone.0.weight"], "the unfrozen backbone trains again"
         for key, tensor in full[rank]["final"].items():
             assert torch.allclose(tensor, resumed[rank]["final"][key], rtol=0, atol=1e-6), key
+
+
+def test_l2_sp_is_refused_at_setup_under_deepspeed(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "l2_sp_refused"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    outcome = torch.load(tmp_path / "l2_sp_refused.pt")
+    assert "partitions gradients across ranks" in outcome["message"]
+    assert "Train with DDP" in outcome["message"]
+    assert outcome["unchanged"], "nothing trained"
