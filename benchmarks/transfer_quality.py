@@ -67,8 +67,9 @@ def markdown(rows: list[dict[str, Any]], result: DemoResult) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['strategy']} | {row['schedule']} | {_cell(row['test_acc'])} | {_cell(row['gain'], unit='', sign='+')} "
-            f"| {_cell(row['pretrain_task_acc'])} | {_cell(row['seconds'], 1.0, ' s')} |"
+            f"| {row['strategy']} | {row['schedule']} | {_cell(row['test_acc'])} "
+            f"| {_cell(row['gain'], unit='', sign='+')} | {_cell(row['pretrain_task_acc'])} "
+            f"| {_cell(row['seconds'], 1.0, ' s')} |"
         )
     lines.append("")
     lines.append(

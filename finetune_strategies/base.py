@@ -438,7 +438,7 @@ class FinetuningStrategy(BaseFinetuning):
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
         if self._l2sp.active:
-            self._l2sp.begin(pl_module, self.find_modules_to_freeze(pl_module), type(self).__name__)
+            self._l2sp.begin(trainer, pl_module, self.find_modules_to_freeze(pl_module))
         self._lr_configs = trainer.lr_scheduler_configs
         phases = self._progress.phases
         with_scheduler = [i for i in sorted(self._progress.started) if phases[i].lr_scheduler is not None]

@@ -75,9 +75,7 @@ class DriftMonitor(pl.Callback):
             self.layers = strategy.backbone_layers(pl_module)
         else:
             self.layers = list_layers(roots, self.layer_unit or "blocks")
-        if self.start.taken:
-            self.start.check_matches(pl_module, roots, type(self).__name__)
-        self.start.take(pl_module, roots)
+        self.start.take(pl_module, roots, type(self).__name__, resumed=trainer.ckpt_path is not None)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         drift = layer_drift(pl_module, self.layers, self.start)

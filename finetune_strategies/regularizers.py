@@ -59,17 +59,15 @@ class L2SP:
                 "gradient. Train with DDP (or one device), or remove l2_sp."
             )
 
-    def begin(self, pl_module: pl.LightningModule, roots: Sequence[tuple[str, nn.Module]], owner: str) -> None:
+    def begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule, roots: Sequence[tuple[str, nn.Module]]) -> None:
         """At the fit's start: copy ``w0`` (unless a checkpoint brought it) and sort the parameters."""
-        if self.start.taken:
-            self.start.check_matches(pl_module, roots, owner)
-        self.start.take(pl_module, roots)
+        self.start.take(pl_module, roots, "l2_sp", resumed=trainer.ckpt_path is not None)
         pretrained = {id(p) for _, root in roots for p in root.parameters()}
         self._names = {id(p): n for n, p in pl_module.named_parameters() if id(p) in pretrained}
         self._head = {id(p) for p in pl_module.parameters() if id(p) not in pretrained}
         count = sum(t.numel() for t in self.start.tensors.values())
         rank_zero_info(
-            f"{owner}: L2-SP keeps a copy of the pretrained weights at the fit's start "
+            f"L2-SP keeps a copy of the pretrained weights at the fit's start "
             f"({count:,} parameters, {self.start.nbytes / 2**20:.1f} MiB)."
         )
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from finetune_strategies import compat
@@ -72,10 +73,19 @@ class StartWeights:
         """The memory the copy takes."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    def take(self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]]) -> None:
-        """Copy the roots' weights now, unless a checkpoint's copy was loaded (a resumed fit)."""
+    def take(
+        self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]], owner: str, *, resumed: bool = False
+    ) -> None:
+        """Copy the roots' weights now, unless a checkpoint's copy was loaded. A ``resumed`` fit whose
+        checkpoint had no copy (written without ``owner``) takes the resumed weights, with a warning."""
         if self.taken:
+            self.check_matches(pl_module, roots, owner)
             return
+        if resumed:
+            rank_zero_warn(
+                f"{owner}: the checkpoint this fit resumes from holds no start weights (it was written without "
+                f"{owner}), so the weights it resumes with count as the start weights."
+            )
         with torch.no_grad():
             self.tensors = {name: tensor.detach().clone() for name, tensor in self.live(pl_module, roots)}
 

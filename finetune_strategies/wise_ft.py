@@ -241,9 +241,7 @@ class WiSEFT(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         roots = pretrained_roots(trainer, pl_module, self.attr_names)
-        if self.start.taken:
-            self.start.check_matches(pl_module, roots, type(self).__name__)
-        self.start.take(pl_module, roots)
+        self.start.take(pl_module, roots, type(self).__name__, resumed=trainer.ckpt_path is not None)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or not self.start.taken:

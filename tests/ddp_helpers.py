@@ -8,6 +8,8 @@ training samples per rank, so that buffers are compared too.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,14 @@ def shutdown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def launch(script: Path, *args: str, timeout: int = 600) -> None:
+    """Run ``script`` with ``args`` in a fresh interpreter (:func:`subprocess_env`); fail with its output."""
+    result = subprocess.run(
+        [sys.executable, str(script), *args], env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
 def subprocess_env() -> dict[str, str]:

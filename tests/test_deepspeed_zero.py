@@ -7,14 +7,12 @@ accelerator over gloo (see ``deepspeed_cpu.py``). Skipped, with the reason, with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import WORLD, Data, Net, load_ranks, make_callback, make_trainer, subprocess_env
+from ddp_helpers import WORLD, Data, Net, launch, load_ranks, make_callback, make_trainer
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed: pip install 'finetune-strategies[deepspeed]'")
 
@@ -26,14 +24,7 @@ BACKBONE = {"0": "backbone.0.", "1": "backbone.1.", "3": "backbone.3."}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deepspeed")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    launch(SCRIPT, str(out), timeout=900)
     return out
 
 
@@ -102,14 +93,7 @@ def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path) -> 
 
 
 def test_l2_sp_is_refused_at_setup_under_deepspeed(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "l2_sp_refused"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    launch(SCRIPT, str(tmp_path), "l2_sp_refused")
     outcome = torch.load(tmp_path / "l2_sp_refused.pt")
     assert "partitions gradients across ranks" in outcome["message"]
     assert "Train with DDP" in outcome["message"]

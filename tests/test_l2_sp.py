@@ -112,3 +112,15 @@ def test_resume_with_l2_sp_equals_an_uninterrupted_run_and_keeps_the_first_w0(tm
     another = TinyClassifier()
     make_trainer(4).finetune(another, loader(), strategy={**spec, "l2_sp": 0.5}, ckpt_path=tmp_path / "epoch=1.ckpt")
     assert not torch.equal(another.backbone[0].weight, full.backbone[0].weight), "the penalty really acts after epoch 1"
+
+
+def test_resuming_with_l2_sp_from_a_checkpoint_without_it_warns(tmp_path: Path) -> None:
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    spec: dict[str, Any] = {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1}
+    make_trainer(2, callbacks=[checkpoints], enable_checkpointing=True).finetune(
+        TinyClassifier(), loader(), strategy=spec
+    )
+    with pytest.warns(UserWarning, match="holds no start weights .* the weights it resumes with count"):
+        make_trainer(3).finetune(
+            TinyClassifier(), loader(), strategy={**spec, "l2_sp": 0.1}, ckpt_path=tmp_path / "epoch=1.ckpt"
+        )
