@@ -170,20 +170,22 @@ def wise_ft(
         dataloaders = None if datamodule is not None else trainer.val_dataloaders
     fine_tuned = {name: current[name].detach().clone() for name in theta0}
     metrics: list[dict[str, float] | None] = [None] * len(alphas)
-    if len(alphas) > 1 or validate:
-        for index, a in enumerate(alphas):
+    best = alphas[0]
+    try:
+        for index, a in enumerate(alphas if len(alphas) > 1 or validate else ()):
             restore(model, interpolate(theta0, fine_tuned, a))
-            metrics[index] = _validate(trainer, model, datamodule, dataloaders)
-            if len(alphas) > 1 and monitor not in metrics[index]:  # type: ignore[operator]
-                restore(model, fine_tuned)
+            logged = metrics[index] = _validate(trainer, model, datamodule, dataloaders)
+            if len(alphas) > 1 and monitor not in logged:
                 raise ConfigurationError(
                     f"WiSE-FT chooses a on {monitor!r}, which validation did not log. Logged: "
-                    f"{', '.join(sorted(metrics[index] or {})) or 'nothing'}. Set monitor= to one of them."
+                    f"{', '.join(sorted(logged)) or 'nothing'}. Set monitor= to one of them."
                 )
-    best = alphas[0]
-    if len(alphas) > 1:
-        best = _pick(alphas, [m[monitor] for m in metrics if m is not None], mode)
-        best = float(trainer.strategy.broadcast(best, src=0))
+        if len(alphas) > 1:
+            scores = [m[monitor] for m in metrics if m is not None]
+            best = float(trainer.strategy.broadcast(_pick(alphas, scores, mode), src=0))
+    except BaseException:
+        restore(model, fine_tuned)  # leave the model as it came
+        raise
     restore(model, interpolate(theta0, fine_tuned, best))
     result = WiSEFTResult(alphas, metrics, monitor, best)
     if verbose:
