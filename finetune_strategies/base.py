@@ -17,7 +17,7 @@ returns; each built-in is a short preset of it. The callback composes:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypedDict
 
 import lightning.pytorch as pl
@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from finetune_strategies import _lightning, compat, distributed
+from finetune_strategies import _lightning, compat, distributed, trainable_only
 from finetune_strategies.batchnorm import BatchNormPolicy, own_parameters
 from finetune_strategies.errors import (
     ConfigurationError,
@@ -66,6 +66,7 @@ class StrategyOptions(TypedDict, total=False):
     cache_max_bytes: int
     layer_lr_decay: float | None
     layer_unit: LayerUnit | None
+    save_trainable_only: bool | None
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -98,12 +99,18 @@ class FinetuningStrategy(BaseFinetuning):
         layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
             :mod:`finetune_strategies.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
             ``"param_modules"`` for ``unfreeze_milestones``.
+        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
+            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
+            (see :mod:`finetune_strategies.trainable_only`). ``None`` uses the strategy's default: on for
+            ``lora``, off for the others.
     """
 
     metadata_example: ClassVar[str] = ""
     """How the ``(name, metadata)`` spec of this strategy looks, for error messages."""
     default_layer_unit: ClassVar[LayerUnit] = "blocks"
     """The layer unit when ``layer_unit`` is not given."""
+    default_save_trainable_only: ClassVar[bool] = False
+    """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
 
     _trainer: pl.Trainer | None
     _pl_module: pl.LightningModule | None
@@ -114,6 +121,7 @@ class FinetuningStrategy(BaseFinetuning):
     _schedulers: list[Any]
     _layers: list[Layer] | None
     _warned_nothing_to_freeze: bool
+    _undo_on_load: Callable[[], None]
 
     def __init__(
         self,
@@ -129,6 +137,7 @@ class FinetuningStrategy(BaseFinetuning):
         cache_max_bytes: int = 2**31,
         layer_lr_decay: float | None = None,
         layer_unit: LayerUnit | None = None,
+        save_trainable_only: bool | None = None,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -144,6 +153,11 @@ class FinetuningStrategy(BaseFinetuning):
         if layer_unit is not None and layer_unit not in LAYER_UNITS:
             raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
         self.layer_unit: LayerUnit | None = layer_unit
+        self.save_trainable_only = (
+            self.default_save_trainable_only
+            if save_trainable_only is None
+            else check_bool("save_trainable_only", save_trainable_only)
+        )
         self._reset()
 
     @classmethod
@@ -334,6 +348,7 @@ class FinetuningStrategy(BaseFinetuning):
                 raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
         self._trainer = trainer
         self.prepare(pl_module)
+        self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         if stage == "fit" and self._groups.plans:
             self._wrap_configure_optimizers(trainer, pl_module)
 
@@ -369,6 +384,7 @@ class FinetuningStrategy(BaseFinetuning):
         optimizer = trainer.optimizers[self.optimizer_index]
         self.advance(pl_module, trainer.current_epoch, optimizer)
         distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
+        self._checkpoints.note(pl_module)
         if self.cache_features:
             self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._started))
         if not self.preregister_groups:  # remember the groups by parameter name, for resume
@@ -395,7 +411,20 @@ class FinetuningStrategy(BaseFinetuning):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._unwrap_configure_optimizers(pl_module)
+        self._undo_on_load()
         self.finish()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # DeepSpeed writes the module's weights itself, from its engine
+        trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
+        self._checkpoints.save(pl_module, checkpoint, trainable)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoints.restore(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         return StrategyState(
@@ -428,6 +457,8 @@ class FinetuningStrategy(BaseFinetuning):
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
         self._original_configure_optimizers: Any = None
+        self._checkpoints = trainable_only.TrainableOnlySession()
+        self._undo_on_load = lambda: None
 
     def _wrap_configure_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         original = pl_module.configure_optimizers

@@ -104,7 +104,27 @@ def make_callback(name: str) -> BaseFinetuning:
         return resolve_strategy((name, 1))
     if name in {"unfreeze_milestones", "unfreeze_milestones_deepspeed"}:
         return resolve_strategy((name, ((1, 2), 1)))
+    if name in LORA_SPECS:
+        return resolve_strategy(LORA_SPECS[name]())
     return resolve_strategy(name)
+
+
+def _peft_saved_copy() -> dict[str, Any]:
+    from peft import LoraConfig  # peft's own modules_to_save: a trained copy beside an unused original
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["3"], modules_to_save=["0"])
+    return {"strategy": "lora", "peft_config": config, "unfreeze_epoch": 1}
+
+
+LORA_SPECS: dict[str, Any] = {
+    "lora": lambda: {"strategy": "lora", "r": 2},
+    "lora_unfreeze": lambda: {"strategy": "lora", "r": 2, "unfreeze_epoch": 1, "modules_to_save": "backbone.1"},
+    "lora_dora_unfreeze": lambda: {"strategy": "lora", "r": 2, "use_dora": True, "unfreeze_epoch": 1},
+    "lora_deepspeed_unfreeze": lambda: {"strategy": "lora_deepspeed", "r": 2, "unfreeze_epoch": 1},
+    "lora_peft_saved_copy": _peft_saved_copy,
+}
+"""LoRA scenarios: adapters only; LoRA then everything (with our in-place modules_to_save, DoRA, the
+pre-registered groups of the DeepSpeed variant); peft's modules_to_save wrappers (peft issue #951)."""
 
 
 def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
