@@ -46,7 +46,7 @@ from finetune_strategies.registry import StrategySpec
 VARIANTS: dict[str, StrategySpec] = {
     "full": "no_freeze",
     "lora": {"strategy": "lora", "r": 8},
-    "lora_attention": {"strategy": "lora", "r": 8, "target_modules": ["qkv", "proj"]},
+    "lora_attention": {"strategy": "lora", "r": 8, "target_modules": r"re:.*\.attn\.(qkv|proj)$"},
     "lora_full_ckpt": {"strategy": "lora", "r": 8, "save_trainable_only": False},
 }
 

@@ -62,7 +62,12 @@ def main() -> None:
     data = ImageClassificationData.from_arrays(*train, *val, batch_size=8, image_size=args.image_size, augment=False)
     checkpoints = ModelCheckpoint(dirpath=args.out / "checkpoints", save_top_k=-1, filename="{epoch}")
     trainer = Trainer(
-        max_epochs=args.epochs, accelerator="cpu", callbacks=[checkpoints], logger=False, enable_progress_bar=False
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        callbacks=[checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     strategy = {
         "strategy": "lora",

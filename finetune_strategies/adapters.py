@@ -55,11 +55,17 @@ def require_peft(what: str = "LoRA") -> ModuleType:
 
 # ---------------------------------------------------------------------------------- which layers
 def adaptable(module: nn.Module) -> bool:
-    """Whether LoRA can adapt ``module`` and merge it back: a linear layer, an ungrouped convolution,
-    an embedding or a multi-head attention layer."""
+    """Whether LoRA can adapt ``module`` and merge it back: a linear layer, an ungrouped convolution or
+    an embedding.
+
+    Not ``nn.MultiheadAttention``: its forward reads its projections' weights, not their modules, so
+    peft's LoRA for it merges the adapters into the weights and takes them out again in every forward.
+    That changes the frozen weights by rounding and replaces their parameter objects each step, which
+    the optimizer and DDP hold. Its linear layers are left out for the same reason.
+    """
     if isinstance(module, _CONVS):
         return module.groups == 1
-    return isinstance(module, (nn.Linear, nn.Embedding, nn.MultiheadAttention))
+    return isinstance(module, (nn.Linear, nn.Embedding))
 
 
 def _join(root: str, name: str) -> str:
@@ -67,17 +73,21 @@ def _join(root: str, name: str) -> str:
 
 
 def _layers(model: nn.Module, name: str) -> list[str]:
-    """The adaptable layers at or inside ``name``; a multi-head attention layer stands for its own linears
-    (it calls their weights, not the modules)."""
+    """The adaptable layers at or inside ``name``, but none inside an ``nn.MultiheadAttention`` (see
+    :func:`adaptable`); an embedding only when named itself."""
+    top = model.get_submodule(name)
+    parts = name.split(".")
+    if any(isinstance(model.get_submodule(".".join(parts[:i])), nn.MultiheadAttention) for i in range(len(parts))):
+        return []  # inside an attention layer
+    attention = [sub for sub, m in top.named_modules() if isinstance(m, nn.MultiheadAttention)]
     found = [
         _join(name, sub)
-        for sub, module in model.get_submodule(name).named_modules()
-        if adaptable(module) and not isinstance(module, nn.Embedding)
+        for sub, module in top.named_modules()
+        if adaptable(module)
+        and not isinstance(module, nn.Embedding)
+        and not any(sub == a or sub.startswith(a + ".") or not a for a in attention)
     ]
-    if not found and adaptable(model.get_submodule(name)):
-        found = [name]  # an embedding named on its own
-    attention = [n for n in found if isinstance(model.get_submodule(n), nn.MultiheadAttention)]
-    return [n for n in found if not any(n.startswith(a + ".") for a in attention)]
+    return found or ([name] if isinstance(top, nn.Embedding) else [])
 
 
 def _candidates(model: nn.Module, roots: Sequence[tuple[str, nn.Module]]) -> str:
@@ -95,16 +105,17 @@ def _candidates(model: nn.Module, roots: Sequence[tuple[str, nn.Module]]) -> str
 
 def default_targets(model: nn.Module, roots: Sequence[tuple[str, nn.Module]]) -> list[str]:
     """The layers LoRA adapts when none are named: every linear layer of the roots (for a timm ViT the
-    attention's ``qkv`` and ``proj`` and the MLP's ``fc1`` and ``fc2``) and every multi-head attention
-    layer; for a backbone without any (a ConvNet), every ungrouped convolution."""
+    attention's ``qkv`` and ``proj`` and the MLP's ``fc1`` and ``fc2``), outside ``nn.MultiheadAttention``
+    layers; for a backbone without any (a ConvNet), every ungrouped convolution."""
     found = [n for root, _ in roots for n in _layers(model, root)]
-    linear = [n for n in found if isinstance(model.get_submodule(n), (nn.Linear, nn.MultiheadAttention))]
+    linear = [n for n in found if isinstance(model.get_submodule(n), nn.Linear)]
     if linear or found:
         return linear or found
     raise AdapterError(
-        f"{', '.join(r for r, _ in roots)} has no layer LoRA can adapt: no nn.Linear, nn.MultiheadAttention "
-        "or ungrouped nn.Conv1d/2d/3d (grouped and depthwise convolutions cannot be merged). Name the layers "
-        "with target_modules=[...] (an nn.Embedding, say), or pass peft_config=... for another peft tuner."
+        f"{', '.join(r for r, _ in roots)} has no layer LoRA can adapt: no nn.Linear or ungrouped "
+        "nn.Conv1d/2d/3d outside nn.MultiheadAttention layers (grouped and depthwise convolutions cannot be "
+        "merged). Name the layers with target_modules=[...] (an nn.Embedding, say), or pass peft_config=... "
+        "for another peft tuner."
     )
 
 
@@ -147,7 +158,8 @@ def resolve_targets(model: nn.Module, roots: Sequence[tuple[str, nn.Module]], se
         if not layers:
             raise AdapterError(
                 f"target_modules: {selector!r} selects {', '.join(names[:_SHOWN])}, which holds no layer LoRA "
-                f"can adapt (nn.Linear, ungrouped nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention). "
+                "can adapt (nn.Linear, ungrouped nn.Conv1d/2d/3d, nn.Embedding; none inside an "
+                "nn.MultiheadAttention, whose peft adapter changes the frozen weights in every forward). "
                 f"{_candidates(model, roots)}"
             )
         chosen += layers

@@ -89,7 +89,7 @@ class Lora(FinetuningStrategy):
         target_modules: The layers to adapt: selectors of the core's language
             (``"backbone.blocks.*.attn.qkv"``, ``"re:.*(qkv|fc1|fc2)$"``, ``"backbone.blocks[-2:]"``) or, as
             in peft, bare layer names (``["qkv", "fc1"]``). A selected module that is not a layer stands
-            for the layers inside it. Default: every ``nn.Linear`` (and ``nn.MultiheadAttention``) of the
+            for the layers inside it. Default: every ``nn.Linear`` (outside ``nn.MultiheadAttention``) of the
             backbone, for a timm ViT its ``qkv``, ``proj``, ``fc1`` and ``fc2``; for a backbone without
             any (a ConvNet), every ungrouped convolution.
         use_dora: Weight-decomposed LoRA (DoRA). Default False.
@@ -107,6 +107,8 @@ class Lora(FinetuningStrategy):
 
     metadata_example = '("lora", {"r": 8, "alpha": 16})'
     default_save_trainable_only: ClassVar[bool] = True
+    injects_adapters: ClassVar[bool] = True
+    """The strategy changes the model's modules (``describe_schedule`` plans on a copy)."""
 
     def __init__(
         self,

@@ -95,21 +95,33 @@ class TrainableOnlySession:
         if trainable_only:
             self.note(module)
             dropped = sorted(n for n in self.never_trained or () if n in state)
-        adapters = adapter_configs(module)
-        if not dropped and not adapters:
+        if not dropped:
+            record_adapters(module, checkpoint)
             return
         key = tuple(dropped)
         if self.cached is None or self.cached[0] != key:
             self.cached = (key, fingerprint((n, state[n]) for n in dropped))
         for name in dropped:
             del state[name]
-        checkpoint[RECORD_KEY] = {
-            "version": 1,
-            "frozen": dropped,
-            "fingerprint": self.cached[1],
-            "source": describe_source(module),
-            "adapters": adapters,
-        }
+        checkpoint[RECORD_KEY] = _record(module, dropped, self.cached[1])
+
+
+def _record(module: nn.Module, frozen: list[str], digest: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "frozen": frozen,
+        "fingerprint": digest,
+        "source": describe_source(module),
+        "adapters": adapter_configs(module),
+    }
+
+
+def record_adapters(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Record ``module``'s adapters in a full checkpoint that has no record yet, so that a model built
+    afresh gets them before loading it. Call it from a LightningModule's ``on_save_checkpoint``: unlike a
+    callback's, it also runs for weights-only checkpoints."""
+    if RECORD_KEY not in checkpoint and adapter_configs(module):
+        checkpoint[RECORD_KEY] = _record(module, [], fingerprint([]))
 
 
 def complete_checkpoint(module: nn.Module, checkpoint: dict[str, Any], where: str = "The checkpoint") -> None:

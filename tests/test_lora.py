@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import timm
 import torch
+import torchvision
 from conftest import Recorder, TinyViT, image_loader, make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -158,6 +159,41 @@ def test_convnet_default_targets_are_its_ungrouped_convolutions() -> None:
     )
 
 
+class TorchvisionViT(TinyConvNet):
+    """A torchvision ViT backbone: nn.MultiheadAttention, whose forward uses its projections' weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = torchvision.models.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+        )
+        self.backbone.heads = nn.Identity()
+        self.head = nn.Linear(16, 2)
+
+
+def test_torchvision_vit_adapts_its_mlp_and_leaves_attention_alone() -> None:
+    """nn.MultiheadAttention uses its projections' weights directly: peft's adapter for it merges and
+    unmerges in every forward, which moves the frozen weights by rounding. So it is never adapted."""
+    model = TorchvisionViT()
+    recorder = fit(model, ("lora", 2), epochs=2)
+    layers = [f"backbone.encoder.layers.encoder_layer_{i}" for i in range(2)]
+    assert adapted(model) == [f"{n}.mlp.{m}" for n in layers for m in (0, 3)]
+    for key in ("self_attention.in_proj_weight", "self_attention.out_proj.weight", "mlp.0.base_layer.weight"):
+        key = f"{layers[0]}.{key}"
+        assert torch.equal(recorder.initial[key], model.state_dict()[key]), key
+    attention = {"strategy": "lora", "target_modules": "re:.*self_attention(\\.out_proj)?"}
+    with pytest.raises(AdapterError, match="none inside an nn.MultiheadAttention"):
+        make_trainer(1).finetune(TorchvisionViT(), image_loader(), strategy=attention)
+    model.eval()
+    images = next(iter(image_loader()))[0]
+    with torch.no_grad():
+        before = model(images)
+        merge_adapters(model)
+        assert torch.allclose(before, model(images), atol=1e-5)
+    assert isinstance(model.backbone.encoder.layers[0].self_attention, nn.MultiheadAttention)
+
+
 def test_dora_trains_its_magnitudes() -> None:
     model = TinyViT()
     recorder = fit(model, {"strategy": "lora", "r": 2, "use_dora": True, "target_modules": "qkv"}, epochs=1)
@@ -218,6 +254,7 @@ def test_describe_schedule_plans_the_adapter_group_and_the_switch() -> None:
     assert [g.name for g in plan.epochs[1].groups] == [None, "lora", "backbone"]
     assert plan.epochs[1].started == ["backbone"]
     assert plan.epochs[0].trainable_params < plan.epochs[1].trainable_params == plan.epochs[1].total_params
+    assert tuner_modules(model) == []  # planned on a copy: the model itself carries no adapters
 
 
 # ---------------------------------------------------------------------------------- merge

@@ -13,7 +13,7 @@ from conftest import QUIET_TRAINER, TinyClassifier, TinyViT, image_loader, loade
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
 
-from finetune_strategies import FrozenWeightsError, StrategySpecTypeError, resolve_strategy
+from finetune_strategies import AdapterError, FrozenWeightsError, StrategySpecTypeError, resolve_strategy
 from finetune_strategies.image import ImageClassifier
 from finetune_strategies.trainable_only import RECORD_KEY, fingerprint, is_trainable_only
 
@@ -184,6 +184,23 @@ def test_load_from_checkpoint_onto_other_pretrained_weights_names_both_fingerpri
         ImageClassifier.load_from_checkpoint(tmp_path / "ckpt" / "epoch=0.ckpt")
     assert str(info.value).count("sha256:") == 2
     assert f"pretrained={str(weights)!r}" in str(info.value)
+
+
+def test_weights_only_checkpoints_name_the_adapters_too(tmp_path: Path) -> None:
+    model = classifier(vit_weights(tmp_path / "vit.safetensors", seed=1))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_weights_only=True, filename="weights")
+    make_trainer(1, callbacks=[checkpoint], enable_checkpointing=True).finetune(model, image_loader(), ("lora", 4))
+    saved = torch.load(tmp_path / "ckpt" / "weights.ckpt", weights_only=True)
+    assert not is_trainable_only(saved)  # Lightning runs no callback hook for weights-only files: all is there
+    assert list(saved[RECORD_KEY]["adapters"]) == ["backbone"]
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "ckpt" / "weights.ckpt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_resume_with_other_adapter_settings_is_refused(tmp_path: Path) -> None:
+    fit(TinyViT(), image_loader(), LORA_THEN_ALL, 1, tmp_path)
+    with pytest.raises(AdapterError, match="trained with other adapters"):
+        fit(TinyViT(), image_loader(), {**LORA_THEN_ALL, "r": 8}, 2, ckpt_path=tmp_path / "epoch=0.ckpt")
 
 
 def test_random_initial_weights_cannot_be_rebuilt(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weights import save_weights
 from finetune_strategies.optim import LIGHTNING_KEYS, OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
-from finetune_strategies.trainable_only import complete_checkpoint
+from finetune_strategies.trainable_only import complete_checkpoint, record_adapters
 from finetune_strategies.validation import check_int, check_positive_float
 
 
@@ -127,6 +127,10 @@ class ImageClassifier(pl.LightningModule):
         file holds the plain architecture's weights and the model keeps its adapters."""
         backbone = merge_adapters(copy.deepcopy(self.backbone)) if tuner_modules(self.backbone) else self.backbone
         return save_weights(backbone, path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""
+        record_adapters(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild what a checkpoint that keeps only trained weights left out (see
