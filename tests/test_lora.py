@@ -183,7 +183,7 @@ def test_torchvision_vit_adapts_its_mlp_and_leaves_attention_alone() -> None:
         key = f"{layers[0]}.{key}"
         assert torch.equal(recorder.initial[key], model.state_dict()[key]), key
     attention = {"strategy": "lora", "target_modules": "re:.*self_attention(\\.out_proj)?"}
-    with pytest.raises(AdapterError, match="none inside an nn.MultiheadAttention"):
+    with pytest.raises(AdapterError, match=r"none inside an nn\.MultiheadAttention"):
         make_trainer(1).finetune(TorchvisionViT(), image_loader(), strategy=attention)
     model.eval()
     images = next(iter(image_loader()))[0]
