@@ -8,6 +8,8 @@ training samples per rank, so that buffers are compared too.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,13 @@ def shutdown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python *args`` from the checkout root, in :func:`subprocess_env`, with its output captured."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ddp_helpers import run_python
 
 pytest.importorskip("peft", reason="peft is not installed: pip install 'finetune-strategies[peft]'")
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_lora_bench_smoke(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lora_bench", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_python("-m", "benchmarks.lora_bench", "--smoke", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "lora_bench.json").read_text())
     variants = data["variants"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ddp_helpers import run_python
 
 pytest.importorskip("peft", reason="peft is not installed: pip install 'finetune-strategies[peft]'")
 
@@ -15,7 +14,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lora_vit.py"
 
 def test_lora_vit_example(tmp_path: Path) -> None:
     args = ["--epochs", "2", "--unfreeze_epoch", "1", "--depth", "1", "--out", str(tmp_path)]
-    result = subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=300)
+    result = run_python(str(EXAMPLE), *args, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "epoch=0.ckpt" in out
