@@ -140,7 +140,6 @@ class Lora(FinetuningStrategy):
         self.target_modules = _selectors("target_modules", target_modules)
         self.modules_to_save = _selectors("modules_to_save", modules_to_save)
         self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch("unfreeze_epoch", unfreeze_epoch)
-        self._adapted: list[nn.Module] = []
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
@@ -204,8 +203,8 @@ class Lora(FinetuningStrategy):
                 f"lora: {', '.join(clash)} would be both adapted and trained whole (modules_to_save); pick one."
             )
         for root, _ in roots:
-            prefix = f"{root}." if root else ""
-            mine = None if targets is None else [t[len(prefix) :] for t in targets if _inside(t, [root])]
+            start = len(root) + 1 if root else 0
+            mine = None if targets is None else [t[start:] for t in targets if _inside(t, [root])]
             if mine is None:
                 inject(pl_module, root, self.peft_config, self.settings())
             elif mine:
@@ -249,14 +248,15 @@ class Lora(FinetuningStrategy):
         super().prepare(pl_module)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        """Freeze the backbone; then what peft made trainable (the adapters, and biases if its config asks)
+        and the ``modules_to_save`` train again."""
         super().freeze_before_training(pl_module)
-        self._adapted, _ = self.trained_modules(pl_module)
-        for module in self._adapted:
-            module.requires_grad_(True)
-        for _, root in self.find_modules_to_freeze(pl_module):  # what peft trains beside them (biases)
+        for _, root in self.find_modules_to_freeze(pl_module):
             mark = mark_of(root)
             for name in mark.trainable if mark else ():
                 root.get_parameter(name).requires_grad_(True)
+        for _, module in self.saved_modules(pl_module):
+            module.requires_grad_(True)
 
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         adapters, base = self.trained_modules(pl_module)

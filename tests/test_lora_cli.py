@@ -18,6 +18,12 @@ pytest.importorskip("peft", reason="peft is not installed: pip install 'finetune
 VIT = {"img_size": 32, "depth": 2}
 
 
+@pytest.fixture(autouse=True)
+def _restore_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI seeds and exports PL_GLOBAL_SEED; take it back out after the test."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+
+
 def fit_args(tmp_path: Path, *extra: str) -> list[str]:
     make_folder(tmp_path / "train", per_class=4)
     return [
