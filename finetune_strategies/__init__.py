@@ -1,10 +1,14 @@
 """Flash-style fine-tuning strategies for Lightning 2.x."""
 
+from finetune_strategies.adapters import merge_adapters
 from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
 from finetune_strategies.errors import (
+    AdapterError,
     CheckpointError,
     ConfigurationError,
     FinetuningError,
+    FrozenWeightsError,
+    MissingDependencyError,
     MissingModuleError,
     ResumeMismatchError,
     ScheduleError,
@@ -14,6 +18,7 @@ from finetune_strategies.errors import (
 )
 from finetune_strategies.finetuner import Finetuner
 from finetune_strategies.layers import Layer, LayerUnit, list_layers, name_parameters
+from finetune_strategies.lora import Lora
 from finetune_strategies.monitor import EpochRecord, TrainableMonitor
 from finetune_strategies.plan import EpochPlan, SchedulePlan, describe_schedule
 from finetune_strategies.registry import (
@@ -33,11 +38,13 @@ from finetune_strategies.strategies import (
     Phases,
     UnfreezeMilestones,
 )
+from finetune_strategies.trainable_only import complete_checkpoint
 from finetune_strategies.trainer import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterError",
     "CheckpointError",
     "ConfigurationError",
     "EpochPlan",
@@ -48,9 +55,12 @@ __all__ = [
     "FlashBaseFinetuning",
     "Freeze",
     "FreezeUnfreeze",
+    "FrozenWeightsError",
     "GradualUnfreeze",
     "Layer",
     "LayerUnit",
+    "Lora",
+    "MissingDependencyError",
     "MissingModuleError",
     "NoFreeze",
     "Phase",
@@ -69,8 +79,10 @@ __all__ = [
     "UnfreezeMilestones",
     "__version__",
     "available_strategies",
+    "complete_checkpoint",
     "describe_schedule",
     "list_layers",
+    "merge_adapters",
     "name_parameters",
     "register_strategy",
     "resolve_selector",

@@ -18,7 +18,7 @@ returns; each built-in is a short preset of it. The callback composes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypedDict
 
 import lightning.pytorch as pl
@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from finetune_strategies import compat, distributed
+from finetune_strategies import compat, distributed, trainable_only
 from finetune_strategies.batchnorm import BatchNormPolicy, own_parameters
 from finetune_strategies.errors import (
     ConfigurationError,
@@ -81,6 +81,7 @@ class StrategyOptions(TypedDict, total=False):
     min_delta: float
     max_epochs: int | None
     restore_best: bool
+    save_trainable_only: bool | None
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -122,12 +123,18 @@ class FinetuningStrategy(BaseFinetuning):
         max_epochs: The most epochs a stage may run before the next phase starts.
         restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
             ending stage's best validation (default True).
+        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
+            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
+            (see :mod:`finetune_strategies.trainable_only`). ``None`` uses the strategy's default: on for
+            ``lora``, off for the others.
     """
 
     metadata_example: ClassVar[str] = ""
     """How the ``(name, metadata)`` spec of this strategy looks, for error messages."""
     default_layer_unit: ClassVar[LayerUnit] = "blocks"
     """The layer unit when ``layer_unit`` is not given."""
+    default_save_trainable_only: ClassVar[bool] = False
+    """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
 
     _trainer: pl.Trainer | None
     _pl_module: pl.LightningModule | None
@@ -143,6 +150,7 @@ class FinetuningStrategy(BaseFinetuning):
     _groups: ParamGroups
     _cache: CacheSession
     _hook: OptimizerHook
+    _undo_on_load: Callable[[], None]
 
     def __init__(
         self,
@@ -164,6 +172,7 @@ class FinetuningStrategy(BaseFinetuning):
         min_delta: float = 0.0,
         max_epochs: int | None = None,
         restore_best: bool = True,
+        save_trainable_only: bool | None = None,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -181,6 +190,11 @@ class FinetuningStrategy(BaseFinetuning):
         self.layer_unit: LayerUnit | None = layer_unit
         plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
         self.plateau: Plateau | None = plateau if monitor is not None else None
+        self.save_trainable_only = (
+            self.default_save_trainable_only
+            if save_trainable_only is None
+            else check_bool("save_trainable_only", save_trainable_only)
+        )
         self._reset()
 
     @classmethod
@@ -383,6 +397,7 @@ class FinetuningStrategy(BaseFinetuning):
             raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
         self._trainer = trainer
         self.prepare(pl_module)
+        self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         if stage != "fit":
             return
         phases = self._progress.phases
@@ -440,6 +455,7 @@ class FinetuningStrategy(BaseFinetuning):
         optimizer = trainer.optimizers[self.optimizer_index]
         self.advance(pl_module, trainer.current_epoch, optimizer)
         distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
+        self._checkpoints.note(pl_module)
         if self.cache_features:
             self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._progress.started))
         if not self.preregister_groups:  # remember the groups by parameter name, for resume
@@ -471,7 +487,20 @@ class FinetuningStrategy(BaseFinetuning):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
+        self._undo_on_load()
         self.finish()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # DeepSpeed writes the module's weights itself, from its engine
+        trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
+        self._checkpoints.save(pl_module, checkpoint, trainable)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoints.restore(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         progress = self._progress.state_dict()
@@ -506,6 +535,8 @@ class FinetuningStrategy(BaseFinetuning):
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
         self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._checkpoints = trainable_only.TrainableOnlySession()
+        self._undo_on_load = lambda: None
 
 
 FlashBaseFinetuning = FinetuningStrategy

@@ -23,10 +23,11 @@ from typing import Any
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from finetune_strategies.errors import FinetuningError, ImageDataError, StrategySpecError
+from finetune_strategies.errors import FinetuningError, ImageDataError, ModelConfigError, StrategySpecError
 from finetune_strategies.image.data import ImageClassificationData
 from finetune_strategies.image.model import ImageClassifier
 from finetune_strategies.image.predictions import PredictionsCSVWriter
+from finetune_strategies.image.weights import WEIGHT_SUFFIXES
 from finetune_strategies.registry import registered_factory
 from finetune_strategies.trainer import Trainer
 
@@ -116,6 +117,7 @@ class FinetuneCLI(LightningCLI):
                 ),
             )
             parser.set_defaults({"strategy": {"class_path": "finetune_strategies.strategies.NoFreeze"}})
+            add_export_argument(parser)
         if subcommand in ("fit", "validate", "test"):
             parser.link_arguments("data.num_classes", "model.num_classes", _required_classes, "instantiate")
             parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
@@ -129,13 +131,42 @@ class FinetuneCLI(LightningCLI):
         strategy = self.config_init["fit"].get("strategy") or "no_freeze"
         trainer = self.trainer
         assert isinstance(trainer, Trainer)
+        export = check_export_path(self.config["fit"].get("export"))
         trainer.finetune(model, datamodule, strategy=strategy, ckpt_path=kwargs.get("ckpt_path"))
+        export_backbone(model, export)
 
     def predict(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
         output = Path(self.config["predict"]["output"])
         self.trainer.callbacks.append(PredictionsCSVWriter(output))  # type: ignore[attr-defined]
         self.trainer.predict(model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False)
         print(f"Predictions written to {output}")
+
+
+# ------------------------------------------------------------------ fit --export (the lora branch's addition)
+def add_export_argument(parser: LightningArgumentParser) -> None:
+    """``fit --export PATH``: write the trained backbone's weights after the fit."""
+    parser.add_argument(
+        "--export",
+        type=Path | None,
+        default=None,
+        help=(
+            "After fit, save the backbone's weights to this .safetensors/.pth file, adapters (lora) merged in, "
+            "loadable by timm/torchvision and by --model.pretrained."
+        ),
+    )
+
+
+def check_export_path(path: Path | str | None) -> Path | None:
+    """``path`` if it names a weight file (checked before training), or None."""
+    if path is not None and Path(path).suffix not in WEIGHT_SUFFIXES:
+        raise ModelConfigError(f"--export {str(path)!r}: use a file name ending in {', '.join(WEIGHT_SUFFIXES)}.")
+    return None if path is None else Path(path)
+
+
+def export_backbone(model: ImageClassifier, path: Path | None) -> None:
+    """Save ``model``'s backbone to ``path`` (see :meth:`ImageClassifier.save_backbone`), if given."""
+    if path is not None and model.trainer.is_global_zero:
+        print(f"Backbone written to {model.save_backbone(path)}")
 
 
 DESCRIPTIONS = {

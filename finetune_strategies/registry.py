@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 
 from finetune_strategies.base import FinetuningStrategy, StrategyOptions
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
+from finetune_strategies.lora import Lora
 from finetune_strategies.strategies import (
     Freeze,
     FreezeUnfreeze,
@@ -246,6 +247,7 @@ for _name, _cls in (
     ("unfreeze_milestones", UnfreezeMilestones),
     ("gradual_unfreeze", GradualUnfreeze),
     ("phases", Phases),
+    ("lora", Lora),
 ):
     register_strategy(_name)(_cls)
     register_strategy(f"{_name}_deepspeed", preregister_groups=True)(_cls)

@@ -8,6 +8,8 @@ training samples per rank, so that buffers are compared too.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,27 @@ def make_callback(name: str) -> BaseFinetuning:
         return resolve_strategy((name, 1))
     if name in {"unfreeze_milestones", "unfreeze_milestones_deepspeed"}:
         return resolve_strategy((name, ((1, 2), 1)))
+    if name in LORA_SPECS:
+        return resolve_strategy(LORA_SPECS[name]())
     return resolve_strategy(name)
+
+
+def _peft_saved_copy() -> dict[str, Any]:
+    from peft import LoraConfig  # peft's own modules_to_save: a trained copy beside an unused original
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["3"], modules_to_save=["0"])
+    return {"strategy": "lora", "peft_config": config, "unfreeze_epoch": 1}
+
+
+LORA_SPECS: dict[str, Any] = {
+    "lora": lambda: {"strategy": "lora", "r": 2},
+    "lora_unfreeze": lambda: {"strategy": "lora", "r": 2, "unfreeze_epoch": 1, "modules_to_save": "backbone.1"},
+    "lora_dora_unfreeze": lambda: {"strategy": "lora", "r": 2, "use_dora": True, "unfreeze_epoch": 1},
+    "lora_deepspeed_unfreeze": lambda: {"strategy": "lora_deepspeed", "r": 2, "unfreeze_epoch": 1},
+    "lora_peft_saved_copy": _peft_saved_copy,
+}
+"""LoRA scenarios: adapters only; LoRA then everything (with our in-place modules_to_save, DoRA, the
+pre-registered groups of the DeepSpeed variant); peft's modules_to_save wrappers (peft issue #951)."""
 
 
 def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
@@ -181,12 +203,21 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
+def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python *args`` from the checkout root, in :func:`subprocess_env`, with its output captured."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def subprocess_env() -> dict[str, str]:
     """The environment for a launched script: this checkout first on the path, one thread a rank."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
-    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+    # PL_GLOBAL_SEED: a LightningCLI run in the test process seeds and exports it; under DDP Lightning would
+    # reseed each rank from it after the model is built (peft's adapter init would then differ)
+    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED"):
         env.pop(key, None)
     return env

@@ -199,12 +199,12 @@ def test_transfer_quality_files(smoke: tuple[dict, str, str]) -> None:
     out = Path(smoke[2])
     payload = json.loads((out / "transfer_quality.json").read_text())
     names = [row["strategy"] for row in payload["rows"]]
-    assert names == ["no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones", "from scratch"]
+    assert names == ["no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones", "from scratch", "lora"]
     for row in payload["rows"]:
         assert row["seeds"] == [0, 1]
         assert 0.0 <= row["final_acc"]["mean"] <= 1.0
         assert row["final_acc"]["std"] >= 0.0
     table = (out / "transfer_quality.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| strategy")]
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert (out / "transfer_quality.png").stat().st_size > 10_000

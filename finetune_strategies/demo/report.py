@@ -109,7 +109,8 @@ def save_plot(result: DemoResult, path: Path) -> Path:
 
     grouped = {name: runs for name, runs in result.by_strategy().items() if runs}
     scratch = mean_curve(grouped.get(SCRATCH, []))
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharex=True, sharey=True)
+    rows = -(-(len(grouped) + 1) // 3)  # a panel per strategy and one for all of them, 3 a row
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.75 * rows), sharex=True, sharey=True, squeeze=False)
     flat = list(axes.flat)
     colours = [plt.get_cmap("tab10")(i) for i in range(10)]
     for index, (name, runs) in enumerate(grouped.items()):
@@ -129,6 +130,8 @@ def save_plot(result: DemoResult, path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend(loc="lower right", fontsize=8)
         flat[-1].plot(epochs, curve, color=colour, marker="o", markersize=3, label=name)
+    for axis in flat[len(grouped) : -1]:
+        axis.set_visible(False)
     flat[-1].set_title("all strategies (mean)")
     flat[-1].grid(alpha=0.3)
     flat[-1].legend(loc="lower right", fontsize=8)
