@@ -136,7 +136,7 @@ class FinetuningStrategy(BaseFinetuning):
     default_save_trainable_only: ClassVar[bool] = False
     """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
 
-    _trainer: pl.Trainer | None
+    _fit_trainer: pl.Trainer | None
     _pl_module: pl.LightningModule | None
     _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
     _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
@@ -281,14 +281,14 @@ class FinetuningStrategy(BaseFinetuning):
             optimizer.state.clear()
         if phase.lr_scheduler is not None:
             self._install_scheduler(phase, optimizer)
-        if self._progress.finished and self._trainer is not None:
-            hold_early_stopping(self._trainer)  # the last phase: EarlyStopping counts from here
+        if self._progress.finished and self._fit_trainer is not None:
+            hold_early_stopping(self._fit_trainer)  # the last phase: EarlyStopping counts from here
 
     def _install_scheduler(self, phase: Phase, optimizer: Optimizer) -> None:
         """The phase's scheduler replaces the optimizer's: each group keeps its current lr as its base, so
         every group keeps its ratio; lengths it leaves out (``T_max``, ``total_steps``) span the rest of the run."""
-        epochs, steps = remaining_run(self._trainer, self._epoch, self._run)
-        built = phase.lr_scheduler.build(optimizer, self._trainer, epochs=epochs, total_steps=steps)
+        epochs, steps = remaining_run(self._fit_trainer, self._epoch, self._run)
+        built = phase.lr_scheduler.build(optimizer, self._fit_trainer, epochs=epochs, total_steps=steps)
         replace_schedulers(self._lr_configs, optimizer, LRSchedulerConfig(**built))
 
     # ------------------------------------------------------------------ what the current (or last) fit holds
@@ -395,7 +395,7 @@ class FinetuningStrategy(BaseFinetuning):
             )
         if deepspeed and trainer.strategy.zero_stage_3:  # type: ignore[attr-defined]
             raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
-        self._trainer = trainer
+        self._fit_trainer = trainer
         self.prepare(pl_module)
         self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         if stage != "fit":
@@ -523,7 +523,7 @@ class FinetuningStrategy(BaseFinetuning):
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
         self._pl_module = None
-        self._trainer = None
+        self._fit_trainer = None
         self._module_names = {}
         self._unfrozen = []
         self._lr_configs = []
