@@ -79,3 +79,8 @@ class MissingPathError(FinetuningError, FileNotFoundError):
 
 class ModelConfigError(FinetuningError, ValueError):
     """A model setting with a wrong value: optimizer, scheduler, num_classes, labels, ..."""
+
+
+class UsageError(FinetuningError, ValueError):
+    """A command line or config file that cannot run as given: a missing setting, or a value that the
+    model, data, strategy or trainer rejected when the CLI built them. The CLI exits with status 2."""

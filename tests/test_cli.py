@@ -201,7 +201,7 @@ def test_unknown_subcommand(capsys):
 
 
 def test_unknown_backbone_is_a_clean_error(data, capsys):
-    assert main(["fit", "--model.backbone=resnt18", f"--data.train_folder={data / 'train'}"]) == 1
+    assert main(["fit", "--model.backbone=resnt18", f"--data.train_folder={data / 'train'}"]) == 2
     err = capsys.readouterr().err
     assert "fit: error: Unknown backbone 'resnt18'. Did you mean: resnet18" in err
     assert "Traceback" not in err
@@ -220,13 +220,13 @@ def test_bad_strategy_option_is_a_parse_error(data, capsys):
 
 
 def test_missing_train_folder(tmp_path, capsys):
-    assert main(["fit", f"--data.train_folder={tmp_path / 'nope'}", "--model.pretrained=false"]) == 1
+    assert main(["fit", f"--data.train_folder={tmp_path / 'nope'}", "--model.pretrained=false"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_fit_without_training_data_says_what_to_set(data, capsys):
     args = ["fit", f"--data.predict_folder={data / 'predict'}", "--model.pretrained=false"]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "--data.train_folder" in capsys.readouterr().err
 
 
