@@ -34,7 +34,7 @@ from rich.console import Console
 
 from finetune_strategies import _lightning
 from finetune_strategies.errors import ImageDataError, StrategySpecError, StrategySpecTypeError, UsageError
-from finetune_strategies.exit_status import USAGE_ERROR, as_usage_errors, report, reported_error
+from finetune_strategies.exit_status import USAGE_ERROR, as_usage_errors, raised_by_lightning, report, reported_error
 from finetune_strategies.image.data import ImageClassificationData
 from finetune_strategies.image.model import ImageClassifier
 from finetune_strategies.image.predictions import PredictionsCSVWriter
@@ -100,7 +100,8 @@ def _from_spec_file(path: str) -> list[str]:
     clash = sorted(set(fixed) & set(options))
     if clash:
         raise StrategySpecTypeError(f"Strategy file {path!r}: {name!r} sets {clash} itself; remove them.")
-    return ["--strategy", json.dumps({"class_path": class_path, "init_args": {**options, **fixed}})]
+    # default=str: YAML reads 2024-01-01 as a date, which JSON cannot hold; the options check it as text
+    return ["--strategy", json.dumps({"class_path": class_path, "init_args": {**options, **fixed}}, default=str)]
 
 
 def _expand_strategy(value: str) -> list[str]:
@@ -249,10 +250,10 @@ class FinetuneCLI(LightningCLI):
         assert isinstance(trainer, Trainer)
         try:
             trainer.finetune(model, datamodule, strategy=strategy, ckpt_path=kwargs.get("ckpt_path"))
-        except (ValueError, TypeError) as error:
-            if trainer.global_step or reported_error(error) is not None:
+        except Exception as error:
+            if trainer.global_step or reported_error(error) is not None or not raised_by_lightning(error):
                 raise
-            # Lightning refused a setting before the first step (a val_check_interval longer than an epoch, ...)
+            # Lightning refused a setting as the fit started (a val_check_interval longer than an epoch, ...)
             raise UsageError(str(error).strip()) from error
 
     def explain(self, model: ImageClassifier, steps_per_epoch: int = 1, **_: Any) -> None:

@@ -1,17 +1,15 @@
 """The exit statuses of the ``finetune-strategies`` commands, and the one-line error they print.
 
-===  ===========================================================================================
- 0   success (also ``--help`` and ``--print_config``)
- 1   the run failed: data unreadable during training, pretrained weights that cannot be fetched or
-     do not fit, a checkpoint that cannot resume, a transfer stage that did not finish
- 2   usage error, as in argparse: an unknown subcommand, option or strategy, a value of the wrong
-     type, an unreadable config file, or a value that is wrong for its setting
-===  ===========================================================================================
+* 0: success (also ``--help`` and ``--print_config``).
+* 1: the run failed: data unreadable during training, pretrained weights that cannot be fetched or
+  do not fit, a checkpoint that cannot resume, a transfer stage that did not finish.
+* 2: a usage error, as in argparse: an unknown subcommand, option or strategy, a value of the wrong
+  type, an unreadable config file, or a value that is wrong for its setting.
 
 A value is wrong for its setting when a class of :data:`USAGE_ERRORS` says so (at any time: a
 selector that matches no module is found when the fit sets up), or when the model, data, strategy
 or trainer rejects it as the command builds them from the config, before anything trains
-(:func:`usage_error`). The errors of :data:`RUN_ERRORS` are failures of the run even then.
+(:func:`as_usage_errors`). The errors of :data:`RUN_ERRORS` are failures of the run even then.
 """
 
 from __future__ import annotations
@@ -77,19 +75,32 @@ def reported_error(error: BaseException) -> Exception | None:
     return None
 
 
+LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning", "lightning_fabric")
+
+
+def raised_by_lightning(error: BaseException) -> bool:
+    """Whether Lightning's own code raised ``error`` (the innermost frame of its traceback is Lightning's)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    module = str(frame.tb_frame.f_globals.get("__name__", "")) if frame is not None else ""
+    return module.split(".")[0] in LIGHTNING_PACKAGES
+
+
 def usage_error(error: Exception) -> UsageError | None:
     """``error``, raised while a command built the model, data, strategy or trainer from its config, as
     a :class:`UsageError`; None when it is a failure of the run (:data:`RUN_ERRORS`) or a bug.
 
-    Besides our errors, the ``ValueError`` and ``TypeError`` that Lightning and torch raise for a
-    setting they reject count: a value from the config reached them unchecked.
+    Besides our errors, what Lightning raises (a ``Trainer`` setting it refuses, a plugin the setting
+    needs that is not installed) and the ``ValueError`` and ``TypeError`` of torch count: a value from
+    the config reached them unchecked.
     """
     found = reported_error(error)
     if isinstance(found, RUN_ERRORS):
         return None
-    if found is None and not isinstance(error, (ValueError, TypeError)):
+    if found is None and not (isinstance(error, (ValueError, TypeError)) or raised_by_lightning(error)):
         return None
-    return UsageError(str(found or error))
+    return UsageError(str(found or error).strip())
 
 
 @contextmanager

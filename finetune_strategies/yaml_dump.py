@@ -9,39 +9,40 @@ disagree on some strings:
 * PyYAML writes NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR raw inside quoted strings, where
   reading folds them into spaces, so such a folder name changes on the way back.
 
-:func:`dump_yaml` is ``safe_dump`` with jsonargparse's settings, except that a string that
-jsonargparse would not read back as itself is written double-quoted, where every character is
-escaped as needed. :func:`use_round_trip_yaml` makes it jsonargparse's YAML dumper.
+:func:`dump_yaml` is ``safe_dump`` with jsonargparse's settings, except that strings are quoted by
+jsonargparse's reading rules (a float may have an exponent without a dot or a sign), and a string
+holding such a line break is written double-quoted, where it is escaped. :func:`use_round_trip_yaml`
+makes it jsonargparse's YAML dumper.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
-from jsonargparse import get_loader, set_dumper
+from jsonargparse import set_dumper
 
 _LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+_FLOAT = re.compile(  # what jsonargparse's loader reads as a float, wider than YAML 1.1's rule
+    r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 
 
 class _Dumper(yaml.SafeDumper):
-    """``SafeDumper`` whose strings read back unchanged with jsonargparse's loader."""
-
-
-def _reads_back(value: str) -> bool:
-    if any(c in value for c in _LINE_BREAKS):
-        return False
-    try:
-        return bool(get_loader("yaml")(value) == value)
-    except yaml.YAMLError:
-        return False
+    """``SafeDumper`` that quotes every string jsonargparse would not read back as that string."""
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = None if _reads_back(value) else '"'
+    style = '"' if any(c in value for c in _LINE_BREAKS) else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 _Dumper.add_representer(str, _represent_str)
 
 

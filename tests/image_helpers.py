@@ -63,3 +63,30 @@ class TrainableLog(Recorder):
     def read(path: Path) -> dict[str, Any]:
         recorded: dict[str, Any] = json.loads(path.read_text())
         return recorded
+
+
+# ---------------------------------------------------------------------------------- CLI tests
+def cli_folders(root: Path) -> Path:
+    """``root/train`` (4 images per class), ``root/val`` and ``root/predict`` (2 each), for CLI runs."""
+    make_folder(root / "train", per_class=4)
+    make_folder(root / "val", per_class=2, seed=1)
+    make_folder(root / "predict", per_class=2, seed=2)
+    return root
+
+
+def fit_args(data: Path, out: Path, *extra: str, epochs: int = 3) -> list[str]:
+    """``fit`` on :func:`cli_folders` with the tiny backbone, writing under ``out``, then ``extra``."""
+    return [
+        "fit",
+        f"--model.backbone={BACKBONE}",
+        "--model.pretrained=false",
+        "--model.image_size=16",
+        f"--data.train_folder={data / 'train'}",
+        f"--data.val_folder={data / 'val'}",
+        "--data.batch_size=4",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]

@@ -10,21 +10,19 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import yaml
+from conftest import QUIET_TRAINER
 from ddp_helpers import subprocess_env
 from image_helpers import BACKBONE, make_folder
 from rich.console import Console
 
+from finetune_strategies import ConfigurationError, Trainer
 from finetune_strategies.cli import main
 from finetune_strategies.image import ImageClassifier
 from finetune_strategies.plan import SchedulePlan, describe_schedule
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = [f"--model.backbone={BACKBONE}", "--model.pretrained=false"]
-
-
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
 
 
 def rendered(plan: SchedulePlan, width: int) -> str:
@@ -59,6 +57,16 @@ def test_explain_prints_the_plan_of_fit_arguments(capsys):
     assert table[9][1] == "backbone.stem"
     assert table[11][4].startswith("group 0: 0.001, backbone.layer4.1: 0.0001, backbone.layer4.0: 7e-05")
     assert table[11][4].endswith("backbone.stem: 5.76e-06")  # 1e-4 * 0.7**8: stem is the 9th layer from the top
+
+
+def test_trainer_explain_plans_its_max_epochs():
+    model = ImageClassifier(num_classes=2, backbone=BACKBONE, pretrained=False)
+    plan = Trainer(max_epochs=3, **QUIET_TRAINER).explain(model, ("freeze_unfreeze", 1), layer_lr_decay=0.5)
+    expected = describe_schedule(model, ("freeze_unfreeze", 1), max_epochs=3, layer_lr_decay=0.5)
+    assert str(plan) == str(expected)
+    assert len(plan.epochs) == 3
+    with pytest.raises(ConfigurationError, match=r"create the Trainer with max_epochs=N"):
+        Trainer(**QUIET_TRAINER).explain(model, "freeze")
 
 
 def test_explain_uses_the_models_optimizer_scheduler_and_steps_per_epoch(capsys):

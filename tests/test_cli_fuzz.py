@@ -355,6 +355,45 @@ def test_bad_data_settings_and_missing_folders_stop_fit_before_training(bad: tup
     assert not list(workdir.rglob("*.ckpt"))
 
 
+TRAINER_SETTINGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "val_check_interval": st.one_of(st.integers(-1, 2000), st.floats(-1, 2)),
+        "check_val_every_n_epoch": st.one_of(st.none(), st.integers(-2, 5)),
+        "accumulate_grad_batches": st.integers(-2, 5),
+        "gradient_clip_val": st.floats(-1, 2),
+        "gradient_clip_algorithm": st.sampled_from(["norm", "value", "nope"]),
+        "precision": st.sampled_from(["32-true", "bf16-mixed", "16-mixed", "64-true", "17", "transformer-engine"]),
+        "log_every_n_steps": st.integers(-1, 5),
+        "num_sanity_val_steps": st.integers(-2, 3),
+        "min_epochs": st.integers(-1, 3),
+        "max_steps": st.integers(-2, 5),
+        "accelerator": st.sampled_from(["cpu", "auto", "gpu", "tpu", "nope"]),
+        "devices": st.sampled_from([1, "1", "auto", 0, "nope"]),  # never more than one: no process launch
+        "strategy": st.sampled_from(["auto", "single_device", "nope", "deepspeed_stage_3"]),
+        "deterministic": st.sampled_from([True, False, "warn", "nope"]),
+        "detect_anomaly": st.booleans(),
+    },
+)
+
+
+@fuzz(8)
+@given(settings_=TRAINER_SETTINGS)
+def test_trainer_settings_run_or_are_usage_errors(settings_: dict[str, Any], workdir: Path) -> None:
+    """A fit with no training batch (``limit_train_batches=0``) builds and sets up everything, trains nothing."""
+    args = [
+        "fit",
+        f"--model.backbone={BACKBONE}",
+        "--model.pretrained=false",
+        f"--data.train_folder={workdir / 'train'}",
+    ]
+    args += ["--trainer.max_epochs=1", "--trainer.limit_train_batches=0", "--trainer.limit_val_batches=0"]
+    args += ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_model_summary=false"]
+    status, _, err = run(*args, *(flag(f"trainer.{k}", v) for k, v in settings_.items()))
+    if status != 0:
+        assert_usage_error(status, err)
+
+
 # ---------------------------------------------------------------------------------- config files
 VALID_CONFIG = (Path(__file__).resolve().parents[1] / "examples" / "configs" / "phases.yaml").read_text()
 
@@ -545,15 +584,25 @@ def test_the_transfer_command_with_corrupt_yaml(content: str | bytes, workdir: P
         assert_usage_error(status, err, "transfer")
 
 
-def test_a_setting_lightning_refuses_at_fit_start_is_a_usage_error(workdir: Path) -> None:
-    """Lightning checks some Trainer settings only when the fit starts, with a plain ValueError."""
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("val_check_interval=1000", "val_check_interval"),
+        ("strategy=deepspeed_stage_3", "deepspeed"),  # on CPU
+        ("accelerator=tpu", "xla"),  # without torch_xla
+        ("precision=transformer-engine", "transformer_engine"),  # without it
+    ],
+)
+def test_settings_lightning_refuses_are_usage_errors(setting: str, message: str, workdir: Path) -> None:
+    """Found by the fuzzing above: Lightning refuses these with a ValueError, RuntimeError or
+    ModuleNotFoundError, when the Trainer is built or only when the fit starts."""
     args = [
         "fit",
         f"--model.backbone={BACKBONE}",
         "--model.pretrained=false",
         f"--data.train_folder={workdir / 'train'}",
     ]
-    status, _, err = run(*args, "--trainer.max_epochs=1", "--trainer.val_check_interval=1000")
+    status, _, err = run(*args, "--trainer.max_epochs=1", "--trainer.logger=false", f"--trainer.{setting}")
     assert_usage_error(status, err)
-    assert "`val_check_interval` (1000) must be less than or equal to the number of the training batches" in err
+    assert message in err.lower()
     assert not list(workdir.rglob("*.ckpt"))

@@ -14,13 +14,21 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from image_helpers import BACKBONE, TrainableLog, make_folder
+from image_helpers import BACKBONE, TrainableLog, cli_folders, fit_args
 from torch import nn
 
 from finetune_strategies.cli import expand_strategy_names, main
 from finetune_strategies.image import ImageClassifier
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return cli_folders(tmp_path_factory.mktemp("schedules"))
+
+
 BLOCKS = ("backbone.conv1", "backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4")
 
 
@@ -37,39 +45,29 @@ def _batchnorm_parameters() -> set[str]:
 BATCHNORM = _batchnorm_parameters()
 
 
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("schedules")
-    make_folder(root / "train", per_class=4)
-    make_folder(root / "val", per_class=2, seed=1)
-    return root
-
-
 def fit(data: Path, out: Path, *extra: str, epochs: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``fit`` with ``extra`` flags; return the per-epoch log and the last checkpoint."""
+    assert main(fit_args(data, out, TrainableLog.callbacks_flag(out / "log.json"), *extra, epochs=epochs)) == 0
+    (checkpoint,) = out.rglob("*.ckpt")
+    return TrainableLog.read(out / "log.json"), torch.load(checkpoint, weights_only=False)
+
+
+def fit_example(config: str, data: Path, out: Path, epochs: int) -> dict[str, Any]:
+    """Run ``fit`` on ``examples/configs/<config>`` with the test folders; return the per-epoch log."""
     args = [
         "fit",
-        f"--model.backbone={BACKBONE}",
-        "--model.pretrained=false",
-        "--model.image_size=16",
+        "--config",
+        str(EXAMPLES / "configs" / config),
         f"--data.train_folder={data / 'train'}",
         f"--data.val_folder={data / 'val'}",
-        "--data.batch_size=4",
+        "--model.image_size=16",
         f"--trainer.max_epochs={epochs}",
         f"--trainer.default_root_dir={out}",
         "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
         TrainableLog.callbacks_flag(out / "log.json"),
-        *extra,
     ]
     assert main(args) == 0
-    (checkpoint,) = out.rglob("*.ckpt")
-    return TrainableLog.read(out / "log.json"), torch.load(checkpoint, weights_only=False)
+    return TrainableLog.read(out / "log.json")
 
 
 def training(requires_grad: dict[str, bool]) -> set[str]:
@@ -104,20 +102,7 @@ def test_phases_from_flags(data, tmp_path):
 
 def test_phases_from_the_example_config(data, tmp_path):
     """examples/configs/phases.yaml: named phases with their own lr, under a cosine schedule."""
-    args = [
-        "fit",
-        "--config",
-        str(EXAMPLES / "configs" / "phases.yaml"),
-        f"--data.train_folder={data / 'train'}",
-        f"--data.val_folder={data / 'val'}",
-        "--model.image_size=16",
-        "--trainer.max_epochs=4",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-        TrainableLog.callbacks_flag(tmp_path / "log.json"),
-    ]
-    assert main(args) == 0
-    log = TrainableLog.read(tmp_path / "log.json")
+    log = fit_example("phases.yaml", data, tmp_path, epochs=4)
     assert log["group_names"] == [[None], [None, "top"], [None, "top"], [None, "top", "rest"]]
     assert [training(epoch) for epoch in log["requires_grad"]] == [
         set(),
@@ -150,20 +135,7 @@ def test_gradual_unfreeze_with_layer_lr_decay_from_flags(data, tmp_path):
 
 
 def test_gradual_unfreeze_from_the_example_config(data, tmp_path):
-    args = [
-        "fit",
-        "--config",
-        str(EXAMPLES / "configs" / "gradual_unfreeze.yaml"),
-        f"--data.train_folder={data / 'train'}",
-        f"--data.val_folder={data / 'val'}",
-        "--model.image_size=16",
-        "--trainer.max_epochs=3",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-        TrainableLog.callbacks_flag(tmp_path / "log.json"),
-    ]
-    assert main(args) == 0
-    log = TrainableLog.read(tmp_path / "log.json")
+    log = fit_example("gradual_unfreeze.yaml", data, tmp_path, epochs=3)
     assert [training(epoch) for epoch in log["requires_grad"]] == [
         set(),
         {"backbone.layer4"},
