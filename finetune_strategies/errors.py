@@ -93,3 +93,8 @@ class AdapterError(FinetuningError, ValueError):
 class FrozenWeightsError(CheckpointError):
     """A checkpoint that keeps only trained weights is loaded onto other frozen weights than it was
     trained on (their SHA-256 fingerprints differ), or onto a model that lacks them."""
+
+
+class UsageError(FinetuningError, ValueError):
+    """A command line or config file that cannot run as given: a missing setting, or a value that the
+    model, data, strategy or trainer rejected when the CLI built them. The CLI exits with status 2."""

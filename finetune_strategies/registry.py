@@ -115,10 +115,10 @@ def load_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise StrategySpecError(f"Strategy file {str(file)!r} must end in {', '.join(SPEC_FILE_SUFFIXES)}.")
     if not file.is_file():
         raise StrategySpecError(f"Strategy file {str(file)!r} does not exist.")
-    text = file.read_text()
     try:
+        text = file.read_text(encoding="utf-8")
         data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise StrategySpecError(f"Cannot parse strategy file {str(file)!r}: {error}") from None
     if not isinstance(data, Mapping) or "strategy" not in data:
         raise StrategySpecTypeError(

@@ -11,12 +11,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from finetune_strategies import _lightning
 from finetune_strategies.checkpoints import guard_resume
+from finetune_strategies.errors import ConfigurationError
 from finetune_strategies.finetuner import Finetuner
+from finetune_strategies.plan import SchedulePlan, describe_schedule
 from finetune_strategies.registry import StrategySpec
 
 
 class Trainer(pl.Trainer):
-    """``lightning.pytorch.Trainer`` plus :meth:`finetune`."""
+    """``lightning.pytorch.Trainer`` plus :meth:`finetune` and :meth:`explain`."""
 
     def finetune(
         self,
@@ -49,6 +51,29 @@ class Trainer(pl.Trainer):
             val_dataloaders=val_dataloaders,
             datamodule=datamodule,
             ckpt_path=ckpt_path,
+        )
+
+    def explain(
+        self,
+        model: pl.LightningModule,
+        strategy: StrategySpec = "no_freeze",
+        *,
+        steps_per_epoch: int = 1,
+        **strategy_options: Any,
+    ) -> SchedulePlan:
+        """Show what trains, epoch by epoch, for this trainer's ``max_epochs``, without training.
+
+        The plan of ``strategy`` on ``model`` as :func:`~finetune_strategies.plan.describe_schedule` makes
+        it: by the strategy's own code, with the model's own optimizer and LR schedulers.
+        ``steps_per_epoch`` is how often step-interval schedulers step in an epoch.
+        """
+        if self.max_epochs is None or self.max_epochs < 1:
+            raise ConfigurationError(
+                f"explain plans the trainer's max_epochs epochs, and it is {self.max_epochs}: create the Trainer "
+                "with max_epochs=N (on the command line: --trainer.max_epochs N)."
+            )
+        return describe_schedule(
+            model, strategy, max_epochs=self.max_epochs, steps_per_epoch=steps_per_epoch, **strategy_options
         )
 
     def fit(

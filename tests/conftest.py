@@ -118,6 +118,14 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+@pytest.fixture
+def in_tmp_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the test in its ``tmp_path``: LightningCLI writes config.yaml and logs to the working directory.
+    CLI test modules use it for every test: ``pytestmark = pytest.mark.usefixtures("in_tmp_path")``."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 class TinyViT(pl.LightningModule):
     """A timm ViT (4 blocks, 32 px, random weights) as ``backbone`` and a linear head; SGD over trainable
     parameters, with an optional scheduler factory as in :class:`TinyClassifier`."""
