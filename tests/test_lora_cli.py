@@ -65,7 +65,7 @@ def test_fit_lora_then_export_a_plain_timm_backbone(tmp_path: Path, monkeypatch:
 
 def test_a_bad_export_name_fails_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(fit_args(tmp_path, "--strategy", "lora", f"--export={tmp_path / 'vit.txt'}")) == 1
+    assert main(fit_args(tmp_path, "--strategy", "lora", f"--export={tmp_path / 'vit.txt'}")) == 2  # a usage error
     error = capsys.readouterr().err
     assert "--export" in error
     assert ".safetensors" in error
