@@ -7,11 +7,16 @@ training samples per rank, so that buffers are compared too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -144,11 +149,65 @@ def shutdown() -> None:
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment for a launched script: this checkout first on the path, one thread a rank."""
+    """The environment for a launched script: this checkout first on the path, one thread a rank, and
+    faulthandler on, so that SIGABRT makes every rank print its Python stack (see :func:`finish`)."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONFAULTHANDLER"] = "1"
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
         env.pop(key, None)
     return env
+
+
+def launch(*args: str, merge_output: bool = False) -> subprocess.Popen[str]:
+    """Start ``python ARGS`` in a process group of its own: the ranks Lightning starts join it."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # every process of the group has ended
+        os.killpg(process.pid, sig)
+
+
+def fail_with_stacks(process: subprocess.Popen[str], why: str) -> None:
+    """Make every process of ``process``'s group print its Python stack and end, then fail the test with
+    what they printed."""
+    stop_group(process, signal.SIGABRT)  # faulthandler prints each rank's stack, then the rank aborts
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stop_group(process, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    stop_group(process, signal.SIGKILL)  # a rank that ignored SIGABRT
+    pytest.fail(
+        f"{' '.join(map(str, process.args))}: {why}; each rank's Python stack is in its output.\n"
+        f"--- stdout ---\n{(stdout or '')[-6000:]}\n--- stderr ---\n{(stderr or '')[-12000:]}",
+        pytrace=False,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a launched script; past ``timeout`` seconds fail the test with every rank's output and stack."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        fail_with_stacks(process, f"did not finish in {timeout:.0f} s")
+        raise  # not reached: pytest.fail raises
+    stop_group(process, signal.SIGKILL)  # no rank outlives its launcher
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` to the end and assert it succeeded; a hang fails with the ranks' stacks."""
+    result = finish(launch(*args), timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result

@@ -5,8 +5,6 @@ One launch of ``ddp_scenarios.py`` runs every scenario; the tests read what each
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from ddp_helpers import (
     load_ranks,
     make_callback,
     make_trainer,
-    subprocess_env,
+    run_script,
 )
 
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
@@ -42,14 +40,7 @@ CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "all"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_script(str(SCRIPT), str(out), "all", timeout=600)
     return out
 
 
