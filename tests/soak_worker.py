@@ -27,8 +27,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from conftest import TinyClassifier
 from ddp_helpers import make_trainer, shutdown
 from torch import nn
+from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from finetune_strategies import GradualUnfreeze
@@ -40,23 +42,14 @@ SETTLE = 3
 WIDTH = 8
 
 
-class Deep(pl.LightningModule):
+class Deep(TinyClassifier):
+    """``layers`` small Linear layers as the backbone; SGD with momentum and a StepLR scheduler."""
+
     def __init__(self, layers: int) -> None:
-        super().__init__()
+        super().__init__(lr=0.01, scheduler=lambda optimizer: StepLR(optimizer, 1, gamma=0.999))
         torch.manual_seed(0)
         self.backbone = nn.Sequential(*(nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh()) for _ in range(layers)))
         self.head = nn.Linear(WIDTH, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.999)}
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(0)

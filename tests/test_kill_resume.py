@@ -16,7 +16,7 @@ from ddp_helpers import fail_with_stacks, launch, run_script, stop_group
 
 from finetune_strategies.checkpoints import check_file
 from finetune_strategies.errors import CheckpointError
-from finetune_strategies.transfer.progress import STATE_FILE, Progress
+from finetune_strategies.transfer.progress import STATE_FILE, Progress, StageResult
 
 WORKER = Path(__file__).with_name("kill_resume_worker.py")
 
@@ -100,33 +100,34 @@ def test_the_kill_lands_mid_write_an_in_place_write_loses_last_ckpt(tmp_path: Pa
         check_file(tmp_path / "run_ckpt" / "last.ckpt")
 
 
-# Records stage `index` of a transfer run in the folder argv[1]; with argv[2] == "stall", it stops
-# after the new record is written to the partial file, before the rename, and waits to be killed.
-RECORD_STAGE = """
+# Records stage `index` of a transfer run in the folder argv[1], but stops after the new record is
+# written to the partial file, before the rename, and waits to be killed.
+RECORD_STAGE_AND_STALL = """
 import os, sys, time
 from pathlib import Path
 from finetune_strategies.transfer.progress import Progress, StageResult
 folder = Path(sys.argv[1])
-if sys.argv[2] == "stall":
-    def stall(fd):
-        (folder / "ready").write_text("ready")
-        time.sleep(600)
-    os.fsync = stall
+def stall(fd):
+    (folder / "ready").write_text("ready")
+    time.sleep(600)
+os.fsync = stall
 index = len(Progress(folder).records)
 Progress(folder).add(StageResult(index, f"stage{index}", (), 1, 0, str(folder / "final.ckpt"), "fp"))
 """
 
 
+def record_stage(folder: Path) -> None:
+    index = len(Progress(folder).records)
+    Progress(folder).add(StageResult(index, f"stage{index}", (), 1, 0, str(folder / "final.ckpt"), "fp"))
+
+
 def test_sigkill_while_recording_a_stage_keeps_the_previous_record(tmp_path: Path) -> None:
     (tmp_path / "final.ckpt").write_bytes(b"")
-    run_script("-c", RECORD_STAGE, str(tmp_path), "-", timeout=300)
-    kill_when_ready(launch("-c", RECORD_STAGE, str(tmp_path), "stall", merge_output=True), tmp_path / "ready")
+    record_stage(tmp_path)
+    kill_when_ready(launch("-c", RECORD_STAGE_AND_STALL, str(tmp_path), merge_output=True), tmp_path / "ready")
     partial = tmp_path / f".{STATE_FILE}.partial"
-    assert [r["name"] for r in json.loads(partial.read_text())["stages"]] == [
-        "stage0",
-        "stage1",
-    ]  # written, not renamed
+    assert [r["name"] for r in json.loads(partial.read_text())["stages"]] == ["stage0", "stage1"]  # not renamed
     assert [r.name for r in Progress(tmp_path).records] == ["stage0"]  # the record as it was
-    run_script("-c", RECORD_STAGE, str(tmp_path), "-", timeout=300)
+    record_stage(tmp_path)
     assert [r.name for r in Progress(tmp_path).records] == ["stage0", "stage1"]
     assert not partial.exists()
