@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +183,27 @@ def stop_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
         os.killpg(process.pid, sig)
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of process group ``pgid``, from /proc (empty where there is none)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return sorted(members)
+
+
 def fail_with_stacks(process: subprocess.Popen[str], why: str) -> None:
     """Make every process of ``process``'s group print its Python stack and end, then fail the test with
     what they printed."""
-    stop_group(process, signal.SIGABRT)  # faulthandler prints each rank's stack, then the rank aborts
+    # faulthandler prints a rank's stack on SIGABRT, then the rank aborts; one at a time, so that the
+    # stacks do not interleave on the shared stderr
+    for pid in group_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
+    stop_group(process, signal.SIGABRT)
     try:
         stdout, stderr = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:

@@ -16,6 +16,9 @@ from ddp_helpers import (
     Data,
     Dump,
     Net,
+    finish,
+    group_members,
+    launch,
     load_ranks,
     make_callback,
     make_trainer,
@@ -129,3 +132,23 @@ def test_resume_without_the_resync_would_diverge(runs: Path) -> None:
     """The power check for the resume path: the same resume with our DDP sync switched off."""
     unsynced = load_ranks(runs / "resume_unsynced")
     assert cross_rank_diffs(unsynced)[0] > 1e-4
+
+
+HUNG_RANKS = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # rank 1"])
+time.sleep(600)  # rank 0
+"""
+
+
+def test_a_hung_launch_fails_with_every_ranks_stack() -> None:
+    """A hang reads as a failure with a cause: each process's Python stack, and none left running."""
+    process = launch("-c", HUNG_RANKS)
+    with pytest.raises(pytest.fail.Exception) as failure:
+        finish(process, timeout=20)
+    message = str(failure.value)
+    assert "did not finish in 20 s" in message
+    assert message.count("Fatal Python error: Aborted") == 2  # both processes printed their stack
+    assert 'File "<string>", line 1 in <module>' in message  # rank 1, in its sleep
+    assert 'File "<string>", line 4 in <module>' in message  # rank 0, in its sleep
+    assert group_members(process.pid) == []  # no process of the launch is left running
