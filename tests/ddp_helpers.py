@@ -7,13 +7,17 @@ training samples per rank, so that buffers are compared too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -197,27 +201,96 @@ def load_ranks(path: Path) -> list[dict[str, Any]]:
 
 
 def shutdown() -> None:
-    """End the process group before exit: a gloo group torn down at interpreter exit can abort."""
+    """End a launched script's rank once every rank is done: a barrier, then exit without tearing down
+    the gloo group. ``destroy_process_group`` hung at this point in 2 of 3 runs with torch 2.1 and
+    Lightning 2.6.0, and a group torn down at interpreter exit can abort; neither is under test."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python *args`` from the checkout root, in :func:`subprocess_env`, with its output captured."""
-    root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, *args]
-    return subprocess.run(command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment for a launched script: this checkout first on the path, one thread a rank."""
+    """The environment for a launched script: this checkout first on the path, one thread a rank, and
+    faulthandler on, so that SIGABRT makes every rank print its Python stack (see :func:`finish`)."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONFAULTHANDLER"] = "1"
     # PL_GLOBAL_SEED: a LightningCLI run in the test process seeds and exports it; under DDP Lightning would
     # reseed each rank from it after the model is built (peft's adapter init would then differ)
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED"):
         env.pop(key, None)
     return env
+
+
+def launch(*args: str, merge_output: bool = False) -> subprocess.Popen[str]:
+    """Start ``python ARGS`` in a process group of its own: the ranks Lightning starts join it."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=Path(__file__).resolve().parents[1],  # the checkout root: `-m benchmarks...` resolves
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # every process of the group has ended
+        os.killpg(process.pid, sig)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of process group ``pgid``, from /proc (empty where there is none)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return sorted(members)
+
+
+def fail_with_stacks(process: subprocess.Popen[str], why: str) -> None:
+    """Make every process of ``process``'s group print its Python stack and end, then fail the test with
+    what they printed."""
+    # faulthandler prints a rank's stack on SIGABRT, then the rank aborts; one at a time, so that the
+    # stacks do not interleave on the shared stderr
+    for pid in group_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
+    stop_group(process, signal.SIGABRT)
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stop_group(process, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    stop_group(process, signal.SIGKILL)  # a rank that ignored SIGABRT
+    pytest.fail(
+        f"{' '.join(map(str, process.args))}: {why}; each rank's Python stack is in its output.\n"
+        f"--- stdout ---\n{(stdout or '')[-6000:]}\n--- stderr ---\n{(stderr or '')[-12000:]}",
+        pytrace=False,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a launched script; past ``timeout`` seconds fail the test with every rank's output and stack."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        fail_with_stacks(process, f"did not finish in {timeout:.0f} s")
+        raise  # not reached: pytest.fail raises
+    stop_group(process, signal.SIGKILL)  # no rank outlives its launcher
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` to the end and assert it succeeded; a hang fails with the ranks' stacks."""
+    result = finish(launch(*args), timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
