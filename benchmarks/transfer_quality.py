@@ -15,20 +15,31 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_strategies.demo.experiment import DemoResult, DemoSettings, run_demo
+from finetune_strategies.demo.experiment import DemoResult, DemoSettings, Recipe, run_demo
 from finetune_strategies.demo.report import save_plot, summary
 
 SMOKE_SEEDS = (0, 1)
+LORA_RANK = 8
+
+
+@dataclass(frozen=True)
+class QualitySettings(DemoSettings):
+    """The demo's runs plus a ``lora`` row (adapters in the frozen backbone's convolutions, with the head)."""
+
+    def recipes(self) -> list[Recipe]:
+        schedule = f"LoRA r={LORA_RANK} on the frozen backbone's convolutions, with the head"
+        return [*super().recipes(), Recipe("lora", {"strategy": "lora", "r": LORA_RANK}, schedule)]
 
 
 def settings(smoke: bool, seeds: Sequence[int] | None = None) -> DemoSettings:
     """The demo's settings (fast ones with ``smoke``), with at least 5 seeds unless ``smoke``."""
     if smoke:
-        return DemoSettings.fast(seeds=tuple(seeds or SMOKE_SEEDS))
-    return DemoSettings(seeds=tuple(seeds)) if seeds else DemoSettings()
+        return QualitySettings.fast(seeds=tuple(seeds or SMOKE_SEEDS))
+    return QualitySettings(seeds=tuple(seeds)) if seeds else QualitySettings()
 
 
 def summarize(result: DemoResult) -> list[dict[str, Any]]:

@@ -1,11 +1,15 @@
 """Flash-style fine-tuning strategies for Lightning 2.x."""
 
+from finetune_strategies.adapters import merge_adapters
 from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
 from finetune_strategies.drift import DriftMonitor, plot_drift
 from finetune_strategies.errors import (
+    AdapterError,
     CheckpointError,
     ConfigurationError,
     FinetuningError,
+    FrozenWeightsError,
+    MissingDependencyError,
     MissingModuleError,
     ResumeMismatchError,
     ScheduleError,
@@ -15,6 +19,7 @@ from finetune_strategies.errors import (
 )
 from finetune_strategies.finetuner import Finetuner
 from finetune_strategies.layers import Layer, LayerUnit, list_layers, name_parameters
+from finetune_strategies.lora import Lora
 from finetune_strategies.monitor import EpochRecord, TrainableMonitor
 from finetune_strategies.plan import EpochPlan, SchedulePlan, describe_schedule
 from finetune_strategies.registry import (
@@ -35,6 +40,7 @@ from finetune_strategies.strategies import (
     Phases,
     UnfreezeMilestones,
 )
+from finetune_strategies.trainable_only import complete_checkpoint
 from finetune_strategies.trainer import Trainer
 from finetune_strategies.wise_ft import WiSEFT, WiSEFTResult, wise_ft
 
@@ -42,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LPFT",
+    "AdapterError",
     "CheckpointError",
     "ConfigurationError",
     "DriftMonitor",
@@ -53,9 +60,12 @@ __all__ = [
     "FlashBaseFinetuning",
     "Freeze",
     "FreezeUnfreeze",
+    "FrozenWeightsError",
     "GradualUnfreeze",
     "Layer",
     "LayerUnit",
+    "Lora",
+    "MissingDependencyError",
     "MissingModuleError",
     "NoFreeze",
     "Phase",
@@ -76,8 +86,10 @@ __all__ = [
     "WiSEFTResult",
     "__version__",
     "available_strategies",
+    "complete_checkpoint",
     "describe_schedule",
     "list_layers",
+    "merge_adapters",
     "name_parameters",
     "plot_drift",
     "register_strategy",

@@ -19,7 +19,7 @@ returns; each built-in is a short preset of it. The callback composes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypedDict
 
 import lightning.pytorch as pl
@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from finetune_strategies import compat, distributed
+from finetune_strategies import compat, distributed, trainable_only
 from finetune_strategies.batchnorm import BatchNormPolicy, own_parameters
 from finetune_strategies.errors import (
     ConfigurationError,
@@ -85,6 +85,7 @@ class StrategyOptions(TypedDict, total=False):
     restore_best: bool
     l2_sp: float | None
     l2_sp_beta: float | None
+    save_trainable_only: bool | None
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -131,14 +132,20 @@ class FinetuningStrategy(BaseFinetuning):
             :mod:`finetune_strategies.regularizers`). Keeps one copy of those weights. ``None``: off.
         l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
             that train (the head).
+        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
+            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
+            (see :mod:`finetune_strategies.trainable_only`). ``None`` uses the strategy's default: on for
+            ``lora``, off for the others.
     """
 
     metadata_example: ClassVar[str] = ""
     """How the ``(name, metadata)`` spec of this strategy looks, for error messages."""
     default_layer_unit: ClassVar[LayerUnit] = "blocks"
     """The layer unit when ``layer_unit`` is not given."""
+    default_save_trainable_only: ClassVar[bool] = False
+    """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
 
-    _trainer: pl.Trainer | None
+    _fit_trainer: pl.Trainer | None
     _pl_module: pl.LightningModule | None
     _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
     _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
@@ -153,6 +160,7 @@ class FinetuningStrategy(BaseFinetuning):
     _cache: CacheSession
     _hook: OptimizerHook
     _l2sp: L2SP
+    _undo_on_load: Callable[[], None]
 
     def __init__(
         self,
@@ -176,6 +184,7 @@ class FinetuningStrategy(BaseFinetuning):
         restore_best: bool = True,
         l2_sp: float | None = None,
         l2_sp_beta: float | None = None,
+        save_trainable_only: bool | None = None,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -195,6 +204,11 @@ class FinetuningStrategy(BaseFinetuning):
         self.plateau: Plateau | None = plateau if monitor is not None else None
         penalty = L2SP(l2_sp, l2_sp_beta)  # checks them
         self.l2_sp, self.l2_sp_beta = penalty.alpha, penalty.beta
+        self.save_trainable_only = (
+            self.default_save_trainable_only
+            if save_trainable_only is None
+            else check_bool("save_trainable_only", save_trainable_only)
+        )
         self._reset()
 
     @classmethod
@@ -281,14 +295,14 @@ class FinetuningStrategy(BaseFinetuning):
             optimizer.state.clear()
         if phase.lr_scheduler is not None:
             self._install_scheduler(phase, optimizer)
-        if self._progress.finished and self._trainer is not None:
-            hold_early_stopping(self._trainer)  # the last phase: EarlyStopping counts from here
+        if self._progress.finished and self._fit_trainer is not None:
+            hold_early_stopping(self._fit_trainer)  # the last phase: EarlyStopping counts from here
 
     def _install_scheduler(self, phase: Phase, optimizer: Optimizer) -> None:
         """The phase's scheduler replaces the optimizer's: each group keeps its current lr as its base, so
         every group keeps its ratio; lengths it leaves out (``T_max``, ``total_steps``) span the rest of the run."""
-        epochs, steps = remaining_run(self._trainer, self._epoch, self._run)
-        built = phase.lr_scheduler.build(optimizer, self._trainer, epochs=epochs, total_steps=steps)
+        epochs, steps = remaining_run(self._fit_trainer, self._epoch, self._run)
+        built = phase.lr_scheduler.build(optimizer, self._fit_trainer, epochs=epochs, total_steps=steps)
         replace_schedulers(self._lr_configs, optimizer, LRSchedulerConfig(**built))
 
     # ------------------------------------------------------------------ what the current (or last) fit holds
@@ -386,6 +400,7 @@ class FinetuningStrategy(BaseFinetuning):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
+            self._undo_on_load = trainable_only.complete_on_load(pl_module)  # a checkpoint may leave weights out
             return
         self._reset()
         others = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning) and c is not self]  # type: ignore[attr-defined]
@@ -402,9 +417,10 @@ class FinetuningStrategy(BaseFinetuning):
             )
         if deepspeed and trainer.strategy.zero_stage_3:  # type: ignore[attr-defined]
             raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
-        self._trainer = trainer
+        self._fit_trainer = trainer
         self.prepare(pl_module)
         self._l2sp.check(trainer, type(self).__name__)
+        self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         phases = self._progress.phases
         check_validation(trainer, pl_module, [p.after for p in phases if p.after is not None], type(self).__name__)
         per_phase = [p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state]
@@ -462,6 +478,7 @@ class FinetuningStrategy(BaseFinetuning):
         optimizer = trainer.optimizers[self.optimizer_index]
         self.advance(pl_module, trainer.current_epoch, optimizer)
         distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
+        self._checkpoints.note(pl_module)
         if self.cache_features:
             self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._progress.started))
         if not self.preregister_groups:  # remember the groups by parameter name, for resume
@@ -498,7 +515,20 @@ class FinetuningStrategy(BaseFinetuning):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
+        self._undo_on_load()
         self.finish()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # DeepSpeed writes the module's weights itself, from its engine
+        trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
+        self._checkpoints.save(pl_module, checkpoint, trainable)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoints.restore(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         progress = self._progress.state_dict()
@@ -523,7 +553,7 @@ class FinetuningStrategy(BaseFinetuning):
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
         self._pl_module = None
-        self._trainer = None
+        self._fit_trainer = None
         self._module_names = {}
         self._unfrozen = []
         self._lr_configs = []
@@ -536,6 +566,8 @@ class FinetuningStrategy(BaseFinetuning):
         self._cache = CacheSession(self.cache_max_bytes)
         self._hook = OptimizerHook(lambda optimizers, configs: None)
         self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
+        self._checkpoints = trainable_only.TrainableOnlySession()
+        self._undo_on_load = lambda: None
 
 
 FlashBaseFinetuning = FinetuningStrategy

@@ -121,14 +121,9 @@ def plan_groups(
     return plans
 
 
-def present_in(optimizer: Optimizer) -> set[int]:
-    """Ids of every parameter ``optimizer`` holds."""
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
-
-
 def not_in_optimizer(optimizer: Optimizer, params: Iterable[Any]) -> list[Any]:
     """``params`` that ``optimizer`` does not hold yet, once each, compared by identity (not by value)."""
-    present = present_in(optimizer)
+    present = {id(p) for group in optimizer.param_groups for p in group["params"]}
     kept: list[Any] = []
     for param in params:
         if id(param) not in present:

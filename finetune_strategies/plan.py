@@ -10,6 +10,7 @@ settings are put back afterwards; its weights are never changed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable, Iterable
@@ -205,6 +206,8 @@ def describe_schedule(
             f"describe_schedule plans finetune-strategies strategies; {type(callback).__name__} is another "
             "BaseFinetuning callback."
         )
+    if getattr(callback, "injects_adapters", False):
+        model = copy.deepcopy(model)  # plan on a copy: the strategy adds adapter modules to the model
     flags = _Flags(model)
     logger = logging.getLogger("lightning.pytorch")
     level = logger.level

@@ -1,6 +1,6 @@
 """Run ``*_deepspeed`` strategies under the real DeepSpeed engine, ZeRO stage 1 and 2, on 2 ranks.
 
-    python tests/deepspeed_scenarios.py OUTDIR
+    python tests/deepspeed_scenarios.py OUTDIR [SCENARIO ...]
     python tests/deepspeed_scenarios.py OUTDIR l2_sp_refused   # one rank: L2-SP is refused at setup
 
 With a GPU per rank Lightning's own ``DeepSpeedStrategy`` runs; elsewhere ``CPUDeepSpeedStrategy``
@@ -24,11 +24,15 @@ SCENARIOS = {
     "stage1_freeze_unfreeze": (1, "freeze_unfreeze_deepspeed"),
     "stage2_milestones": (2, "unfreeze_milestones_deepspeed"),
 }
+LORA_SCENARIOS = {"stage2_lora": (2, "lora_deepspeed_unfreeze")}  # tests/test_lora_deepspeed.py (needs peft)
 SAMPLES = 16  # 2 steps an epoch: DeepSpeed steps are slow on CPU
 
 
-def main(out: Path) -> None:
-    for name, (stage, callback) in SCENARIOS.items():
+def main(out: Path, names: list[str]) -> None:
+    if names == ["l2_sp_refused"]:
+        l2_sp_refused(out)
+    chosen = {**SCENARIOS, **LORA_SCENARIOS}
+    for name, (stage, callback) in ((n, chosen[n]) for n in names or SCENARIOS):
         accelerator, strategy = deepspeed_strategy(stage, WORLD)
         trainer = make_trainer(
             3, accelerator=accelerator, devices=WORLD, strategy=strategy, callbacks=[Dump(out / name)]
@@ -38,7 +42,8 @@ def main(out: Path) -> None:
         engine = type(trainer.strategy.model).__name__
         optimizer = type(trainer.optimizers[0]).__name__
         torch.save({"engine": engine, "optimizer": optimizer}, out / f"{name}.engine.rank{trainer.global_rank}.pt")
-    resume_after_unfreeze(out)
+    if not names:
+        resume_after_unfreeze(out)
     shutdown()
 
 
@@ -81,7 +86,4 @@ def l2_sp_refused(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[2:] == ["l2_sp_refused"]:
-        l2_sp_refused(Path(sys.argv[1]))
-    else:
-        main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:])

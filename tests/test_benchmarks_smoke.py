@@ -21,8 +21,8 @@ from benchmarks.measure import CpuMeter, Sample  # noqa: E402
 from benchmarks.records import quiet  # noqa: E402
 from benchmarks.run import parse_args  # noqa: E402
 from benchmarks.targets import Target  # noqa: E402
+from benchmarks.transfer_quality import settings  # noqa: E402
 from benchmarks.variants import variants  # noqa: E402
-from finetune_strategies.demo import DemoSettings  # noqa: E402
 
 VERDICTS = {"pass", "within noise", "miss", "inconclusive (busy)"}
 
@@ -200,7 +200,7 @@ def test_transfer_quality_files(smoke: tuple[dict, str, str]) -> None:
     out = Path(smoke[2])
     payload = json.loads((out / "transfer_quality.json").read_text())
     names = [row["strategy"] for row in payload["rows"]]
-    assert names == DemoSettings.fast().row_names()
+    assert names == settings(smoke=True).row_names()
     for row in payload["rows"]:
         assert row["seeds"] == [0, 1]
         assert 0.0 <= row["test_acc"]["mean"] <= 1.0

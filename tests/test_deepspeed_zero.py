@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import WORLD, Data, Net, launch, load_ranks, make_callback, make_trainer
+from ddp_helpers import WORLD, Data, Net, load_ranks, make_callback, make_trainer, run_script
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed: pip install 'finetune-strategies[deepspeed]'")
 
@@ -24,7 +24,7 @@ BACKBONE = {"0": "backbone.0.", "1": "backbone.1.", "3": "backbone.3."}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deepspeed")
-    launch(SCRIPT, str(out), timeout=900)
+    run_script(str(SCRIPT), str(out), timeout=900)
     return out
 
 
@@ -93,7 +93,7 @@ def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path) -> 
 
 
 def test_l2_sp_is_refused_at_setup_under_deepspeed(tmp_path: Path) -> None:
-    launch(SCRIPT, str(tmp_path), "l2_sp_refused")
+    run_script(str(SCRIPT), str(tmp_path), "l2_sp_refused", timeout=600)
     outcome = torch.load(tmp_path / "l2_sp_refused.pt")
     assert "partitions gradients across ranks" in outcome["message"]
     assert "Train with DDP" in outcome["message"]

@@ -25,7 +25,16 @@ from finetune_strategies import (
     unregister_strategy,
 )
 
-BUILT_INS = ["freeze", "freeze_unfreeze", "gradual_unfreeze", "lp_ft", "no_freeze", "phases", "unfreeze_milestones"]
+BUILT_INS = [
+    "freeze",
+    "freeze_unfreeze",
+    "gradual_unfreeze",
+    "lora",
+    "lp_ft",
+    "no_freeze",
+    "phases",
+    "unfreeze_milestones",
+]
 
 
 def test_available_strategies_lists_built_ins_and_deepspeed_variants() -> None:

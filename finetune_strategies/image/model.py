@@ -7,6 +7,7 @@ a strategy can add the backbone as a new param group when it unfreezes it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from finetune_strategies import _lightning
+from finetune_strategies.adapters import merge_adapters, tuner_modules
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weights import save_weights
 from finetune_strategies.optim import LIGHTNING_KEYS, OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
+from finetune_strategies.trainable_only import complete_checkpoint, record_adapters
 from finetune_strategies.validation import check_int, check_positive_float
 
 
@@ -119,8 +122,21 @@ class ImageClassifier(pl.LightningModule):
         return config
 
     def save_backbone(self, path: str | Path) -> Path:
-        """Save the backbone's weights; ``pretrained=path`` loads them into a new classifier."""
-        return save_weights(self.backbone, path)
+        """Save the backbone's weights; ``pretrained=path`` loads them into a new classifier, and timm
+        (``pretrained_cfg_overlay={"file": path}``) or torchvision (``load_state_dict``, without the
+        classifier) into the plain architecture. Adapters (``lora``) are merged into a copy first, so the
+        file holds the plain architecture's weights and the model keeps its adapters."""
+        backbone = merge_adapters(copy.deepcopy(self.backbone)) if tuner_modules(self.backbone) else self.backbone
+        return save_weights(backbone, path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""
+        record_adapters(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild what a checkpoint that keeps only trained weights left out (see
+        :mod:`finetune_strategies.trainable_only`), so that ``load_from_checkpoint`` reads it."""
+        complete_checkpoint(self, checkpoint)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
