@@ -443,7 +443,7 @@ def _run(
     run.seconds, run.cpu_seconds = seconds, cpu_seconds
     run.drift = drift.history if recipe.pretrained else []
     run.test_acc = _test_accuracy(model, data)
-    run.pretrain_task_acc = forgetting.accuracy(model.backbone) if recipe.pretrained else None
+    run.pretrain_task_acc = forgetting.accuracy(model.plain_backbone()) if recipe.pretrained else None
     if not recipe.wise_ft:
         return [run]
     theta0 = {f"backbone.{name}": value for name, value in read_weights(pretrained.backbone).items()}
