@@ -7,7 +7,9 @@ training samples per rank, so that buffers are compared too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,11 @@ import lightning.pytorch as pl
 import torch
 from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -27,6 +33,7 @@ EPOCHS = 3
 SAMPLES = 32
 GLOBAL_BATCH = 8
 WORLD = 2
+FSDP1_PREFIX = "_fsdp_wrapped_module."
 
 
 class Net(pl.LightningModule):
@@ -128,6 +135,17 @@ SCHEDULES: dict[str, Any] = {
     "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
     "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
 }
+PHASE_SCHEDULER: dict[str, Any] = {
+    "strategy": "phases",
+    "phases": [
+        {
+            "epoch": 1,
+            "lr_scheduler": {"class_path": "StepLR", "init_args": {"step_size": 1, "gamma": 0.5}},
+            "reset_optimizer_state": True,
+        }
+    ],
+}
+"""A phase with its own LR scheduler that also resets the optimizer state."""
 """Schedules as data, with layer-wise lr decay, run by name like the other scenarios."""
 
 
@@ -170,26 +188,105 @@ def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
     return Trainer(max_epochs=max_epochs, **{**QUIET_TRAINER, "limit_val_batches": 0, **kwargs})
 
 
+class ShardedNet(Net):
+    """:class:`Net` under FSDP2 (``ModelParallelStrategy``): every layer with parameters is its own
+    ``fully_shard`` unit, then the whole model, as Lightning's docs apply it in ``configure_model``."""
+
+    def configure_model(self) -> None:
+        mesh = self.device_mesh["data_parallel"]
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.LayerNorm)):
+                fully_shard(module, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+def fsdp2(**kwargs: Any) -> ModelParallelStrategy:
+    """FSDP2 over the :data:`WORLD` ranks: data parallel only (no tensor parallelism)."""
+    return ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1, **kwargs)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached copy of the whole tensor: a DTensor (FSDP2) is gathered from every rank (a collective)."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().clone()
+
+
+def clean(name: str) -> str:
+    """A parameter's name as the LightningModule defines it: without FSDP1's wrapper modules."""
+    return name.replace(FSDP1_PREFIX, "")
+
+
+def full_state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, whole, on every rank: FSDP2's shards, FSDP1's flat shards and ZeRO-3's
+    partitions gathered (collectives: every rank calls it)."""
+    if isinstance(trainer.strategy, FSDPStrategy):
+        with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+            named = [*pl_module.named_parameters(), *pl_module.named_buffers()]
+            return {clean(k): v.detach().clone() for k, v in named}
+    gather: Any = contextlib.nullcontext()
+    if getattr(trainer.strategy, "zero_stage_3", False):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(pl_module.parameters()))
+    with gather:
+        return {k: full(v) for k, v in pl_module.state_dict().items()}
+
+
+def full_optimizer_state(trainer: pl.Trainer) -> dict[str, Any]:
+    """The optimizer's state dict; under FSDP keyed by parameter name with whole tensors (a collective)."""
+    optimizer = trainer.optimizers[0]
+    if isinstance(trainer.strategy, ModelParallelStrategy):
+        options = StateDictOptions(full_state_dict=True)
+        return dict(get_optimizer_state_dict(trainer.strategy.model, optimizer, options=options))
+    if isinstance(trainer.strategy, FSDPStrategy):
+        state = FullyShardedDataParallel.optim_state_dict(trainer.strategy.model, optimizer)
+        return {**state, "state": {clean(k): v for k, v in state["state"].items()}}
+    return optimizer.state_dict()
+
+
 class Dump(pl.Callback):
-    """Each epoch: a copy of every parameter and buffer; at the end, the optimizer state too."""
+    """Each epoch: a copy of every parameter and buffer, and which parameters got a gradient and have
+    optimizer state; at the end, the optimizer state too. Sharded engines are gathered (:func:`full_state`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.initial: dict[str, torch.Tensor] = {}
         self.epochs: list[dict[str, torch.Tensor]] = []
+        self.grads: list[dict[str, tuple[int, int]]] = []
+        self.optimizer_state: list[list[str]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.initial = full_state(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epochs.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+        self.epochs.append(full_state(trainer, pl_module))
+        # (local, whole) element counts of every gradient the epoch's last backward left
+        named = [(clean(n), p) for n, p in pl_module.named_parameters()]
+        self.grads.append({n: local_and_whole(p.grad) for n, p in named if p.grad is not None})
+        names = {id(p): n for n, p in named}
+        self.optimizer_state.append(sorted(names[id(p)] for p in trainer.optimizers[0].state if id(p) in names))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
+            "initial": self.initial,
             "epochs": self.epochs,
-            "final": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
-            "optimizer": trainer.optimizers[0].state_dict(),
-            "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+            "grads": self.grads,
+            "optimizer_state": self.optimizer_state,
+            "final": full_state(trainer, pl_module),
+            "optimizer": full_optimizer_state(trainer),
+            "groups": [(g.get("name"), g["lr"], len(g["params"])) for g in trainer.optimizers[0].param_groups],
+            "requires_grad": {clean(n): p.requires_grad for n, p in pl_module.named_parameters()},
             "transitions": [t.epoch for c in trainer.callbacks for t in getattr(c, "transitions", [])],
         }
         torch.save(state, self.path.with_name(f"{self.path.name}.rank{trainer.global_rank}.pt"))
+
+
+def local_and_whole(tensor: torch.Tensor) -> tuple[int, int]:
+    """How many elements of ``tensor`` this rank holds, and how many the whole tensor has."""
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.numel(), tensor.numel()
 
 
 def load_ranks(path: Path) -> list[dict[str, Any]]:
@@ -204,10 +301,45 @@ def shutdown() -> None:
 
 
 def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python *args`` from the checkout root, in :func:`subprocess_env`, with its output captured."""
+    """``python *args`` from the checkout root, in :func:`subprocess_env`, with its output captured. After
+    ``timeout`` seconds every process it started (the other ranks too) is killed and the test fails with
+    their output so far."""
+    import pytest
+
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, *args]
-    return subprocess.run(command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen(
+        command,
+        cwd=root,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the other ranks join this process group: one killpg ends them all
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(
+            f"{' '.join(args)} ran past {timeout:.0f} s; the output so far:\n{stdout[-4000:]}\n{stderr[-6000:]}"
+        )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def run_ranks(script: Path, *args: str, timeout: float) -> str:
+    """Run a multi-process ``script`` (Lightning starts the other ranks from it) with :func:`run_python`;
+    return the output of every rank, or fail the test with it if the script failed."""
+    import pytest
+
+    result = run_python(str(script), *args, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{script.name} {' '.join(args)} exited with {result.returncode}:\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result.stdout + result.stderr
 
 
 def subprocess_env() -> dict[str, str]:
@@ -221,3 +353,9 @@ def subprocess_env() -> dict[str, str]:
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED"):
         env.pop(key, None)
     return env
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)

@@ -1,6 +1,6 @@
 """A training run to kill with SIGKILL and resume, for ``test_kill_resume.py``.
 
-    python tests/kill_resume_worker.py {single|ddp|plateau} {killed|resume} DIR [KILL_EPOCH]
+    python tests/kill_resume_worker.py {single|ddp|fsdp2|plateau} {killed|resume} DIR [KILL_EPOCH]
 
 ``killed`` trains with ``ModelCheckpoint(save_last=True)`` and, two batches into epoch ``KILL_EPOCH``
 (default 2: after the unfreeze at epoch 1 and its checkpoint), writes ``DIR/ready`` and waits to be
@@ -26,6 +26,8 @@ from ddp_helpers import (
     Net,
     ScoredData,
     ScoredNet,
+    ShardedNet,
+    fsdp2,
     make_callback,
     make_trainer,
     shutdown,
@@ -50,12 +52,12 @@ class WaitToBeKilled(pl.Callback):
 
 
 def run(mode: str, out: Path, name: str, ckpt_path: str | None, *extra: pl.Callback) -> None:
-    ddp = mode == "ddp"
+    ddp = mode in {"ddp", "fsdp2"}
     checkpoint = ModelCheckpoint(dirpath=out / f"{name}_ckpt", save_last=True)
     trainer = make_trainer(
         EPOCHS + (mode == "plateau"),
         devices=WORLD if ddp else 1,
-        strategy="ddp" if ddp else "auto",
+        strategy={"ddp": "ddp", "fsdp2": fsdp2()}.get(mode, "auto"),
         enable_checkpointing=True,
         callbacks=[checkpoint, *extra],
         limit_val_batches=1.0 if mode == "plateau" else 0,
@@ -64,6 +66,9 @@ def run(mode: str, out: Path, name: str, ckpt_path: str | None, *extra: pl.Callb
     if mode == "plateau":
         scored = ScoredData(GLOBAL_BATCH)
         trainer.finetune(ScoredNet(), scored, strategy=resolve_strategy(PLATEAU), ckpt_path=ckpt_path)
+        return
+    if mode == "fsdp2":  # sharded checkpoints (folders); the unfreeze adds a param group
+        trainer.finetune(ShardedNet(), data, strategy=make_callback("freeze_unfreeze"), ckpt_path=ckpt_path)
         return
     strategy = make_callback("unfreeze_milestones" if ddp else "freeze_unfreeze")
     trainer.finetune(Net(), data, strategy=strategy, ckpt_path=ckpt_path)

@@ -5,8 +5,6 @@ One launch of ``ddp_scenarios.py`` runs every scenario; the tests read what each
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ from ddp_helpers import (
     load_ranks,
     make_callback,
     make_trainer,
-    subprocess_env,
+    max_diff,
+    run_ranks,
 )
 
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
@@ -44,14 +43,7 @@ CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "all"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_ranks(SCRIPT, str(out), "all", timeout=600)
     return out
 
 
@@ -65,11 +57,6 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
         trainer.finetune(Net(), Data(GLOBAL_BATCH), strategy=make_callback(name))
         results[name] = torch.load(out / f"{name}.rank0.pt", weights_only=False)
     return results
-
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
 def cross_rank_diffs(ranks: list[dict[str, Any]]) -> list[float]:

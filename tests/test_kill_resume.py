@@ -59,10 +59,17 @@ def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize(("mode", "world"), [("single", 1), ("ddp", 2)])
+def load_last(folder: Path) -> dict[str, Any]:
+    """``last.ckpt``: a file, or under FSDP2 a folder of shards whose metadata file holds the rest."""
+    path = folder / "last.ckpt"
+    return torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=False)
+
+
+@pytest.mark.parametrize(("mode", "world"), [("single", 1), ("ddp", 2), ("fsdp2", 2)])
 def test_sigkill_after_unfreeze_then_resume_last_is_bitwise_identical(tmp_path: Path, mode: str, world: int) -> None:
     kill_when_ready(launch(mode, "killed", str(tmp_path)), tmp_path / "ready")
-    last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
+    assert (tmp_path / "run_ckpt" / "last.ckpt").is_dir() == (mode == "fsdp2")
+    last = load_last(tmp_path / "run_ckpt")
     assert last["epoch"] == 1  # the checkpoint left behind is the unfreeze epoch's
     (state,) = [s for s in last["callbacks"].values() if "started_phases" in s]
     assert state["started_phases"] == [0]  # written after the unfreeze
@@ -93,7 +100,7 @@ def test_sigkill_around_a_plateau_transition_then_resume_last_is_bitwise_identic
     epoch 2, the last checkpoint holds the ended stage and its best snapshot, and the resumed run makes
     the transition itself; killed in epoch 3, the checkpoint is after the transition."""
     kill_when_ready(launch("plateau", "killed", str(tmp_path), str(kill_epoch)), tmp_path / "ready")
-    last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
+    last = load_last(tmp_path / "run_ckpt")
     assert last["epoch"] == checkpointed_epoch
     (state,) = [s for s in last["callbacks"].values() if "started_phases" in s]
     if checkpointed_epoch == 1:
