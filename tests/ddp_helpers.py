@@ -135,6 +135,18 @@ SCHEDULES: dict[str, Any] = {
     "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
     "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
 }
+CALLBACKS = [
+    "no_freeze",
+    "freeze",
+    "freeze_unfreeze",
+    "unfreeze_milestones",
+    "freeze_unfreeze_deepspeed",
+    "unfreeze_milestones_deepspeed",
+    "user_subclass",
+    *SCHEDULES,
+]
+"""The callbacks of :func:`make_callback` that every engine's tests run: each built-in, both pre-registered
+(``*_deepspeed``) forms, a user subclass, and schedules as data with layer-wise lr decay."""
 PHASE_SCHEDULER: dict[str, Any] = {
     "strategy": "phases",
     "phases": [
@@ -287,6 +299,27 @@ def local_and_whole(tensor: torch.Tensor) -> tuple[int, int]:
     """How many elements of ``tensor`` this rank holds, and how many the whole tensor has."""
     local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
     return local.numel(), tensor.numel()
+
+
+def reference_run(
+    out: Path, name: str, spec: Any = None, *, model: type[Net] = Net, data: type[Data] = Data, **trainer: Any
+) -> dict[str, Any]:
+    """Scenario ``name`` in one process with the global batch (``spec``: its strategy, by default the
+    scenario's callback), as :class:`Dump` wrote it: the math a distributed run must match."""
+    callback = resolve_strategy(spec) if spec is not None else make_callback(name)
+    run = make_trainer(**{"callbacks": [Dump(out / name)], **trainer})
+    run.finetune(model(), data(GLOBAL_BATCH), strategy=callback)
+    return torch.load(out / f"{name}.rank0.pt", weights_only=False, map_location="cpu")
+
+
+def assert_refused(runs: Path, scenario: str, expected: str) -> None:
+    """Every rank of a refused ``scenario`` wrote a ``ConfigurationError`` that says ``expected``, and
+    nothing trained (no :class:`Dump` was written)."""
+    for rank in range(WORLD):
+        error = (runs / f"{scenario}.error.rank{rank}.txt").read_text()
+        assert error.startswith("ConfigurationError: "), error
+        assert expected in error, error
+        assert not (runs / f"{scenario}.rank{rank}.pt").exists()
 
 
 def load_ranks(path: Path) -> list[dict[str, Any]]:

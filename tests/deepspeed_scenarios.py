@@ -51,12 +51,11 @@ def main(out: Path, names: list[str]) -> None:
             3, accelerator=accelerator, devices=WORLD, strategy=strategy, callbacks=[Dump(out / name), monitor]
         )
         trainer.finetune(Net(), Data(4, samples=SAMPLES), strategy=make_callback(spec))
-        info = {
-            "engine": type(trainer.strategy.model).__name__,
-            "optimizer": type(trainer.optimizers[0]).__name__,
-            "total_params": [record.total_params for record in monitor.records],
-        }
-        torch.save(info, out / f"{name}.engine.rank{trainer.global_rank}.pt")
+        engine = type(trainer.strategy.model).__name__
+        optimizer = type(trainer.optimizers[0]).__name__
+        torch.save({"engine": engine, "optimizer": optimizer}, out / f"{name}.engine.rank{trainer.global_rank}.pt")
+        counted = [record.total_params for record in monitor.records]
+        torch.save(counted, out / f"{name}.counted.rank{trainer.global_rank}.pt")
     if not names:
         for stage in (2, 3):
             resume_after_unfreeze(out, stage)

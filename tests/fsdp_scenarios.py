@@ -17,10 +17,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from ddp_helpers import (
+    CALLBACKS,
     GLOBAL_BATCH,
     PHASE_SCHEDULER,
     PLATEAU,
-    SCHEDULES,
     WORLD,
     Data,
     Dump,
@@ -138,16 +138,7 @@ def lora(out: Path) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Path], None]] = {
-    "no_freeze": lambda out: fit(out, "no_freeze", "no_freeze"),
-    "freeze": lambda out: fit(out, "freeze", "freeze"),
-    "freeze_unfreeze": lambda out: fit(out, "freeze_unfreeze", "freeze_unfreeze"),
-    "unfreeze_milestones": lambda out: fit(out, "unfreeze_milestones", "unfreeze_milestones"),
-    "freeze_unfreeze_deepspeed": lambda out: fit(out, "freeze_unfreeze_deepspeed", "freeze_unfreeze_deepspeed"),
-    "unfreeze_milestones_deepspeed": lambda out: fit(
-        out, "unfreeze_milestones_deepspeed", "unfreeze_milestones_deepspeed"
-    ),
-    "user_subclass": lambda out: fit(out, "user_subclass", "user_subclass"),
-    **{name: (lambda out, name=name: fit(out, name, name)) for name in SCHEDULES},
+    **{name: (lambda out, name=name: fit(out, name, name)) for name in CALLBACKS},
     "phase_scheduler": lambda out: fit(out, "phase_scheduler", PHASE_SCHEDULER),
     "meta_init": lambda out: fit(out, "meta_init", "freeze_unfreeze", meta=True),
     "cache": lambda out: fit(out, "cache", CACHE),

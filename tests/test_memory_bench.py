@@ -7,13 +7,12 @@ are checked; resident-memory peaks are the benchmark's to report, never the test
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ddp_helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
@@ -24,16 +23,7 @@ from benchmarks.memory_bench import ENGINES, FIGURES, PHASES, SMOKE  # noqa: E40
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("memory")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory_bench", "--smoke", "--out", str(out), "--timeout", "500"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1100,
-        check=False,
-    )
+    result = run_python("-m", "benchmarks.memory_bench", "--smoke", "--out", str(out), "--timeout", "500", timeout=1100)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| phase | per rank (MiB) | DDP | FSDP2 | FSDP2 / DDP |" in result.stdout
     return json.loads((out / "memory.json").read_text()), (out / "memory.md").read_text()

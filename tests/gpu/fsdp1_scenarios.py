@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 
 import torch
 from ddp_helpers import (
+    CALLBACKS,
     GLOBAL_BATCH,
     PLATEAU,
-    SCHEDULES,
     Data,
     Dump,
     Net,
@@ -41,16 +41,7 @@ PER_RANK = GLOBAL_BATCH // max(WORLD, 1)
 PLATEAU_EPOCHS = 4
 PLATEAU_LAST = {**PLATEAU, "restore_best": False}  # FSDP1 refuses restore_best (see distributed.check_engine)
 UNITS = {nn.Linear, nn.LayerNorm}  # one FSDP unit per layer: frozen and trainable parameters never share one
-SCHEDULED = [
-    "no_freeze",
-    "freeze",
-    "freeze_unfreeze",
-    "unfreeze_milestones",
-    "freeze_unfreeze_deepspeed",
-    "unfreeze_milestones_deepspeed",
-    "user_subclass",
-    *SCHEDULES,
-]
+SCHEDULED = CALLBACKS
 
 
 def fsdp1(**kwargs: Any) -> FSDPStrategy:
