@@ -2,6 +2,7 @@
 
 from finetune_strategies.adapters import merge_adapters
 from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
+from finetune_strategies.drift import DriftMonitor, plot_drift
 from finetune_strategies.errors import (
     AdapterError,
     CheckpointError,
@@ -31,6 +32,7 @@ from finetune_strategies.registry import (
 from finetune_strategies.schedule import Phase, PhaseSpec
 from finetune_strategies.selectors import resolve_selector, resolve_selectors
 from finetune_strategies.strategies import (
+    LPFT,
     Freeze,
     FreezeUnfreeze,
     GradualUnfreeze,
@@ -40,13 +42,16 @@ from finetune_strategies.strategies import (
 )
 from finetune_strategies.trainable_only import complete_checkpoint
 from finetune_strategies.trainer import Trainer
+from finetune_strategies.wise_ft import WiSEFT, WiSEFTResult, wise_ft
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LPFT",
     "AdapterError",
     "CheckpointError",
     "ConfigurationError",
+    "DriftMonitor",
     "EpochPlan",
     "EpochRecord",
     "Finetuner",
@@ -77,6 +82,8 @@ __all__ = [
     "TrainableMonitor",
     "Trainer",
     "UnfreezeMilestones",
+    "WiSEFT",
+    "WiSEFTResult",
     "__version__",
     "available_strategies",
     "complete_checkpoint",
@@ -84,9 +91,11 @@ __all__ = [
     "list_layers",
     "merge_adapters",
     "name_parameters",
+    "plot_drift",
     "register_strategy",
     "resolve_selector",
     "resolve_selectors",
     "resolve_strategy",
     "unregister_strategy",
+    "wise_ft",
 ]

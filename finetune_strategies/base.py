@@ -12,6 +12,7 @@ returns; each built-in is a short preset of it. The callback composes:
 * :mod:`~finetune_strategies.progress` and :mod:`~finetune_strategies.triggers` - where the run is in
   its schedule, and the plateau triggers that end stages;
 * :mod:`~finetune_strategies.distributed` - re-wrapping DDP when the trainable set changes;
+* :mod:`~finetune_strategies.regularizers` - the L2-SP penalty toward the pretrained weights;
 * :mod:`~finetune_strategies.state` - the resume state written into checkpoints;
 * :mod:`~finetune_strategies.compat` - what Flash's and Lightning's own callbacks need.
 """
@@ -42,6 +43,7 @@ from finetune_strategies.feature_cache import CacheSession, CacheStats
 from finetune_strategies.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
 from finetune_strategies.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
 from finetune_strategies.progress import ScheduleProgress
+from finetune_strategies.regularizers import L2SP
 from finetune_strategies.schedule import Phase, check_decay, check_order
 from finetune_strategies.schedulers import (
     pad_to_groups,
@@ -81,6 +83,8 @@ class StrategyOptions(TypedDict, total=False):
     min_delta: float
     max_epochs: int | None
     restore_best: bool
+    l2_sp: float | None
+    l2_sp_beta: float | None
     save_trainable_only: bool | None
 
 
@@ -123,6 +127,11 @@ class FinetuningStrategy(BaseFinetuning):
         max_epochs: The most epochs a stage may run before the next phase starts.
         restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
             ending stage's best validation (default True).
+        l2_sp: L2-SP's ``alpha``: add ``alpha / 2 * ||w - w0||^2`` over the frozen (pretrained) modules'
+            parameters that train, ``w0`` being their weights at the fit's start (see
+            :mod:`finetune_strategies.regularizers`). Keeps one copy of those weights. ``None``: off.
+        l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
+            that train (the head).
         save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
             SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
             (see :mod:`finetune_strategies.trainable_only`). ``None`` uses the strategy's default: on for
@@ -150,6 +159,7 @@ class FinetuningStrategy(BaseFinetuning):
     _groups: ParamGroups
     _cache: CacheSession
     _hook: OptimizerHook
+    _l2sp: L2SP
     _undo_on_load: Callable[[], None]
 
     def __init__(
@@ -172,6 +182,8 @@ class FinetuningStrategy(BaseFinetuning):
         min_delta: float = 0.0,
         max_epochs: int | None = None,
         restore_best: bool = True,
+        l2_sp: float | None = None,
+        l2_sp_beta: float | None = None,
         save_trainable_only: bool | None = None,
     ) -> None:
         super().__init__()
@@ -190,6 +202,8 @@ class FinetuningStrategy(BaseFinetuning):
         self.layer_unit: LayerUnit | None = layer_unit
         plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
         self.plateau: Plateau | None = plateau if monitor is not None else None
+        penalty = L2SP(l2_sp, l2_sp_beta)  # checks them
+        self.l2_sp, self.l2_sp_beta = penalty.alpha, penalty.beta
         self.save_trainable_only = (
             self.default_save_trainable_only
             if save_trainable_only is None
@@ -323,6 +337,11 @@ class FinetuningStrategy(BaseFinetuning):
         return self._cache.stats
 
     @property
+    def l2_sp_bytes(self) -> int:
+        """The memory of L2-SP's copy of the pretrained weights in this fit (0 without ``l2_sp``)."""
+        return self._l2sp.start.nbytes
+
+    @property
     def _schedulers(self) -> list[Any]:
         return [config.scheduler for config in self._lr_configs]
 
@@ -386,6 +405,9 @@ class FinetuningStrategy(BaseFinetuning):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
+            self._undo_on_load = trainable_only.complete_on_load(pl_module)  # a checkpoint may leave weights out
+            return
         self._reset()
         others = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning) and c is not self]  # type: ignore[attr-defined]
         if others:
@@ -395,9 +417,8 @@ class FinetuningStrategy(BaseFinetuning):
             )
         self._fit_trainer = trainer
         self.prepare(pl_module)
+        self._l2sp.check(trainer, type(self).__name__)
         self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
-        if stage != "fit":
-            return
         phases = self._progress.phases
         watched = [p.after for p in phases if p.after is not None]
         distributed.check_engine(
@@ -409,7 +430,7 @@ class FinetuningStrategy(BaseFinetuning):
             per_phase=[p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state],
         )
         check_validation(trainer, pl_module, watched, type(self).__name__)
-        distributed.before_checkpoint_load(trainer, lambda path: self._resume_before_load(trainer, path))
+        distributed.before_checkpoint_load(trainer, lambda path, safe: self._resume_before_load(trainer, path, safe))
         deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
         if self._groups.plans:
 
@@ -439,6 +460,8 @@ class FinetuningStrategy(BaseFinetuning):
                 f"{trainer.max_epochs} ends training before it (epochs count from 0)."
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
+        if self._l2sp.active:
+            self._l2sp.begin(trainer, pl_module, self.find_modules_to_freeze(pl_module))
         self._lr_configs = trainer.lr_scheduler_configs
         phases = self._progress.phases
         with_scheduler = [i for i in sorted(self._progress.started) if phases[i].lr_scheduler is not None]
@@ -462,10 +485,10 @@ class FinetuningStrategy(BaseFinetuning):
         for index in self._progress.started:
             self._groups.ungate(index)
 
-    def _resume_before_load(self, trainer: pl.Trainer, checkpoint_path: Any) -> None:
+    def _resume_before_load(self, trainer: pl.Trainer, checkpoint_path: Any, weights_only: bool | None) -> None:
         """Before FSDP or DeepSpeed load the optimizer state: the saved run's unfreezes and param groups, so
         that the load fills the state of every group (see :func:`distributed.before_checkpoint_load`)."""
-        state = distributed.read_callback_state(checkpoint_path, self.state_key)
+        state = distributed.read_callback_state(checkpoint_path, self.state_key, weights_only=weights_only)
         if state is None:
             return
         self.load_state_dict(state)
@@ -501,6 +524,11 @@ class FinetuningStrategy(BaseFinetuning):
         if self.cache_features:
             self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -534,6 +562,7 @@ class FinetuningStrategy(BaseFinetuning):
             optimizer_groups=self._internal_optimizer_metadata,
             stage=progress["stage"],
             transitions=progress["transitions"],
+            l2_sp_start=self._l2sp.state_dict(),
         ).to_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -541,6 +570,7 @@ class FinetuningStrategy(BaseFinetuning):
         state = StrategyState.from_dict(state_dict)
         self._unfrozen = state.unfrozen_modules
         self._progress.load_state_dict(state.to_dict())
+        self._l2sp.load_state_dict(state.l2_sp_start, type(self).__name__)
 
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
@@ -557,6 +587,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
         self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
         self._checkpoints = trainable_only.TrainableOnlySession()
         self._undo_on_load = lambda: None
 

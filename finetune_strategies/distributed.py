@@ -39,11 +39,17 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
-from torch.distributed.tensor import DTensor, distribute_tensor
+
+try:  # torch >= 2.4
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # torch 2.1-2.3 (no FSDP2 there): the same classes under their early name
+    from torch.distributed._tensor import DTensor, distribute_tensor  # type: ignore[attr-defined]
 from torch.nn.parallel import DistributedDataParallel
 
 from finetune_strategies import _lightning
-from finetune_strategies.errors import ConfigurationError
+from finetune_strategies.checkpoint_io import TRUST_HINT
+from finetune_strategies.errors import CheckpointError, ConfigurationError
+from finetune_strategies.weights import torch_load
 
 # The parameters (by id) each DDP module registered with its reducer, as far as we know.
 _registered: weakref.WeakKeyDictionary[DistributedDataParallel, frozenset[int]] = weakref.WeakKeyDictionary()
@@ -168,6 +174,19 @@ def check_engine(
         )
 
 
+SHARDED = ("fsdp1", "fsdp2", "deepspeed")
+"""Engines that partition weights across ranks (FSDP, ZeRO-3) or train their own copies of them (ZeRO-1/2)."""
+
+
+def refuse_engines(trainer: pl.Trainer, owner: str, why: str, fix: str, engines: tuple[str, ...] = SHARDED) -> None:
+    """Raise, before anything trains, if ``trainer`` runs one of ``engines`` (see :func:`engine_of`)."""
+    engine = engine_of(trainer)
+    if engine.startswith(engines):
+        raise ConfigurationError(
+            f"{owner} is not supported under {engine} ({type(trainer.strategy).__name__}): {why} {fix}"
+        )
+
+
 def check_reduced(trainer: pl.Trainer, planned: Mapping[str, nn.Parameter]) -> None:
     """Under FSDP2, raise if a parameter that a phase will train (``planned``, by name) is not a DTensor:
     neither ``fully_shard`` nor ``parallelize_module`` took it in ``configure_model``, so no collective
@@ -189,6 +208,11 @@ def submodule(pl_module: nn.Module, name: str) -> nn.Module:
     """The module named ``name`` when the strategy was set up; under FSDP1 the module inside its wrapper."""
     module = pl_module.get_submodule(name)
     return module.module if isinstance(module, FullyShardedDataParallel) else module
+
+
+def is_shard(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is an FSDP2 (or tensor-parallel) shard, a DTensor."""
+    return isinstance(tensor, DTensor)
 
 
 def numel(param: torch.Tensor) -> int:
@@ -214,33 +238,36 @@ def like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ resume under FSDP and DeepSpeed
-def read_callback_state(path: str | Path, state_key: str) -> dict[str, Any] | None:
+def read_callback_state(path: str | Path, state_key: str, *, weights_only: bool | None = None) -> dict[str, Any] | None:
     """The state a callback saved in the checkpoint at ``path`` (a file, or a sharded checkpoint folder
-    whose metadata file holds it); None if there is none (e.g. a DeepSpeed folder)."""
+    whose metadata file holds it); None if there is none (e.g. a DeepSpeed folder). Read with
+    ``weights_only=True`` unless ``weights_only=False`` (the fit's own choice) allows unpickling."""
     file = Path(path)
     if file.is_dir():
         file = file / _lightning.sharded_metadata_file()
         if not file.is_file():
             return None
-    checkpoint = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint = torch_load(
+        file, str(file), weights_only=weights_only is not False, error=CheckpointError, opt_in=TRUST_HINT
+    )
     state = checkpoint.get("callbacks", {}).get(state_key)
     return dict(state) if isinstance(state, Mapping) else None
 
 
-def before_checkpoint_load(trainer: pl.Trainer, hook: Callable[[Any], None]) -> None:
-    """Run ``hook(checkpoint_path)`` right before the strategy loads a checkpoint, under strategies that load
-    optimizer states in ``load_checkpoint`` after building the optimizer and before callbacks get their state
-    back (FSDP1, FSDP2, DeepSpeed). Lightning's ``BaseFinetuning`` rebuilds the param groups that phases added
-    in ``on_fit_start``, which runs before that load under these strategies and knows nothing yet; without a
-    rebuild before the load, the load drops the optimizer state of those groups and their parameters get
-    gradients but are never stepped. Undone by :func:`remove_load_hook`."""
+def before_checkpoint_load(trainer: pl.Trainer, hook: Callable[[Any, bool | None], None]) -> None:
+    """Run ``hook(checkpoint_path, weights_only)`` right before the strategy loads a checkpoint, under
+    strategies that load optimizer states in ``load_checkpoint`` after building the optimizer and before
+    callbacks get their state back (FSDP1, FSDP2, DeepSpeed). Lightning's ``BaseFinetuning`` rebuilds the
+    param groups that phases added in ``on_fit_start``, which runs before that load under these strategies
+    and knows nothing yet; without a rebuild before the load, the load drops the optimizer state of those
+    groups and their parameters get gradients but are never stepped. Undone by :func:`remove_load_hook`."""
     strategy = trainer.strategy
     if not strategy.restore_checkpoint_after_setup or "load_checkpoint" in vars(strategy):
         return
     original: Callable[..., Any] = strategy.load_checkpoint
 
     def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
-        hook(checkpoint_path)
+        hook(checkpoint_path, kwargs.get("weights_only", args[0] if args else None))
         return original(checkpoint_path, *args, **kwargs)
 
     strategy.load_checkpoint = load_checkpoint  # type: ignore[method-assign]

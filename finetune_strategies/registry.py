@@ -17,6 +17,7 @@ from finetune_strategies.base import FinetuningStrategy, StrategyOptions
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
 from finetune_strategies.lora import Lora
 from finetune_strategies.strategies import (
+    LPFT,
     Freeze,
     FreezeUnfreeze,
     GradualUnfreeze,
@@ -247,6 +248,7 @@ for _name, _cls in (
     ("unfreeze_milestones", UnfreezeMilestones),
     ("gradual_unfreeze", GradualUnfreeze),
     ("phases", Phases),
+    ("lp_ft", LPFT),
     ("lora", Lora),
 ):
     register_strategy(_name)(_cls)

@@ -28,6 +28,7 @@ class StrategyState:
         stage: The current stage's plateau watch (best score, wait count, best snapshot; see
             :class:`~finetune_strategies.triggers.StageWatch`).
         transitions: The phase starts that triggers decided (epoch, phase, reason, best score).
+        l2_sp_start: With ``l2_sp``, the pretrained weights L2-SP pulls toward (``w0``, by parameter name).
     """
 
     strategy: str
@@ -37,6 +38,7 @@ class StrategyState:
     optimizer_groups: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     stage: dict[str, Any] = field(default_factory=dict)
     transitions: list[dict[str, Any]] = field(default_factory=list)
+    l2_sp_start: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class StrategyState:
             "unfrozen_modules": [[name, train_bn] for name, train_bn in self.unfrozen_modules],
             "stage": self.stage,
             "transitions": self.transitions,
+            "l2_sp_start": self.l2_sp_start,
         }
 
     @classmethod
@@ -59,6 +62,7 @@ class StrategyState:
             optimizer_groups=dict(state.get("internal_optimizer_metadata", {})),
             stage=dict(state.get("stage", {})),
             transitions=list(state.get("transitions", [])),
+            l2_sp_start=dict(state.get("l2_sp_start", {})),
         )
 
     @staticmethod

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 
 from finetune_strategies import _lightning
+from finetune_strategies.checkpoint_io import use_safe_checkpoint_io
 from finetune_strategies.checkpoints import guard_resume
 from finetune_strategies.errors import ConfigurationError
 from finetune_strategies.finetuner import Finetuner
@@ -18,7 +19,17 @@ from finetune_strategies.registry import StrategySpec
 
 
 class Trainer(pl.Trainer):
-    """``lightning.pytorch.Trainer`` plus :meth:`finetune` and :meth:`explain`."""
+    """``lightning.pytorch.Trainer`` plus :meth:`finetune` and :meth:`explain`, with crash-safe, pickle-safe
+    checkpoint files.
+
+    It takes every argument of Lightning's ``Trainer``. Unless ``plugins`` has a checkpoint IO, it
+    writes and reads checkpoints with :class:`~finetune_strategies.checkpoint_io.SafeCheckpointIO`:
+    atomic writes, and ``weights_only=True`` loads on every supported Lightning and torch version.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        use_safe_checkpoint_io(self, kwargs.get("plugins"))
 
     def finetune(
         self,
@@ -30,6 +41,7 @@ class Trainer(pl.Trainer):
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
         ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
         **strategy_options: Any,
     ) -> None:
         """Fit ``model`` with the fine-tuning ``strategy`` (any spec :func:`resolve_strategy` takes).
@@ -37,7 +49,8 @@ class Trainer(pl.Trainer):
         A fine-tuning callback already on the trainer is replaced, with a warning: two strategies
         never run at once. The strategy's callback runs before the other callbacks (after Lightning's
         tuner callbacks), so that they see each epoch's unfreeze; checkpoint callbacks stay last.
-        ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``.
+        ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``. ``ckpt_path`` and
+        ``weights_only`` are those of :meth:`fit`.
         """
         if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
             if train_dataloaders is not None:
@@ -51,6 +64,7 @@ class Trainer(pl.Trainer):
             val_dataloaders=val_dataloaders,
             datamodule=datamodule,
             ckpt_path=ckpt_path,
+            weights_only=weights_only,
         )
 
     def explain(
@@ -87,7 +101,12 @@ class Trainer(pl.Trainer):
     ) -> None:
         """``lightning.pytorch.Trainer.fit``, but a ``ckpt_path`` (``"last"`` included) that is truncated
         or corrupt, cannot resume training, or was written by another strategy or schedule raises an
-        error naming the file (see :mod:`finetune_strategies.checkpoints`) instead of loading."""
+        error naming the file (see :mod:`finetune_strategies.checkpoints`) instead of loading.
+
+        ``ckpt_path`` loads with ``weights_only=True`` unless ``weights_only=False`` is given, with every
+        supported torch (before 2.6 ``torch.load`` unpickles in full by default): a checkpoint that
+        holds other objects raises an error naming them (see :mod:`finetune_strategies.checkpoint_io`).
+        """
         guard_resume(self)
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 

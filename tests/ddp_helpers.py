@@ -12,22 +12,23 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from finetune_strategies import FinetuningStrategy, Trainer, resolve_strategy
+from finetune_strategies.distributed import is_shard
 
 EPOCHS = 3
 SAMPLES = 32
@@ -134,7 +135,9 @@ SCHEDULES: dict[str, Any] = {
     },
     "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
     "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
+    "l2_sp": {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5, "l2_sp_beta": 0.1},
 }
+"""Schedules as data (with layer-wise lr decay, or L2-SP), run by name like the other scenarios."""
 CALLBACKS = [
     "no_freeze",
     "freeze",
@@ -146,7 +149,7 @@ CALLBACKS = [
     *SCHEDULES,
 ]
 """The callbacks of :func:`make_callback` that every engine's tests run: each built-in, both pre-registered
-(``*_deepspeed``) forms, a user subclass, and schedules as data with layer-wise lr decay."""
+(``*_deepspeed``) forms, a user subclass, and schedules as data with layer-wise lr decay or L2-SP."""
 PHASE_SCHEDULER: dict[str, Any] = {
     "strategy": "phases",
     "phases": [
@@ -158,7 +161,6 @@ PHASE_SCHEDULER: dict[str, Any] = {
     ],
 }
 """A phase with its own LR scheduler that also resets the optimizer state."""
-"""Schedules as data, with layer-wise lr decay, run by name like the other scenarios."""
 
 
 def make_callback(name: str) -> BaseFinetuning:
@@ -205,11 +207,19 @@ class ShardedNet(Net):
     ``fully_shard`` unit, then the whole model, as Lightning's docs apply it in ``configure_model``."""
 
     def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6 (see NEEDS_FSDP2)
+
         mesh = self.device_mesh["data_parallel"]
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.LayerNorm)):
                 fully_shard(module, mesh=mesh)
         fully_shard(self, mesh=mesh)
+
+
+NEEDS_FSDP2 = pytest.mark.skipif(
+    not hasattr(torch.distributed.fsdp, "fully_shard"),
+    reason="FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6",
+)
 
 
 def fsdp2(**kwargs: Any) -> ModelParallelStrategy:
@@ -219,8 +229,8 @@ def fsdp2(**kwargs: Any) -> ModelParallelStrategy:
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """A detached copy of the whole tensor: a DTensor (FSDP2) is gathered from every rank (a collective)."""
-    if isinstance(tensor, DTensor):
-        tensor = tensor.full_tensor()
+    if is_shard(tensor):
+        tensor = tensor.full_tensor()  # type: ignore[attr-defined]
     return tensor.detach().clone()
 
 
@@ -249,6 +259,8 @@ def full_optimizer_state(trainer: pl.Trainer) -> dict[str, Any]:
     """The optimizer's state dict; under FSDP keyed by parameter name with whole tensors (a collective)."""
     optimizer = trainer.optimizers[0]
     if isinstance(trainer.strategy, ModelParallelStrategy):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
         options = StateDictOptions(full_state_dict=True)
         return dict(get_optimizer_state_dict(trainer.strategy.model, optimizer, options=options))
     if isinstance(trainer.strategy, FSDPStrategy):
@@ -297,7 +309,7 @@ class Dump(pl.Callback):
 
 def local_and_whole(tensor: torch.Tensor) -> tuple[int, int]:
     """How many elements of ``tensor`` this rank holds, and how many the whole tensor has."""
-    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    local = tensor.to_local() if is_shard(tensor) else tensor  # type: ignore[attr-defined]
     return local.numel(), tensor.numel()
 
 
@@ -327,60 +339,24 @@ def load_ranks(path: Path) -> list[dict[str, Any]]:
 
 
 def shutdown() -> None:
-    """End the process group before exit: a gloo group torn down at interpreter exit can abort."""
+    """End a launched script's rank once every rank is done: a barrier, then exit without tearing down
+    the gloo group. ``destroy_process_group`` hung at this point in 2 of 3 runs with torch 2.1 and
+    Lightning 2.6.0, and a group torn down at interpreter exit can abort; neither is under test."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python *args`` from the checkout root, in :func:`subprocess_env`, with its output captured. After
-    ``timeout`` seconds every process it started (the other ranks too) is killed and the test fails with
-    their output so far."""
-    import pytest
-
-    root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, *args]
-    process = subprocess.Popen(
-        command,
-        cwd=root,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # the other ranks join this process group: one killpg ends them all
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(
-            f"{' '.join(args)} ran past {timeout:.0f} s; the output so far:\n{stdout[-4000:]}\n{stderr[-6000:]}"
-        )
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-def run_ranks(script: Path, *args: str, timeout: float) -> str:
-    """Run a multi-process ``script`` (Lightning starts the other ranks from it) with :func:`run_python`;
-    return the output of every rank, or fail the test with it if the script failed."""
-    import pytest
-
-    result = run_python(str(script), *args, timeout=timeout)
-    if result.returncode != 0:
-        pytest.fail(
-            f"{script.name} {' '.join(args)} exited with {result.returncode}:\n"
-            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-        )
-    return result.stdout + result.stderr
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment for a launched script: this checkout first on the path, one thread a rank."""
+    """The environment for a launched script: this checkout first on the path, one thread a rank, and
+    faulthandler on, so that SIGABRT makes every rank print its Python stack (see :func:`finish`)."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONFAULTHANDLER"] = "1"
     # PL_GLOBAL_SEED: a LightningCLI run in the test process seeds and exports it; under DDP Lightning would
     # reseed each rank from it after the model is built (peft's adapter init would then differ)
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED"):
@@ -392,3 +368,73 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """The largest absolute difference between two state dicts with the same keys."""
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def launch(*args: str, merge_output: bool = False) -> subprocess.Popen[str]:
+    """Start ``python ARGS`` in a process group of its own: the ranks Lightning starts join it."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=Path(__file__).resolve().parents[1],  # the checkout root: `-m benchmarks...` resolves
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # every process of the group has ended
+        os.killpg(process.pid, sig)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of process group ``pgid``, from /proc (empty where there is none)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return sorted(members)
+
+
+def fail_with_stacks(process: subprocess.Popen[str], why: str) -> None:
+    """Make every process of ``process``'s group print its Python stack and end, then fail the test with
+    what they printed."""
+    # faulthandler prints a rank's stack on SIGABRT, then the rank aborts; one at a time, so that the
+    # stacks do not interleave on the shared stderr
+    for pid in group_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
+    stop_group(process, signal.SIGABRT)
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stop_group(process, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    stop_group(process, signal.SIGKILL)  # a rank that ignored SIGABRT
+    pytest.fail(
+        f"{' '.join(map(str, process.args))}: {why}; each rank's Python stack is in its output.\n"
+        f"--- stdout ---\n{(stdout or '')[-6000:]}\n--- stderr ---\n{(stderr or '')[-12000:]}",
+        pytrace=False,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a launched script; past ``timeout`` seconds fail the test with every rank's output and stack."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        fail_with_stacks(process, f"did not finish in {timeout:.0f} s")
+        raise  # not reached: pytest.fail raises
+    stop_group(process, signal.SIGKILL)  # no rank outlives its launcher
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` to the end and assert it succeeded; a hang fails with the ranks' stacks."""
+    result = finish(launch(*args), timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result

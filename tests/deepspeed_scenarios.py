@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ddp_helpers import WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
+from ddp_helpers import PHASE_SCHEDULER, WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
 from deepspeed_cpu import deepspeed_strategy
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -34,6 +34,8 @@ ERRORS: dict[str, tuple[int, Any]] = {
     ),
     "stage2_not_preregistered": (2, ("freeze_unfreeze", 1)),
     "stage3_restore_best": (3, {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": None, "monitor": "loss"}),
+    "stage1_phase_scheduler": (1, {**PHASE_SCHEDULER, "preregister_groups": True}),
+    "stage2_l2_sp": (2, {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "l2_sp": 0.1}),
 }
 """Combinations that must fail before anything trains: the ZeRO stage and the strategy spec."""
 LORA_SCENARIOS = {"stage2_lora": (2, "lora_deepspeed_unfreeze")}  # tests/test_lora_deepspeed.py (needs peft)

@@ -36,11 +36,12 @@ from ddp_helpers import (
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.distributed.fsdp import fully_shard
 
-from finetune_strategies import FinetuningError, distributed, resolve_strategy
+from finetune_strategies import DriftMonitor, FinetuningError, WiSEFT, distributed, resolve_strategy
 
 PER_RANK = GLOBAL_BATCH // WORLD
 PLATEAU_EPOCHS = 4
 CACHE = {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "cache_features": True, "train_bn": False, "bn_eval": True}
+LP_FT = {"strategy": "lp_ft", "probe_epochs": 1}  # a cached linear probe, then everything at lr / 10
 LORA = ["lora", "lora_unfreeze", "lora_deepspeed_unfreeze"]  # ddp_helpers.LORA_SPECS, where peft is installed
 
 
@@ -55,10 +56,12 @@ class HeadOnlySharded(Net):
         fully_shard(self.head, mesh=self.device_mesh["data_parallel"])
 
 
-ERRORS: dict[str, tuple[Callable[[], pl.LightningModule], Any]] = {
-    "unsharded_backbone": (HeadOnlySharded, ("freeze_unfreeze", 1)),
+ERRORS: dict[str, tuple[Callable[[], pl.LightningModule], Any, Callable[[], list[pl.Callback]]]] = {
+    "unsharded_backbone": (HeadOnlySharded, ("freeze_unfreeze", 1), list),
+    "wise_ft": (ShardedNet, ("freeze_unfreeze", 1), lambda: [WiSEFT(alphas=0.5)]),
+    "drift": (ShardedNet, ("freeze_unfreeze", 1), lambda: [DriftMonitor(log=False)]),
 }
-"""Combinations that must fail before anything trains: the model and the strategy spec."""
+"""Combinations that must fail before anything trains: the model, the strategy spec and other callbacks."""
 
 
 def fit(out: Path, name: str, spec: Any, *, meta: bool = False, **kwargs: Any) -> None:
@@ -120,8 +123,8 @@ def _last(folder: Path) -> ModelCheckpoint:
 
 
 def expect_error(out: Path, name: str) -> None:
-    model, spec = ERRORS[name]
-    trainer = make_trainer(devices=WORLD, strategy=fsdp2(), callbacks=[Dump(out / name)])
+    model, spec, callbacks = ERRORS[name]
+    trainer = make_trainer(devices=WORLD, strategy=fsdp2(), callbacks=[Dump(out / name), *callbacks()])
     try:
         trainer.finetune(model(), Data(PER_RANK), strategy=resolve_strategy(spec))
     except FinetuningError as error:
@@ -142,9 +145,11 @@ SCENARIOS: dict[str, Callable[[Path], None]] = {
     "phase_scheduler": lambda out: fit(out, "phase_scheduler", PHASE_SCHEDULER),
     "meta_init": lambda out: fit(out, "meta_init", "freeze_unfreeze", meta=True),
     "cache": lambda out: fit(out, "cache", CACHE),
+    "lp_ft": lambda out: fit(out, "lp_ft", LP_FT),
     "plateau": plateau,
     "resume": lambda out: resume(out, "resume", "freeze_unfreeze"),
     "resume_deepspeed": lambda out: resume(out, "resume_deepspeed", "unfreeze_milestones_deepspeed"),
+    "resume_l2_sp": lambda out: resume(out, "resume_l2_sp", "l2_sp"),  # w0 gathered whole, cut into shards
     "resume_late_layout": lambda out: resume(out, "resume_late_layout", "freeze_unfreeze", early_layout=False),
     "resume_plateau": resume_plateau,
     "lora": lora,

@@ -14,10 +14,13 @@ from ddp_helpers import (
     CALLBACKS,
     EPOCHS,
     Net,
+    finish,
+    group_members,
+    launch,
     load_ranks,
     max_diff,
     reference_run,
-    run_ranks,
+    run_script,
 )
 
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
@@ -28,7 +31,7 @@ CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    run_ranks(SCRIPT, str(out), "all", timeout=600)
+    run_script(str(SCRIPT), str(out), "all", timeout=600)
     return out
 
 
@@ -118,3 +121,23 @@ def test_a_plateau_decision_is_rank_zeros_and_every_rank_takes_it(runs: Path) ->
     assert all(ranks[0]["requires_grad"].values())
     frozen, unfrozen = ranks[0]["epochs"][1], ranks[0]["epochs"][2]
     assert not torch.equal(frozen["backbone.0.weight"], unfrozen["backbone.0.weight"])
+
+
+HUNG_RANKS = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # rank 1"])
+time.sleep(600)  # rank 0
+"""
+
+
+def test_a_hung_launch_fails_with_every_ranks_stack() -> None:
+    """A hang reads as a failure with a cause: each process's Python stack, and none left running."""
+    process = launch("-c", HUNG_RANKS)
+    with pytest.raises(pytest.fail.Exception) as failure:
+        finish(process, timeout=20)
+    message = str(failure.value)
+    assert "did not finish in 20 s" in message
+    assert message.count("Fatal Python error: Aborted") == 2  # both processes printed their stack
+    assert 'File "<string>", line 1 in <module>' in message  # rank 1, in its sleep
+    assert 'File "<string>", line 4 in <module>' in message  # rank 0, in its sleep
+    assert group_members(process.pid) == []  # no process of the launch is left running

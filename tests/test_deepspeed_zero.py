@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import WORLD, Data, Net, assert_refused, load_ranks, make_callback, make_trainer, run_ranks
+from ddp_helpers import WORLD, Data, Net, assert_refused, load_ranks, make_callback, make_trainer, run_script
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed: pip install 'finetune-strategies[deepspeed]'")
 
@@ -24,7 +24,7 @@ BACKBONE = {"0": "backbone.0.", "1": "backbone.1.", "3": "backbone.3."}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deepspeed")
-    run_ranks(SCRIPT, str(out), timeout=900)
+    run_script(str(SCRIPT), str(out), timeout=900)
     return out
 
 
@@ -125,6 +125,8 @@ def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path, sta
         ("stage2_not_preregistered", "FreezeUnfreeze adds optimizer param groups during training, which DeepSpeed"),
         ("stage3_cache", "has cache_features=True, which needs the frozen modules' parameters to require no grad"),
         ("stage3_restore_best", "puts a plateaued stage's best weights back (restore_best=True), but under deepspeed"),
+        ("stage1_phase_scheduler", "bring their own LR scheduler or reset the optimizer state, which DeepSpeed's"),
+        ("stage2_l2_sp", "FreezeUnfreeze with l2_sp is not supported under deepspeed ZeRO-2 (CPUDeepSpeedStrategy)"),
     ],
 )
 def test_what_deepspeed_cannot_do_fails_before_training_and_says_why(runs: Path, scenario: str, expected: str) -> None:

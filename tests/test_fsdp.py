@@ -26,9 +26,9 @@ from ddp_helpers import (
     load_ranks,
     max_diff,
     reference_run,
-    run_ranks,
+    run_script,
 )
-from fsdp_scenarios import CACHE, LORA, PLATEAU_EPOCHS
+from fsdp_scenarios import CACHE, LORA, LP_FT, PLATEAU_EPOCHS
 
 from finetune_strategies import CheckpointError
 from finetune_strategies.checkpoints import check_file
@@ -41,6 +41,7 @@ WITH_LORA = [pytest.param(name, marks=pytest.mark.skipif(not PEFT, reason=NO_PEF
 SINGLE: dict[str, Any] = {
     **{name: name for name in [*BUILT_INS, *(LORA if PEFT else [])]},
     "cache": CACHE,
+    "lp_ft": LP_FT,
     "phase_scheduler": PHASE_SCHEDULER,
 }
 BACKBONE = ["backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.bias", "backbone.3.weight"]
@@ -50,7 +51,7 @@ HEAD = ["head.bias", "head.weight"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
-    run_ranks(SCRIPT, str(out), "all", timeout=900)
+    run_script(str(SCRIPT), str(out), "all", timeout=900)
     return out
 
 
@@ -69,7 +70,7 @@ def weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k != "seen"}
 
 
-@pytest.mark.parametrize("scenario", [*BUILT_INS, "cache", "phase_scheduler", *WITH_LORA])
+@pytest.mark.parametrize("scenario", [*BUILT_INS, "cache", "lp_ft", "phase_scheduler", *WITH_LORA])
 def test_fsdp2_matches_a_single_process_run_of_the_same_math(
     runs: Path, single: dict[str, dict[str, Any]], scenario: str
 ) -> None:
@@ -126,7 +127,12 @@ def test_a_model_built_on_the_meta_device_freezes_and_unfreezes_after_materialis
 
 def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(runs: Path) -> None:
     """Stopped after the unfreeze epoch with a distributed checkpoint (a folder of shards), resumed."""
-    for name, uninterrupted in (("resume", "freeze_unfreeze"), ("resume_deepspeed", "unfreeze_milestones_deepspeed")):
+    pairs = [
+        ("resume", "freeze_unfreeze"),
+        ("resume_deepspeed", "unfreeze_milestones_deepspeed"),
+        ("resume_l2_sp", "l2_sp"),
+    ]
+    for name, uninterrupted in pairs:
         for resumed, full in zip(load_ranks(runs / name), load_ranks(runs / uninterrupted), strict=True):
             assert len(resumed["epochs"]) == 1  # it resumed, it did not restart
             assert max_diff(resumed["final"], full["final"]) == 0.0
@@ -177,10 +183,17 @@ def test_plateau_resume_puts_back_the_best_weights_saved_in_the_sharded_checkpoi
         assert max_diff(resumed["final"], full["final"]) == 0.0
 
 
-def test_a_schedule_that_would_train_unsharded_parameters_fails_before_training(runs: Path) -> None:
-    """``configure_model`` sharded the head only: unfreezing the backbone would train per-rank copies."""
-    expected = "Under ModelParallelStrategy, 6 parameter(s) that the schedule trains are not sharded"
-    assert_refused(runs, "unsharded_backbone", f"{expected} (e.g. backbone.0.weight)")
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        # configure_model sharded the head only: unfreezing the backbone would train per-rank copies
+        ("unsharded_backbone", "Under ModelParallelStrategy, 6 parameter(s) that the schedule trains are not sharded"),
+        ("wise_ft", "WiSEFT is not supported under fsdp2 (ModelParallelStrategy): it interpolates"),
+        ("drift", "DriftMonitor is not supported under fsdp2 (ModelParallelStrategy): it sums"),
+    ],
+)
+def test_what_fsdp2_cannot_do_fails_before_training_and_says_why(runs: Path, scenario: str, expected: str) -> None:
+    assert_refused(runs, scenario, expected)
 
 
 @pytest.mark.skipif(not PEFT, reason=NO_PEFT)

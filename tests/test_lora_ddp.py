@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,12 @@ from ddp_helpers import (
     Data,
     Dump,
     Net,
+    finish,
+    launch,
     load_ranks,
     make_callback,
     make_trainer,
-    run_python,
+    run_script,
 )
 from test_ddp import cross_rank_diffs, max_diff, optimizer_diff
 
@@ -28,15 +29,10 @@ SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
 BASE = ("backbone.0.base_layer.weight", "backbone.3.base_layer.weight")
 
 
-def launch(out: Path, *scenarios: str) -> subprocess.CompletedProcess[str]:
-    return run_python(str(SCRIPT), str(out), *scenarios)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lora_ddp")
-    result = launch(out, *LORA_SPECS, "lora_resume")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_script(str(SCRIPT), str(out), *LORA_SPECS, "lora_resume", timeout=600)
     return out
 
 
@@ -99,7 +95,7 @@ def test_peft_modules_to_save_original_stays_frozen_so_ddp_never_waits_for_it(ru
 
 def test_the_same_run_without_that_guard_fails_under_ddp(tmp_path: Path) -> None:
     """The power check: thawing the unused originals too makes DDP's reduction fail."""
-    result = launch(tmp_path, "lora_unguarded")
+    result = finish(launch(str(SCRIPT), str(tmp_path), "lora_unguarded"), timeout=600)
     assert result.returncode != 0
     assert "not used in producing the loss" in result.stderr
 

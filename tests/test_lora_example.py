@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ddp_helpers import run_python
+from ddp_helpers import run_script
 
 pytest.importorskip("peft", reason="peft is not installed: pip install 'finetune-strategies[peft]'")
 
@@ -14,8 +14,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lora_vit.py"
 
 def test_lora_vit_example(tmp_path: Path) -> None:
     args = ["--epochs", "2", "--unfreeze_epoch", "1", "--depth", "1", "--out", str(tmp_path)]
-    result = run_python(str(EXAMPLE), *args, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(str(EXAMPLE), *args, timeout=300)
     out = result.stdout
     assert "epoch=0.ckpt" in out
     assert "frozen tensors left out" in out

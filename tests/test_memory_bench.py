@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ddp_helpers import run_python
+from ddp_helpers import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
@@ -23,8 +23,7 @@ from benchmarks.memory_bench import ENGINES, FIGURES, PHASES, SMOKE  # noqa: E40
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("memory")
-    result = run_python("-m", "benchmarks.memory_bench", "--smoke", "--out", str(out), "--timeout", "500", timeout=1100)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_script("-m", "benchmarks.memory_bench", "--smoke", "--out", str(out), "--timeout", "500", timeout=1100)
     assert "| phase | per rank (MiB) | DDP | FSDP2 | FSDP2 / DDP |" in result.stdout
     return json.loads((out / "memory.json").read_text()), (out / "memory.md").read_text()
 

@@ -121,13 +121,16 @@ class ImageClassifier(pl.LightningModule):
             config["input_size"] = (3, self.image_size, self.image_size)
         return config
 
+    def plain_backbone(self) -> nn.Module:
+        """The backbone in its plain architecture: with adapters (``lora``), a copy with them merged in
+        (the model keeps its adapters); else the backbone itself."""
+        return merge_adapters(copy.deepcopy(self.backbone)) if tuner_modules(self.backbone) else self.backbone
+
     def save_backbone(self, path: str | Path) -> Path:
         """Save the backbone's weights; ``pretrained=path`` loads them into a new classifier, and timm
         (``pretrained_cfg_overlay={"file": path}``) or torchvision (``load_state_dict``, without the
-        classifier) into the plain architecture. Adapters (``lora``) are merged into a copy first, so the
-        file holds the plain architecture's weights and the model keeps its adapters."""
-        backbone = merge_adapters(copy.deepcopy(self.backbone)) if tuner_modules(self.backbone) else self.backbone
-        return save_weights(backbone, path)
+        classifier) into the plain architecture. Adapters are merged in first (:meth:`plain_backbone`)."""
+        return save_weights(self.plain_backbone(), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""

@@ -41,7 +41,8 @@ PER_RANK = GLOBAL_BATCH // max(WORLD, 1)
 PLATEAU_EPOCHS = 4
 PLATEAU_LAST = {**PLATEAU, "restore_best": False}  # FSDP1 refuses restore_best (see distributed.check_engine)
 UNITS = {nn.Linear, nn.LayerNorm}  # one FSDP unit per layer: frozen and trainable parameters never share one
-SCHEDULED = CALLBACKS
+SCHEDULED = [name for name in CALLBACKS if name != "l2_sp"]  # FSDP1 refuses L2-SP (see regularizers.py)
+L2_SP = {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5}
 
 
 def fsdp1(**kwargs: Any) -> FSDPStrategy:
@@ -69,8 +70,9 @@ def main(out: Path) -> None:
         first.finetune(Net(), Data(PER_RANK), strategy=make_callback(callback))
         second = gpu_trainer(3, WORLD, fsdp1(state_dict_type="sharded"), callbacks=[Dump(out / name)])
         second.finetune(Net(), Data(PER_RANK), strategy=make_callback(callback), ckpt_path=ckpt / "last.ckpt")
-    for name, options in (("flat_params", {"use_orig_params": False}), ("restore_best", {})):
-        spec = {**PLATEAU, "restore_best": True} if name == "restore_best" else ("freeze_unfreeze", 1)
+    specs = {"flat_params": ("freeze_unfreeze", 1), "restore_best": {**PLATEAU, "restore_best": True}, "l2_sp": L2_SP}
+    for name, options in (("flat_params", {"use_orig_params": False}), ("restore_best", {}), ("l2_sp", {})):
+        spec = specs[name]
         trainer = gpu_trainer(3, WORLD, fsdp1(**options), callbacks=[Dump(out / name)], limit_val_batches=1.0)
         try:
             trainer.finetune(ScoredNet(), ScoredData(PER_RANK), strategy=resolve_strategy(spec))

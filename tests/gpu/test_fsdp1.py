@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="FSDP1 needs CUDA: torch's FSDP and Lightning's FSDPStrategy refuse CPU"
 )
 
-from ddp_helpers import ScoredData, ScoredNet, assert_refused, max_diff, reference_run, run_ranks  # noqa: E402
+from ddp_helpers import ScoredData, ScoredNet, assert_refused, max_diff, reference_run, run_script  # noqa: E402
 from fsdp1_scenarios import PLATEAU_EPOCHS, PLATEAU_LAST, SCHEDULED, WORLD  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("fsdp1_scenarios.py")
@@ -27,7 +27,7 @@ HEAD = {"head.weight", "head.bias"}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fsdp1")
-    run_ranks(SCRIPT, str(out), timeout=420)
+    run_script(str(SCRIPT), str(out), timeout=420)
     return out
 
 
@@ -98,6 +98,7 @@ def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(runs: Pat
     [
         ("flat_params", "FSDPStrategy(use_orig_params=False) flattens each FSDP unit into one FlatParameter"),
         ("restore_best", "(restore_best=True), but under FSDP1 each rank holds a flat shard"),
+        ("l2_sp", "FreezeUnfreeze with l2_sp is not supported under fsdp1 (FSDPStrategy)"),
     ],
 )
 def test_what_fsdp1_cannot_do_fails_before_training(runs: Path, scenario: str, expected: str) -> None:
