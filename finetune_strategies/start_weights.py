@@ -72,8 +72,9 @@ class StartWeights:
 
     @property
     def nbytes(self) -> int:
-        """The memory the copy takes."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        """The memory the copy takes (on this rank: under FSDP2, its shards)."""
+        local = (t.to_local() if distributed.is_shard(t) else t for t in self.tensors.values())  # type: ignore[attr-defined]
+        return sum(t.numel() * t.element_size() for t in local)
 
     def take(
         self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]], owner: str, *, resumed: bool = False

@@ -115,7 +115,7 @@ def run(
     trainer = make_trainer(
         EPOCHS + (mode == "plateau"),
         devices=WORLD if ddp else 1,
-        strategy={"ddp": "ddp", "fsdp2": fsdp2()}.get(mode, "auto"),
+        strategy=fsdp2() if mode == "fsdp2" else "ddp" if ddp else "auto",  # FSDP2 needs torch >= 2.6
         enable_checkpointing=True,
         callbacks=[checkpoint, *extra],
         plugins=plugins,
