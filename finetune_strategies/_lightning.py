@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, TypeVar
 import lightning
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities import load as fabric_load
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core import optimizer as lightning_optimizer
 from lightning.pytorch.strategies import DDPStrategy
@@ -104,6 +105,14 @@ def intercept_resume(
     connector._finetune_guarded = True
 
 
+# ------------------------------------------------------------------ sharded checkpoints
+def sharded_metadata_file() -> str:
+    """The file in a sharded (FSDP, ModelParallel) checkpoint folder that holds everything but weights and
+    optimizer states: loops, callbacks, and so on."""
+    name: str = private(fabric_load, "_METADATA_FILENAME")
+    return name
+
+
 # ------------------------------------------------------------------ DDP
 def rebuild_ddp(strategy: DDPStrategy, module: torch.nn.Module) -> DistributedDataParallel:
     """Wrap ``module`` in a new DDP module built by ``strategy`` with its options, and install it."""
@@ -184,6 +193,11 @@ PRIVATE_APIS: dict[str, Callable[[], str | None]] = {
         None
         if hasattr(checkpoint_connector, "_CheckpointConnector")
         else "lightning.pytorch.trainer.connectors.checkpoint_connector._CheckpointConnector is missing"
+    ),
+    "lightning.fabric.utilities.load._METADATA_FILENAME": lambda: (
+        None
+        if isinstance(getattr(fabric_load, "_METADATA_FILENAME", None), str)
+        else "lightning.fabric.utilities.load._METADATA_FILENAME is missing"
     ),
     "DDPStrategy._setup_model": lambda: _has_parameters(DDPStrategy, "_setup_model", ("model",)),
     "DDPStrategy._register_ddp_hooks": lambda: _has_parameters(DDPStrategy, "_register_ddp_hooks", ()),

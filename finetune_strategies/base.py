@@ -357,8 +357,16 @@ class FinetuningStrategy(BaseFinetuning):
         ]
         check_order(phases, type(self).__name__)
         self._progress.phases = phases
+        self.plan_param_groups(pl_module)
+        if self.layer_lr_decay is not None and not self._groups.plans:
+            rank_zero_warn(f"layer_lr_decay has no effect: {type(self).__name__} unfreezes nothing.")
+
+    def plan_param_groups(self, pl_module: pl.LightningModule) -> None:
+        """Plan every phase's param groups over the parameters ``pl_module`` holds now. ``setup`` plans them
+        again when the optimizer is built: ``configure_model`` may have replaced the parameters since
+        (FSDP2's ``fully_shard`` does: sharded parameters keep their modules, names and ``requires_grad``)."""
         plans = plan_groups(
-            phases,
+            self._progress.phases,
             train_bn=self.train_bn,
             kept_trainable=self._bn.kept_trainable,
             lr=self.lr,
@@ -366,8 +374,6 @@ class FinetuningStrategy(BaseFinetuning):
             layers=lambda: self.backbone_layers(pl_module),
             name_params=self.name_params,
         )
-        if self.layer_lr_decay is not None and not plans:
-            rank_zero_warn(f"layer_lr_decay has no effect: {type(self).__name__} unfreezes nothing.")
         self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr)
 
     def attach_optimizer(
@@ -409,30 +415,31 @@ class FinetuningStrategy(BaseFinetuning):
                 f"Two fine-tuning callbacks are attached: {type(self).__name__} and "
                 f"{', '.join(type(c).__name__ for c in others)}. Use one strategy per run."
             )
-        deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
-        if deepspeed and not self.preregister_groups:
-            raise ConfigurationError(
-                f"{type(self).__name__} adds optimizer param groups during training, which DeepSpeed does not "
-                "allow. Use the `*_deepspeed` strategy of the same name (or pass preregister_groups=True)."
-            )
-        if deepspeed and trainer.strategy.zero_stage_3:  # type: ignore[attr-defined]
-            raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
         self._fit_trainer = trainer
         self.prepare(pl_module)
         self._l2sp.check(trainer, type(self).__name__)
         self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         phases = self._progress.phases
-        check_validation(trainer, pl_module, [p.after for p in phases if p.after is not None], type(self).__name__)
-        per_phase = [p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state]
-        if deepspeed and per_phase:
-            raise ConfigurationError(
-                f"Phase(s) {per_phase} bring their own LR scheduler or reset the optimizer state, which DeepSpeed's "
-                "engine does not let a callback do. Remove those phase options, or train without DeepSpeed."
-            )
+        watched = [p.after for p in phases if p.after is not None]
+        distributed.check_engine(
+            trainer,
+            type(self).__name__,
+            preregister=self.preregister_groups,
+            restore_best=any(after.restore_best for after in watched),
+            cache_features=self.cache_features,
+            per_phase=[p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state],
+        )
+        check_validation(trainer, pl_module, watched, type(self).__name__)
+        distributed.before_checkpoint_load(trainer, lambda path, safe: self._resume_before_load(trainer, path, safe))
+        deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
         if self._groups.plans:
 
             def on_built(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
                 if self.optimizer_index < len(optimizers):  # else on_fit_start raises
+                    self.plan_param_groups(pl_module)  # the parameters after configure_model
+                    planned = {id(p) for plan in self._groups.plans for p in plan.params}
+                    named = pl_module.named_parameters()
+                    distributed.check_reduced(trainer, {n: p for n, p in named if id(p) in planned})
                     self.attach_optimizer(optimizers[self.optimizer_index], configs, deepspeed=deepspeed)
 
             self._hook = OptimizerHook(on_built)
@@ -464,15 +471,29 @@ class FinetuningStrategy(BaseFinetuning):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
         # on_fit_start, and every strategy has restored it by now.
-        for name, train_bn in self._unfrozen:
-            self._bn.thaw([pl_module.get_submodule(name)], train_bn)
-        for index in self._progress.started:
-            self._groups.ungate(index)
+        self._replay_unfreezes(pl_module)
         distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
         self._lr_configs = trainer.lr_scheduler_configs
         optimizer = trainer.optimizers[self.optimizer_index]
         for scheduler in schedulers_of(self._schedulers, optimizer):
             pad_to_groups(scheduler, optimizer)
+
+    def _replay_unfreezes(self, pl_module: pl.LightningModule) -> None:
+        """Make trainable again what a resumed run had unfrozen, and let its started phases' groups train."""
+        for name, train_bn in self._unfrozen:
+            self._bn.thaw([distributed.submodule(pl_module, name)], train_bn)
+        for index in self._progress.started:
+            self._groups.ungate(index)
+
+    def _resume_before_load(self, trainer: pl.Trainer, checkpoint_path: Any, weights_only: bool | None) -> None:
+        """Before FSDP or DeepSpeed load the optimizer state: the saved run's unfreezes and param groups, so
+        that the load fills the state of every group (see :func:`distributed.before_checkpoint_load`)."""
+        state = distributed.read_callback_state(checkpoint_path, self.state_key, weights_only=weights_only)
+        if state is None:
+            return
+        self.load_state_dict(state)
+        self._replay_unfreezes(trainer.lightning_module)
+        BaseFinetuning.on_fit_start(self, trainer, trainer.lightning_module)  # the saved groups, by parameter name
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
@@ -516,6 +537,7 @@ class FinetuningStrategy(BaseFinetuning):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
         self._undo_on_load()
+        distributed.remove_load_hook(trainer)
         self.finish()
 
     def on_save_checkpoint(

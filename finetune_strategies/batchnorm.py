@@ -64,7 +64,12 @@ class BatchNormPolicy:
         self.train_bn = train_bn
         self.bn_eval = bn_eval
         self.eval_layers: set[_BatchNorm] = set()
-        self.kept_trainable: set[int] = set()
+        self.kept_layers: list[nn.Module] = []
+
+    @property
+    def kept_trainable(self) -> set[int]:
+        """Ids of the parameters that the kept BatchNorm layers hold now (FSDP2 may have replaced them)."""
+        return {id(p) for layer in self.kept_layers for p in layer.parameters(recurse=False)}
 
     def freeze(self, module: nn.Module) -> None:
         """Freeze ``module`` and everything in it."""
@@ -72,7 +77,8 @@ class BatchNormPolicy:
             is_bn = isinstance(layer, _BatchNorm)
             if is_bn and self.train_bn:
                 thaw([layer], train_bn=True)
-                self.kept_trainable.update(id(p) for p in layer.parameters(recurse=False))
+                if layer not in self.kept_layers:
+                    self.kept_layers.append(layer)
             else:
                 BaseFinetuning.freeze_module(layer)
             if is_bn and self.bn_eval:

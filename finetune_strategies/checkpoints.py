@@ -33,15 +33,19 @@ from finetune_strategies.trainable_only import complete_checkpoint
 
 RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
 _ZIP_MAGIC = b"PK\x03\x04"
+_DCP_INDEX = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
 
 
 def check_file(path: str | Path) -> None:
     """Raise :class:`CheckpointError` if the file at ``path`` is missing, truncated or corrupt.
 
-    Directories (sharded DeepSpeed or FSDP checkpoints) are left to their own loader.
+    A sharded FSDP/ModelParallel checkpoint (a folder) must be complete: torch's distributed-checkpoint
+    index and Lightning's metadata file are written last, so a folder with shards but without both was
+    cut off. Other folders (DeepSpeed's) are left to their own loader.
     """
     file = Path(path)
     if file.is_dir():
+        check_sharded(file)
         return
     if not file.exists():
         raise CheckpointError(f"Checkpoint {file} does not exist.")
@@ -67,10 +71,30 @@ def check_file(path: str | Path) -> None:
         )
 
 
+def check_sharded(folder: Path) -> None:
+    """Raise :class:`CheckpointError` if ``folder`` holds a sharded checkpoint that was not written to the end."""
+    shards = sorted(p.name for p in folder.glob("*.distcp"))
+    metadata = _lightning.sharded_metadata_file()
+    missing = [name for name in (_DCP_INDEX, metadata) if not (folder / name).is_file()]
+    if (shards or (folder / metadata).exists()) and missing:
+        raise CheckpointError(
+            f"Sharded checkpoint {folder} is incomplete: it has {len(shards)} shard file(s) but no "
+            f"{' and no '.join(missing)}, which are written last. It was probably cut off while being written; "
+            "resume from another checkpoint or delete it."
+        )
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint folder, whose weights and optimizer states the strategy loads
+    in place (the loaded dict holds the rest)."""
+    return Path(path).is_dir()
+
+
 def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Raise if ``checkpoint`` cannot resume this fit: missing training state or another strategy."""
-    # DeepSpeed loads weights and optimizer states into its engine and returns the rest
-    required = RESUME_KEYS[2:] if isinstance(trainer.strategy, DeepSpeedStrategy) else RESUME_KEYS
+    # DeepSpeed and sharded checkpoints load weights and optimizer states in place and return the rest
+    in_place = isinstance(trainer.strategy, DeepSpeedStrategy) or is_sharded(path)
+    required = RESUME_KEYS[2:] if in_place else RESUME_KEYS
     missing = [key for key in required if key not in checkpoint]
     if missing:
         raise CheckpointError(

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from finetune_strategies import distributed
 from finetune_strategies.batchnorm import own_parameters
 from finetune_strategies.errors import StrategySpecError
 from finetune_strategies.layers import LAYER_UNITS, Layer, LayerUnit, list_layers
@@ -66,6 +67,14 @@ class DriftMonitor(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            distributed.refuse_engines(
+                trainer,
+                type(self).__name__,
+                "it sums each layer's distance from its start weights over the module's weights, which needs them "
+                "whole on every rank and the ones the engine trains; FSDP and ZeRO-3 partition them, and ZeRO-1/2 "
+                "train their own fp32 copies.",
+                "Train with DDP or one device, or remove DriftMonitor.",
+            )
             self.start, self.history = StartWeights(), []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

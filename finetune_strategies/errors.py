@@ -37,7 +37,7 @@ class SelectorError(ScheduleError, TransferConfigError):
 
 class ConfigurationError(FinetuningError, RuntimeError):
     """The trainer setup cannot run the strategy (two strategies at once, DeepSpeed without a
-    ``*_deepspeed`` strategy, ZeRO stage 3, ...)."""
+    ``*_deepspeed`` strategy, an option a distributed engine cannot honour, ...)."""
 
 
 class WeightMatchError(FinetuningError, ValueError):

@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from finetune_strategies.distributed import numel
+
 
 def trainable_fraction(module: nn.Module, *, skip_batchnorm: bool = False) -> float:
     """The share of ``module``'s parameter values that require grad (0.0 without parameters).
@@ -24,8 +26,8 @@ def trainable_fraction(module: nn.Module, *, skip_batchnorm: bool = False) -> fl
         if not (skip_batchnorm and isinstance(m, _BatchNorm))
         for p in m.parameters(recurse=False)
     ]
-    total = sum(p.numel() for p in params)
-    return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
+    total = sum(numel(p) for p in params)
+    return sum(numel(p) for p in params if p.requires_grad) / total if total else 0.0
 
 
 @dataclass
@@ -75,8 +77,8 @@ class TrainableMonitor(pl.Callback):
         transitions = [str(t) for s in strategies for t in s.transitions if t.epoch == trainer.current_epoch]
         return EpochRecord(
             epoch=trainer.current_epoch,
-            trainable_params=sum(p.numel() for p in params if p.requires_grad),
-            total_params=sum(p.numel() for p in params),
+            trainable_params=sum(numel(p) for p in params if p.requires_grad),
+            total_params=sum(numel(p) for p in params),
             trainable_modules={name: any(p.requires_grad for p in child.parameters()) for name, child in children},
             group_lrs=[float(g["lr"]) for g in groups],
             group_names=[g.get("name") for g in groups],

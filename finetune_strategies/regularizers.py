@@ -11,8 +11,11 @@ clipping, once per optimizer step (with gradient accumulation too).
 Memory: one copy of the pretrained modules' parameters, on their device, also written into checkpoints
 so that a resumed run pulls toward the same ``w0``.
 
-Not supported under DeepSpeed or FSDP: they partition gradients (and parameters) across ranks, so a
-callback cannot see a parameter's whole gradient; setup refuses them.
+Under FSDP2 each rank holds a shard of every parameter, of its gradient (already reduce-scattered when
+the hook runs) and of ``w0``: the penalty is elementwise, so each rank adds it to its shard and the
+result is the same math. Refused at setup under DeepSpeed, which steps its own fp32 copies of the
+parameters (the penalty would miss the update), and under FSDP1, whose flattened shards it is not
+verified against.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from collections.abc import Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 
-from finetune_strategies.errors import ConfigurationError, StrategySpecError
+from finetune_strategies import distributed
+from finetune_strategies.errors import StrategySpecError
 from finetune_strategies.start_weights import StartWeights
 from finetune_strategies.validation import check_positive_float
 
@@ -51,12 +54,20 @@ class L2SP:
         return self.alpha is not None
 
     def check(self, trainer: pl.Trainer, owner: str) -> None:
-        """Refuse the strategies that partition gradients."""
-        if self.active and isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy)):
-            raise ConfigurationError(
-                f"{owner}: l2_sp adds alpha * (w - w0) to each pretrained parameter's gradient, but "
-                f"{type(trainer.strategy).__name__} partitions gradients across ranks, so no callback sees a whole "
-                "gradient. Train with DDP (or one device), or remove l2_sp."
+        """Refuse the engines whose optimizer steps gradients the hook does not see (FSDP1, DeepSpeed)."""
+        if not self.active:
+            return
+        reasons = {
+            "deepspeed": "DeepSpeed steps its own fp32 copies of the parameters, so the penalty would miss the update.",
+            "fsdp1": "FSDP1 holds flattened pieces of parameters on each rank, which L2-SP is not verified against.",
+        }
+        for engine, why in reasons.items():
+            distributed.refuse_engines(
+                trainer,
+                f"{owner} with l2_sp",
+                f"L2-SP adds alpha * (w - w0) to the gradients before each optimizer step, but {why}",
+                "Train with DDP, FSDP2 (ModelParallelStrategy with fully_shard) or one device, or remove l2_sp.",
+                engines=(engine,),
             )
 
     def begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule, roots: Sequence[tuple[str, nn.Module]]) -> None:

@@ -10,7 +10,9 @@ weights (:mod:`~finetune_strategies.wise_ft`), and the drift monitor reports the
   Lightning calls before ``on_fit_start`` on a resume, so a resumed run keeps the weights of the first
   start, never the resumed ones;
 * one copy of the pretrained modules' parameters (and, for WiSE-FT, their floating-point buffers),
-  on the parameters' device: :attr:`StartWeights.nbytes` says how much.
+  on the parameters' device: :attr:`StartWeights.nbytes` says how much;
+* under FSDP2, this rank's shard of each, like the parameters: gathered whole for the checkpoint that
+  rank 0 writes, and cut back to each rank's shard when a resumed run uses it.
 
 The pretrained modules are the ones the trainer's fine-tuning strategy freezes (its
 ``find_modules_to_freeze``, so ``attr_names`` or the model's ``modules_to_freeze()``), also under
@@ -27,7 +29,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from finetune_strategies import compat
+from finetune_strategies import compat, distributed
 from finetune_strategies.errors import ConfigurationError, MissingModuleError
 
 
@@ -70,8 +72,9 @@ class StartWeights:
 
     @property
     def nbytes(self) -> int:
-        """The memory the copy takes."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        """The memory the copy takes (on this rank: under FSDP2, its shards)."""
+        local = (t.to_local() if distributed.is_shard(t) else t for t in self.tensors.values())  # type: ignore[attr-defined]
+        return sum(t.numel() * t.element_size() for t in local)
 
     def take(
         self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]], owner: str, *, resumed: bool = False
@@ -99,14 +102,16 @@ class StartWeights:
             yield from ((n, b) for n, b in pl_module.named_buffers() if id(b) in owned and b.is_floating_point())
 
     def get(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """The start value of ``name``, on ``like``'s device (a checkpoint's copy arrives on the CPU)."""
+        """The start value of ``name`` in ``like``'s form: on its device (a checkpoint's copy arrives on the
+        CPU), and this rank's shard where ``like`` is an FSDP2 shard (a checkpoint's copy is whole)."""
         start = self.tensors[name]
-        if start.device != like.device:
-            start = self.tensors[name] = start.to(like.device)
+        if start.device != like.device or distributed.is_shard(start) != distributed.is_shard(like):
+            start = self.tensors[name] = distributed.like(start.to(like.device), like)
         return start
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.tensors)
+        """The copy, with FSDP2 shards gathered whole (a collective: every rank calls it)."""
+        return distributed.whole(self.tensors) or {}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor] | None, owner: str) -> None:
         """Take a checkpoint's copy; an empty or missing one leaves the copy to be taken at the fit's start."""

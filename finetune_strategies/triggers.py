@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
+from finetune_strategies import distributed
 from finetune_strategies.errors import ConfigurationError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.validation import check_bool, check_known_keys, check_positive_float, check_positive_int
 
@@ -92,7 +93,7 @@ def restore(module: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
     tensors.update(module.named_buffers())
     with torch.no_grad():
         for name, value in snapshot.items():
-            tensors[name].copy_(value)
+            tensors[name].copy_(distributed.like(value, tensors[name]))  # a whole tensor from a checkpoint
 
 
 @dataclass
@@ -129,7 +130,7 @@ class StageWatch:
             "best_epoch": self.best_epoch,
             "wait": self.wait,
             "ended": self.ended,
-            "snapshot": self.snapshot,
+            "snapshot": distributed.whole(self.snapshot),  # FSDP2 shards, gathered for rank 0's checkpoint
         }
 
     @classmethod

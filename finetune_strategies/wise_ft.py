@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from finetune_strategies import distributed
 from finetune_strategies.errors import ConfigurationError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.start_weights import StartWeights, pretrained_roots
 from finetune_strategies.triggers import Mode, restore
@@ -238,6 +239,14 @@ class WiSEFT(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            distributed.refuse_engines(
+                trainer,
+                type(self).__name__,
+                "it interpolates the pretrained weights in place after the fit and validates each mix with "
+                "trainer.validate, which needs the module's weights whole on every rank and the ones the engine "
+                "trained; FSDP and ZeRO-3 partition them, and ZeRO-1/2 train their own fp32 copies.",
+                "Train with DDP or one device, or call wise_ft() on the trained model in one process.",
+            )
             self.start = StartWeights(buffers=True)
             self.result = None
 

@@ -21,16 +21,20 @@ import pytest
 import torch
 from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from finetune_strategies import FinetuningStrategy, Trainer, resolve_strategy
+from finetune_strategies.distributed import is_shard
 
 EPOCHS = 3
 SAMPLES = 32
 GLOBAL_BATCH = 8
 WORLD = 2
+FSDP1_PREFIX = "_fsdp_wrapped_module."
 
 
 class Net(pl.LightningModule):
@@ -134,6 +138,29 @@ SCHEDULES: dict[str, Any] = {
     "l2_sp": {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5, "l2_sp_beta": 0.1},
 }
 """Schedules as data (with layer-wise lr decay, or L2-SP), run by name like the other scenarios."""
+CALLBACKS = [
+    "no_freeze",
+    "freeze",
+    "freeze_unfreeze",
+    "unfreeze_milestones",
+    "freeze_unfreeze_deepspeed",
+    "unfreeze_milestones_deepspeed",
+    "user_subclass",
+    *SCHEDULES,
+]
+"""The callbacks of :func:`make_callback` that every engine's tests run: each built-in, both pre-registered
+(``*_deepspeed``) forms, a user subclass, and schedules as data with layer-wise lr decay or L2-SP."""
+PHASE_SCHEDULER: dict[str, Any] = {
+    "strategy": "phases",
+    "phases": [
+        {
+            "epoch": 1,
+            "lr_scheduler": {"class_path": "StepLR", "init_args": {"step_size": 1, "gamma": 0.5}},
+            "reset_optimizer_state": True,
+        }
+    ],
+}
+"""A phase with its own LR scheduler that also resets the optimizer state."""
 
 
 def make_callback(name: str) -> BaseFinetuning:
@@ -175,26 +202,136 @@ def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
     return Trainer(max_epochs=max_epochs, **{**QUIET_TRAINER, "limit_val_batches": 0, **kwargs})
 
 
+class ShardedNet(Net):
+    """:class:`Net` under FSDP2 (``ModelParallelStrategy``): every layer with parameters is its own
+    ``fully_shard`` unit, then the whole model, as Lightning's docs apply it in ``configure_model``."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6 (see NEEDS_FSDP2)
+
+        mesh = self.device_mesh["data_parallel"]
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.LayerNorm)):
+                fully_shard(module, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+NEEDS_FSDP2 = pytest.mark.skipif(
+    not hasattr(torch.distributed.fsdp, "fully_shard"),
+    reason="FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6",
+)
+
+
+def fsdp2(**kwargs: Any) -> ModelParallelStrategy:
+    """FSDP2 over the :data:`WORLD` ranks: data parallel only (no tensor parallelism)."""
+    return ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1, **kwargs)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached copy of the whole tensor: a DTensor (FSDP2) is gathered from every rank (a collective)."""
+    if is_shard(tensor):
+        tensor = tensor.full_tensor()  # type: ignore[attr-defined]
+    return tensor.detach().clone()
+
+
+def clean(name: str) -> str:
+    """A parameter's name as the LightningModule defines it: without FSDP1's wrapper modules."""
+    return name.replace(FSDP1_PREFIX, "")
+
+
+def full_state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, whole, on every rank: FSDP2's shards, FSDP1's flat shards and ZeRO-3's
+    partitions gathered (collectives: every rank calls it)."""
+    if isinstance(trainer.strategy, FSDPStrategy):
+        with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+            named = [*pl_module.named_parameters(), *pl_module.named_buffers()]
+            return {clean(k): v.detach().clone() for k, v in named}
+    gather: Any = contextlib.nullcontext()
+    if getattr(trainer.strategy, "zero_stage_3", False):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(pl_module.parameters()))
+    with gather:
+        return {k: full(v) for k, v in pl_module.state_dict().items()}
+
+
+def full_optimizer_state(trainer: pl.Trainer) -> dict[str, Any]:
+    """The optimizer's state dict; under FSDP keyed by parameter name with whole tensors (a collective)."""
+    optimizer = trainer.optimizers[0]
+    if isinstance(trainer.strategy, ModelParallelStrategy):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        return dict(get_optimizer_state_dict(trainer.strategy.model, optimizer, options=options))
+    if isinstance(trainer.strategy, FSDPStrategy):
+        state = FullyShardedDataParallel.optim_state_dict(trainer.strategy.model, optimizer)
+        return {**state, "state": {clean(k): v for k, v in state["state"].items()}}
+    return optimizer.state_dict()
+
+
 class Dump(pl.Callback):
-    """Each epoch: a copy of every parameter and buffer; at the end, the optimizer state too."""
+    """Each epoch: a copy of every parameter and buffer, and which parameters got a gradient and have
+    optimizer state; at the end, the optimizer state too. Sharded engines are gathered (:func:`full_state`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.initial: dict[str, torch.Tensor] = {}
         self.epochs: list[dict[str, torch.Tensor]] = []
+        self.grads: list[dict[str, tuple[int, int]]] = []
+        self.optimizer_state: list[list[str]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.initial = full_state(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epochs.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+        self.epochs.append(full_state(trainer, pl_module))
+        # (local, whole) element counts of every gradient the epoch's last backward left
+        named = [(clean(n), p) for n, p in pl_module.named_parameters()]
+        self.grads.append({n: local_and_whole(p.grad) for n, p in named if p.grad is not None})
+        names = {id(p): n for n, p in named}
+        self.optimizer_state.append(sorted(names[id(p)] for p in trainer.optimizers[0].state if id(p) in names))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
+            "initial": self.initial,
             "epochs": self.epochs,
-            "final": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
-            "optimizer": trainer.optimizers[0].state_dict(),
-            "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+            "grads": self.grads,
+            "optimizer_state": self.optimizer_state,
+            "final": full_state(trainer, pl_module),
+            "optimizer": full_optimizer_state(trainer),
+            "groups": [(g.get("name"), g["lr"], len(g["params"])) for g in trainer.optimizers[0].param_groups],
+            "requires_grad": {clean(n): p.requires_grad for n, p in pl_module.named_parameters()},
             "transitions": [t.epoch for c in trainer.callbacks for t in getattr(c, "transitions", [])],
         }
         torch.save(state, self.path.with_name(f"{self.path.name}.rank{trainer.global_rank}.pt"))
+
+
+def local_and_whole(tensor: torch.Tensor) -> tuple[int, int]:
+    """How many elements of ``tensor`` this rank holds, and how many the whole tensor has."""
+    local = tensor.to_local() if is_shard(tensor) else tensor  # type: ignore[attr-defined]
+    return local.numel(), tensor.numel()
+
+
+def reference_run(
+    out: Path, name: str, spec: Any = None, *, model: type[Net] = Net, data: type[Data] = Data, **trainer: Any
+) -> dict[str, Any]:
+    """Scenario ``name`` in one process with the global batch (``spec``: its strategy, by default the
+    scenario's callback), as :class:`Dump` wrote it: the math a distributed run must match."""
+    callback = resolve_strategy(spec) if spec is not None else make_callback(name)
+    run = make_trainer(**{"callbacks": [Dump(out / name)], **trainer})
+    run.finetune(model(), data(GLOBAL_BATCH), strategy=callback)
+    return torch.load(out / f"{name}.rank0.pt", weights_only=False, map_location="cpu")
+
+
+def assert_refused(runs: Path, scenario: str, expected: str) -> None:
+    """Every rank of a refused ``scenario`` wrote a ``ConfigurationError`` that says ``expected``, and
+    nothing trained (no :class:`Dump` was written)."""
+    for rank in range(WORLD):
+        error = (runs / f"{scenario}.error.rank{rank}.txt").read_text()
+        assert error.startswith("ConfigurationError: "), error
+        assert expected in error, error
+        assert not (runs / f"{scenario}.rank{rank}.pt").exists()
 
 
 def load_ranks(path: Path) -> list[dict[str, Any]]:
@@ -225,6 +362,12 @@ def subprocess_env() -> dict[str, str]:
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED"):
         env.pop(key, None)
     return env
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
 def launch(*args: str, merge_output: bool = False) -> subprocess.Popen[str]:

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ddp_helpers import (
+    CALLBACKS,
     EPOCHS,
     GLOBAL_BATCH,
     LORA_SPECS,
     PLATEAU,
-    SCHEDULES,
     WORLD,
     Data,
     Dump,
@@ -87,20 +87,11 @@ def resume(out: Path, name: str, sync_on_resume: bool) -> None:
 
 
 SCENARIOS = {
-    "no_freeze": lambda out: fit(out, "no_freeze", "no_freeze"),
-    "freeze": lambda out: fit(out, "freeze", "freeze"),
-    "freeze_unfreeze": lambda out: fit(out, "freeze_unfreeze", "freeze_unfreeze"),
-    "unfreeze_milestones": lambda out: fit(out, "unfreeze_milestones", "unfreeze_milestones"),
-    "freeze_unfreeze_deepspeed": lambda out: fit(out, "freeze_unfreeze_deepspeed", "freeze_unfreeze_deepspeed"),
-    "unfreeze_milestones_deepspeed": lambda out: fit(
-        out, "unfreeze_milestones_deepspeed", "unfreeze_milestones_deepspeed"
-    ),
-    "user_subclass": lambda out: fit(out, "user_subclass", "user_subclass"),
+    **{name: (lambda out, name=name: fit(out, name, name)) for name in CALLBACKS},
     "find_unused": lambda out: fit(out, "find_unused", "freeze_unfreeze", strategy="ddp_find_unused_parameters_true"),
     "accumulate": lambda out: fit(
         out, "accumulate", "freeze_unfreeze", batch_size=PER_RANK // 2, accumulate_grad_batches=2
     ),
-    **{name: (lambda out, name=name: fit(out, name, name)) for name in SCHEDULES},
     "anchor": lambda out: fit(out, "anchor", "anchor"),
     "plateau": plateau,
     "resume": lambda out: resume(out, "resume", sync_on_resume=True),

@@ -1,6 +1,6 @@
 """A training run to kill with SIGKILL and resume, for ``test_kill_resume.py``.
 
-    python tests/kill_resume_worker.py {single|ddp|plateau} {killed|resume} DIR [KILL_EPOCH]
+    python tests/kill_resume_worker.py {single|ddp|fsdp2|plateau} {killed|resume} DIR [KILL_EPOCH]
     python tests/kill_resume_worker.py single killed_in_write DIR {safe|in_place}
 
 ``killed`` trains with ``ModelCheckpoint(save_last=True)`` and, two batches into epoch ``KILL_EPOCH``
@@ -33,6 +33,8 @@ from ddp_helpers import (
     Net,
     ScoredData,
     ScoredNet,
+    ShardedNet,
+    fsdp2,
     make_callback,
     make_trainer,
     shutdown,
@@ -108,12 +110,12 @@ def stalling(io_class: type[TorchCheckpointIO], ready: Path) -> CheckpointIO:
 def run(
     mode: str, out: Path, name: str, ckpt_path: str | None, *extra: pl.Callback, plugins: list[Any] | None = None
 ) -> None:
-    ddp = mode == "ddp"
+    ddp = mode in {"ddp", "fsdp2"}
     checkpoint = ModelCheckpoint(dirpath=out / f"{name}_ckpt", save_last=True)
     trainer = make_trainer(
         EPOCHS + (mode == "plateau"),
         devices=WORLD if ddp else 1,
-        strategy="ddp" if ddp else "auto",
+        strategy=fsdp2() if mode == "fsdp2" else "ddp" if ddp else "auto",  # FSDP2 needs torch >= 2.6
         enable_checkpointing=True,
         callbacks=[checkpoint, *extra],
         plugins=plugins,
@@ -123,8 +125,11 @@ def run(
         scored = ScoredData(GLOBAL_BATCH)
         trainer.finetune(ScoredNet(), scored, strategy=resolve_strategy(PLATEAU), ckpt_path=ckpt_path)
         return
-    strategy = make_callback("unfreeze_milestones" if ddp else "freeze_unfreeze")
     data = Data(GLOBAL_BATCH // WORLD if ddp else GLOBAL_BATCH)
+    if mode == "fsdp2":  # sharded checkpoints (folders); the unfreeze adds a param group
+        trainer.finetune(ShardedNet(), data, strategy=make_callback("freeze_unfreeze"), ckpt_path=ckpt_path)
+        return
+    strategy = make_callback("unfreeze_milestones" if ddp else "freeze_unfreeze")
     trainer.finetune(Net(), data, strategy=strategy, ckpt_path=ckpt_path)
 
 

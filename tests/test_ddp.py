@@ -11,34 +11,20 @@ from typing import Any
 import pytest
 import torch
 from ddp_helpers import (
+    CALLBACKS,
     EPOCHS,
-    GLOBAL_BATCH,
-    SCHEDULES,
-    Data,
-    Dump,
     Net,
     finish,
     group_members,
     launch,
     load_ranks,
-    make_callback,
-    make_trainer,
+    max_diff,
+    reference_run,
     run_script,
 )
 
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
-OURS = [
-    "no_freeze",
-    "freeze",
-    "freeze_unfreeze",
-    "unfreeze_milestones",
-    "freeze_unfreeze_deepspeed",
-    "unfreeze_milestones_deepspeed",
-    "user_subclass",
-    "find_unused",
-    "accumulate",
-    *SCHEDULES,
-]
+OURS = [*CALLBACKS, "find_unused", "accumulate"]
 CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"}
 
 
@@ -53,17 +39,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Single-process runs with the global batch, one per callback."""
     out = tmp_path_factory.mktemp("single")
-    results = {}
-    for name in ["anchor", *sorted({CALLBACK_OF.get(s, s) for s in OURS})]:
-        trainer = make_trainer(callbacks=[Dump(out / name)])
-        trainer.finetune(Net(), Data(GLOBAL_BATCH), strategy=make_callback(name))
-        results[name] = torch.load(out / f"{name}.rank0.pt", weights_only=False)
-    return results
-
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    return {name: reference_run(out, name) for name in ["anchor", *sorted({CALLBACK_OF.get(s, s) for s in OURS})]}
 
 
 def cross_rank_diffs(ranks: list[dict[str, Any]]) -> list[float]:

@@ -1,4 +1,4 @@
-"""``*_deepspeed`` strategies under the real DeepSpeed engine (ZeRO stage 1 and 2, 2 ranks).
+"""``*_deepspeed`` strategies under the real DeepSpeed engine (ZeRO stage 1, 2 and 3, 2 ranks).
 
 Runs on CUDA with Lightning's ``DeepSpeedStrategy`` where there are 2 GPUs, else on DeepSpeed's CPU
 accelerator over gloo (see ``deepspeed_cpu.py``). Skipped, with the reason, without deepspeed.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import WORLD, Data, Net, load_ranks, make_callback, make_trainer, run_script
+from ddp_helpers import WORLD, Data, Net, assert_refused, load_ranks, make_callback, make_trainer, run_script
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed: pip install 'finetune-strategies[deepspeed]'")
 
@@ -42,15 +42,28 @@ def reference(callback: str) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("scenario", ["stage1_freeze_unfreeze", "stage2_milestones"])
-def test_real_deepspeed_engine_runs_with_zero(runs: Path, scenario: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "optimizer"),
+    [
+        ("stage1_freeze_unfreeze", "DeepSpeedZeroOptimizer"),
+        ("stage2_milestones", "DeepSpeedZeroOptimizer"),
+        ("stage3_freeze_unfreeze", "DeepSpeedZeroOptimizer_Stage3"),
+        ("stage3_decay", "DeepSpeedZeroOptimizer_Stage3"),
+    ],
+)
+def test_real_deepspeed_engine_runs_with_zero(runs: Path, scenario: str, optimizer: str) -> None:
+    """The engine and its ZeRO optimizer; the model's size is counted whole, also where ZeRO-3 partitions it."""
+    size = sum(p.numel() for p in Net().parameters())
     for rank in range(WORLD):
         info = torch.load(runs / f"{scenario}.engine.rank{rank}.pt")
-        assert info == {"engine": "DeepSpeedEngine", "optimizer": "DeepSpeedZeroOptimizer"}
+        assert info == {"engine": "DeepSpeedEngine", "optimizer": optimizer}
+        assert torch.load(runs / f"{scenario}.counted.rank{rank}.pt") == [size] * 3  # TrainableMonitor's count
 
 
-def test_freeze_unfreeze_deepspeed_trains_the_backbone_only_after_the_unfreeze(runs: Path) -> None:
-    ranks = load_ranks(runs / "stage1_freeze_unfreeze")
+@pytest.mark.parametrize("scenario", ["stage1_freeze_unfreeze", "stage3_freeze_unfreeze"])
+def test_freeze_unfreeze_deepspeed_trains_the_backbone_only_after_the_unfreeze(runs: Path, scenario: str) -> None:
+    """Under ZeRO-3 every parameter is partitioned; ``Dump`` gathers them whole to compare."""
+    ranks = load_ranks(runs / scenario)
     initial = Net().state_dict()
     for dump in ranks:
         epochs = dump["epochs"]
@@ -84,17 +97,37 @@ def test_unfreeze_milestones_deepspeed_follows_its_phases(runs: Path) -> None:
     assert max((final[k] - expected[k]).abs().max().item() for k in final) < 1e-5
 
 
-def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path) -> None:
-    full, resumed = load_ranks(runs / "resume_full"), load_ranks(runs / "resume_resumed")
+def test_layer_lr_decay_groups_under_zero3_match_the_run_without_deepspeed(runs: Path) -> None:
+    ranks = load_ranks(runs / "stage3_decay")
+    initial = Net().state_dict()
+    for dump in ranks:
+        assert not changed(initial, dump["epochs"][0], "backbone.")
+        for prefix in BACKBONE.values():
+            assert changed(dump["epochs"][0], dump["epochs"][1], prefix)
+    final = {k: v for k, v in ranks[0]["final"].items() if k != "seen"}
+    expected = reference("deepspeed_decay")
+    assert max((final[k] - expected[k]).abs().max().item() for k in final) < 1e-5
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path, stage: int) -> None:
+    full, resumed = load_ranks(runs / f"resume{stage}_full"), load_ranks(runs / f"resume{stage}_resumed")
     for rank in range(len(full)):
+        assert len(resumed[rank]["epochs"]) == 1
         assert resumed[rank]["requires_grad"]["backbone.0.weight"], "the unfrozen backbone trains again"
         for key, tensor in full[rank]["final"].items():
             assert torch.allclose(tensor, resumed[rank]["final"][key], rtol=0, atol=1e-6), key
 
 
-def test_l2_sp_is_refused_at_setup_under_deepspeed(tmp_path: Path) -> None:
-    run_script(str(SCRIPT), str(tmp_path), "l2_sp_refused", timeout=600)
-    outcome = torch.load(tmp_path / "l2_sp_refused.pt")
-    assert "partitions gradients across ranks" in outcome["message"]
-    assert "Train with DDP" in outcome["message"]
-    assert outcome["unchanged"], "nothing trained"
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("stage2_not_preregistered", "FreezeUnfreeze adds optimizer param groups during training, which DeepSpeed"),
+        ("stage3_cache", "has cache_features=True, which needs the frozen modules' parameters to require no grad"),
+        ("stage3_restore_best", "puts a plateaued stage's best weights back (restore_best=True), but under deepspeed"),
+        ("stage1_phase_scheduler", "bring their own LR scheduler or reset the optimizer state, which DeepSpeed's"),
+        ("stage2_l2_sp", "FreezeUnfreeze with l2_sp is not supported under deepspeed ZeRO-2 (CPUDeepSpeedStrategy)"),
+    ],
+)
+def test_what_deepspeed_cannot_do_fails_before_training_and_says_why(runs: Path, scenario: str, expected: str) -> None:
+    assert_refused(runs, scenario, expected)

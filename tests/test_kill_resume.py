@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import fail_with_stacks, launch, run_script, stop_group
+from ddp_helpers import NEEDS_FSDP2, fail_with_stacks, launch, run_script, stop_group
 
 from finetune_strategies.checkpoints import check_file
 from finetune_strategies.errors import CheckpointError
@@ -52,10 +52,17 @@ def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize(("mode", "world"), [("single", 1), ("ddp", 2)])
+def load_last(folder: Path) -> dict[str, Any]:
+    """``last.ckpt``: a file, or under FSDP2 a folder of shards whose metadata file holds the rest."""
+    path = folder / "last.ckpt"
+    return torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=False)
+
+
+@pytest.mark.parametrize(("mode", "world"), [("single", 1), ("ddp", 2), pytest.param("fsdp2", 2, marks=NEEDS_FSDP2)])
 def test_sigkill_after_unfreeze_then_resume_last_is_bitwise_identical(tmp_path: Path, mode: str, world: int) -> None:
     kill_when_ready(launch(str(WORKER), mode, "killed", str(tmp_path), merge_output=True), tmp_path / "ready")
-    last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
+    assert (tmp_path / "run_ckpt" / "last.ckpt").is_dir() == (mode == "fsdp2")
+    last = load_last(tmp_path / "run_ckpt")
     assert last["epoch"] == 1  # the checkpoint left behind is the unfreeze epoch's
     (state,) = [s for s in last["callbacks"].values() if "started_phases" in s]
     assert state["started_phases"] == [0]  # written after the unfreeze
@@ -142,7 +149,7 @@ def test_sigkill_around_a_plateau_transition_then_resume_last_is_bitwise_identic
     the transition itself; killed in epoch 3, the checkpoint is after the transition."""
     process = launch(str(WORKER), "plateau", "killed", str(tmp_path), str(kill_epoch), merge_output=True)
     kill_when_ready(process, tmp_path / "ready")
-    last = torch.load(tmp_path / "run_ckpt" / "last.ckpt", weights_only=False)
+    last = load_last(tmp_path / "run_ckpt")
     assert last["epoch"] == checkpointed_epoch
     (state,) = [s for s in last["callbacks"].values() if "started_phases" in s]
     if checkpointed_epoch == 1:

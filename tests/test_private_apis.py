@@ -45,7 +45,7 @@ def test_no_module_outside_lightning_py_touches_private_lightning_names() -> Non
     package = pathlib.Path(_lightning.__file__).parent
     pattern = re.compile(
         r"(?<![A-Za-z_])_configure_optimizers\b|_reorder_callbacks|_checkpoint_connector|_setup_model\b"
-        r"|_register_ddp_hooks"
+        r"|_register_ddp_hooks|_METADATA_FILENAME"
         r"|_remove_autograd_hooks|_prepare_subcommand_parser|\._trainer\b|_loaded_checkpoint"
     )
     offenders = [
