@@ -12,8 +12,9 @@ processes only ever slow a step down, so a few pairs are far off; the median ign
 **The interval** is a two-stage (cluster) bootstrap of that median: draw the rounds with
 replacement, then each drawn round's pairs with replacement, take the median of what was drawn, and
 repeat; the interval is the central ``confidence`` share of those medians. Pairs of one round are
-not independent: they share the models' memory layout, the threads' placement on cores and the
-load of that minute, and such effects move whole rounds by a few percent on a shared machine. An
+not independent: they share the models' memory, the allocator's state and the load of that minute,
+and such effects move whole rounds by a percent or two on a shared machine (by five before the
+threads shared one malloc arena, see :func:`benchmarks.measure.single_malloc_arena`). An
 interval from the pairs alone (a sign-test or Wilcoxon interval) would count a round's pairs as
 independent evidence and come out too narrow, so two runs of the same commit could give
 non-overlapping intervals; drawing whole rounds puts the spread between rounds into the interval.
