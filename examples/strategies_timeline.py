@@ -42,6 +42,9 @@ SPECS: list[Any] = [
     ("freeze_unfreeze", 2),
     ("unfreeze_milestones", ((2, 4), 2)),
     ("freeze_unfreeze_deepspeed", 2),
+    ("gradual_unfreeze", 1),
+    {"strategy": "phases", "phases": [{"epoch": 2, "modules": ["backbone.5"]}, {"epoch": 4}]},
+    {"strategy": "freeze_unfreeze", "unfreeze_epoch": 2, "layer_lr_decay": 0.5},
 ]
 
 
@@ -66,6 +69,15 @@ def timeline(spec: Any, epochs: int, train_bn: bool) -> list[str]:
     return cells
 
 
+def _show(spec: Any) -> str:
+    if not isinstance(spec, dict):
+        return repr(spec)
+    if spec["strategy"] == "phases":
+        return "phases: backbone.5 at 2, the rest at 4"
+    options = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "strategy")
+    return f"{spec['strategy']}({options})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=6)
@@ -75,7 +87,7 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (args.epochs + 1))
     for spec in SPECS:
-        print(f"| `{spec!r}` | " + " | ".join(timeline(spec, args.epochs, args.train_bn)) + " |")
+        print(f"| `{_show(spec)}` | " + " | ".join(timeline(spec, args.epochs, args.train_bn)) + " |")
     print("\nCells: share of parameters that train, and (Ng) the number of param groups with lr > 0.")
 
 

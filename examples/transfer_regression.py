@@ -8,8 +8,16 @@ pretrained on 200 cheap points, then fine-tuned in stages on 10 accurate points,
    optimizer is reset and the learning rate is 10x smaller than in pretraining;
 2. ``all_layers``: everything trains, with a 10x smaller learning rate again.
 
-The same 10 points train an MLP from scratch for the same number of epochs. The error of both over the
-whole domain is averaged over several seeds (each seed draws other points and another initialisation).
+For comparison, on the same 10 points and for the same number of epochs:
+
+* the pretrained MLP fine-tuned whole (``no_freeze``) at the first stage's learning rate; the same with
+  L2-SP (``l2_sp``: a pull toward the pretrained weights); and WiSE-FT of the plain fine-tuned MLP, a fixed
+  halfway interpolation with the pretrained weights (nothing here could choose ``a``: the only held-out
+  data is the curve every row is scored on);
+* an MLP trained from scratch.
+
+The error of each over the whole domain is averaged over several seeds (each seed draws other points and
+another initialisation).
 
     python examples/transfer_regression.py            # 5 seeds, full length
     python examples/transfer_regression.py --fast     # CI: 2 seeds, short runs
@@ -38,12 +46,16 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from finetune_strategies import Trainer, wise_ft
 from finetune_strategies.transfer import run_transfer_learning
+from finetune_strategies.weights import read_state_dict
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "transfer_regression.yaml"
 R_MIN, R_MAX = 0.6, 3.0
 PRETRAINING = {"n_points": 200, "batch_size": 50, "max_epochs": 300}
+L2_SP = 0.01  # alpha, set before any run (no data is left to choose it on)
+WISE_A = 0.5  # WiSE-FT's fixed halfway point
 
 
 def morse(r: torch.Tensor, depth: float, width: float, r0: float) -> torch.Tensor:
@@ -124,8 +136,8 @@ def domain_rmse(model: nn.Module) -> float:
         return float(((model(to_input(r)) - accurate(r)) ** 2).mean().sqrt())
 
 
-def quiet_trainer(max_epochs: int, root: Path) -> pl.Trainer:
-    return pl.Trainer(
+def quiet_trainer(max_epochs: int, root: Path) -> Trainer:
+    return Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
         devices=1,
@@ -184,6 +196,20 @@ def run_seed(config: dict[str, Any], seed: int, work: Path) -> dict[str, float]:
     after_first.load_state_dict(torch.load(result.stages[0].checkpoint, weights_only=True)["state_dict"])
     errors[f"transfer, stage 1 only ({result.stages[0].name})"] = domain_rmse(after_first)
     errors["transfer, all stages"] = domain_rmse(result.model)
+
+    epochs, stage_lr = stage_epochs(config["transfer"]), config["transfer"]["optimizer"]["init_args"]["lr"]
+    pretrained_weights = read_state_dict(pretrained_path)
+    for name, l2_sp in (("fine-tuned whole (no_freeze)", None), (f"fine-tuned whole, l2_sp={L2_SP:g}", L2_SP)):
+        pl.seed_everything(seed, verbose=False)
+        model = MLPRegressor(**{**config["model"]["init_args"], "lr": stage_lr})
+        model.load_state_dict(pretrained_weights)
+        trainer = quiet_trainer(epochs, work / "whole")
+        strategy = {"strategy": "no_freeze", "attr_names": "net", "l2_sp": l2_sp}
+        trainer.finetune(model, CurveData(**data_args), strategy={k: v for k, v in strategy.items() if v is not None})
+        errors[name] = domain_rmse(model)
+        if l2_sp is None:  # WiSE-FT of this run: halfway back to the pretrained weights, no extra training
+            wise_ft(trainer, model, pretrained_weights, WISE_A, validate=False, verbose=False)
+            errors[f"fine-tuned whole + WiSE-FT (a={WISE_A:g})"] = domain_rmse(model)
 
     pl.seed_everything(seed, verbose=False)
     scratch = MLPRegressor(**config["model"]["init_args"])

@@ -9,40 +9,51 @@ returns; each built-in is a short preset of it. The callback composes:
   pre-registered for DeepSpeed), with :mod:`~finetune_strategies.schedulers` teaching every LR
   scheduler about them;
 * :mod:`~finetune_strategies.feature_cache` - the frozen-feature cache session;
+* :mod:`~finetune_strategies.progress` and :mod:`~finetune_strategies.triggers` - where the run is in
+  its schedule, and the plateau triggers that end stages;
 * :mod:`~finetune_strategies.distributed` - re-wrapping DDP when the trainable set changes;
+* :mod:`~finetune_strategies.regularizers` - the L2-SP penalty toward the pretrained weights;
 * :mod:`~finetune_strategies.state` - the resume state written into checkpoints;
 * :mod:`~finetune_strategies.compat` - what Flash's and Lightning's own callbacks need.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypedDict
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from finetune_strategies import _lightning, compat, distributed
+from finetune_strategies import compat, distributed, trainable_only
 from finetune_strategies.batchnorm import BatchNormPolicy, own_parameters
 from finetune_strategies.errors import (
     ConfigurationError,
-    MissingModuleError,
     ScheduleError,
     StrategySpecError,
     StrategySpecTypeError,
 )
 from finetune_strategies.feature_cache import CacheSession, CacheStats
-from finetune_strategies.groups import GroupPlan, ParamGroups, not_in_optimizer, plan_phase_groups
+from finetune_strategies.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
 from finetune_strategies.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
-from finetune_strategies.schedule import Phase, check_decay, check_order, due
-from finetune_strategies.schedulers import pad_to_groups, schedulers_of, teach_schedulers
-from finetune_strategies.state import StrategyState
+from finetune_strategies.progress import ScheduleProgress
+from finetune_strategies.regularizers import L2SP
+from finetune_strategies.schedule import Phase, check_decay, check_order
+from finetune_strategies.schedulers import (
+    pad_to_groups,
+    remaining_run,
+    replace_schedulers,
+    schedulers_of,
+    teach_schedulers,
+)
+from finetune_strategies.state import StrategyState, group_layout
+from finetune_strategies.triggers import Mode, Plateau, Transition, check_validation, hold_early_stopping, restore
 from finetune_strategies.validation import (
     check_bool,
     check_names,
@@ -66,6 +77,15 @@ class StrategyOptions(TypedDict, total=False):
     cache_max_bytes: int
     layer_lr_decay: float | None
     layer_unit: LayerUnit | None
+    monitor: str | None
+    mode: Mode
+    patience: int
+    min_delta: float
+    max_epochs: int | None
+    restore_best: bool
+    l2_sp: float | None
+    l2_sp_beta: float | None
+    save_trainable_only: bool | None
 
 
 class FinetuningStrategy(BaseFinetuning):
@@ -98,22 +118,49 @@ class FinetuningStrategy(BaseFinetuning):
         layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
             :mod:`finetune_strategies.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
             ``"param_modules"`` for ``unfreeze_milestones``.
+        monitor: End every stage when this validation metric plateaus, instead of waiting for the next
+            phase's epoch, which then only says when it starts at the latest (see
+            :mod:`finetune_strategies.triggers`). ``None`` (default): phases start at their epochs.
+        mode: ``"min"`` or ``"max"``: whether a lower or a higher ``monitor`` is better.
+        patience: How many validation runs without improvement end a stage.
+        min_delta: The least change of ``monitor`` that counts as an improvement.
+        max_epochs: The most epochs a stage may run before the next phase starts.
+        restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
+            ending stage's best validation (default True).
+        l2_sp: L2-SP's ``alpha``: add ``alpha / 2 * ||w - w0||^2`` over the frozen (pretrained) modules'
+            parameters that train, ``w0`` being their weights at the fit's start (see
+            :mod:`finetune_strategies.regularizers`). Keeps one copy of those weights. ``None``: off.
+        l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
+            that train (the head).
+        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
+            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
+            (see :mod:`finetune_strategies.trainable_only`). ``None`` uses the strategy's default: on for
+            ``lora``, off for the others.
     """
 
     metadata_example: ClassVar[str] = ""
     """How the ``(name, metadata)`` spec of this strategy looks, for error messages."""
     default_layer_unit: ClassVar[LayerUnit] = "blocks"
     """The layer unit when ``layer_unit`` is not given."""
+    default_save_trainable_only: ClassVar[bool] = False
+    """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
 
-    _trainer: pl.Trainer | None
+    _fit_trainer: pl.Trainer | None
     _pl_module: pl.LightningModule | None
-    _phases: list[Phase]
     _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
     _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
-    _started: set[int]  # indices of phases that have started
-    _schedulers: list[Any]
+    _lr_configs: list[LRSchedulerConfig]
+    _epoch: int
+    _run: tuple[int, int] | None
     _layers: list[Layer] | None
     _warned_nothing_to_freeze: bool
+    _progress: ScheduleProgress
+    _bn: BatchNormPolicy
+    _groups: ParamGroups
+    _cache: CacheSession
+    _hook: OptimizerHook
+    _l2sp: L2SP
+    _undo_on_load: Callable[[], None]
 
     def __init__(
         self,
@@ -129,6 +176,15 @@ class FinetuningStrategy(BaseFinetuning):
         cache_max_bytes: int = 2**31,
         layer_lr_decay: float | None = None,
         layer_unit: LayerUnit | None = None,
+        monitor: str | None = None,
+        mode: Mode = "min",
+        patience: int = 1,
+        min_delta: float = 0.0,
+        max_epochs: int | None = None,
+        restore_best: bool = True,
+        l2_sp: float | None = None,
+        l2_sp_beta: float | None = None,
+        save_trainable_only: bool | None = None,
     ) -> None:
         super().__init__()
         self.attr_names = check_names("attr_names", attr_names)
@@ -144,6 +200,15 @@ class FinetuningStrategy(BaseFinetuning):
         if layer_unit is not None and layer_unit not in LAYER_UNITS:
             raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
         self.layer_unit: LayerUnit | None = layer_unit
+        plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
+        self.plateau: Plateau | None = plateau if monitor is not None else None
+        penalty = L2SP(l2_sp, l2_sp_beta)  # checks them
+        self.l2_sp, self.l2_sp_beta = penalty.alpha, penalty.beta
+        self.save_trainable_only = (
+            self.default_save_trainable_only
+            if save_trainable_only is None
+            else check_bool("save_trainable_only", save_trainable_only)
+        )
         self._reset()
 
     @classmethod
@@ -166,48 +231,30 @@ class FinetuningStrategy(BaseFinetuning):
             self._bn.freeze(module)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Start every phase whose epoch has come and that has not started (a mid-epoch resume has)."""
-        for index in due(self._phases, self._started, epoch):
+        """Start, in order, every phase that is due at ``epoch`` and has not started (a mid-epoch resume
+        has): its epoch has come, or the stage before it ended on its plateau trigger. A plateau-ended
+        stage's best weights are put back first (``restore_best``)."""
+        while (due := self._progress.next_due(epoch)) is not None:
+            index, reason = due
+            snapshot = self._progress.best_snapshot(index)
+            if snapshot is not None:
+                restore(pl_module, snapshot)
             self.start_phase(index, optimizer)
+            self._progress.record(index, epoch, reason, type(self).__name__)
 
     def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
         """``pl_module.modules_to_freeze()`` if defined, else the modules named by ``attr_names``.
 
         ``modules_to_freeze()`` may return ``None`` (Flash's default): nothing is frozen, with a warning.
         """
-        names = {id(m): n for n, m in pl_module.named_modules()}
-        hook = getattr(pl_module, "modules_to_freeze", None)
-        if callable(hook):
-            found = hook()
-            if found is None:
-                if not self._warned_nothing_to_freeze:
-                    self._warned_nothing_to_freeze = True
-                    rank_zero_warn(
-                        f"{type(pl_module).__name__}.modules_to_freeze() returned None: {type(self).__name__} "
-                        "has nothing to freeze, so the whole model trains from the start."
-                    )
-                return []
-            modules = [found] if isinstance(found, nn.Module) else list(found)
-            if not all(isinstance(m, nn.Module) for m in modules):
-                raise MissingModuleError(
-                    f"{type(pl_module).__name__}.modules_to_freeze() must return a module, modules or None, "
-                    f"got {found!r}."
-                )
-            return [(names.get(id(m), type(m).__name__), m) for m in modules]
-        roots = []
-        for attr in self.attr_names:
-            try:
-                module = pl_module.get_submodule(attr)
-            except AttributeError:
-                module = None
-            if not isinstance(module, nn.Module):
-                raise MissingModuleError(
-                    f"{type(pl_module).__name__} has no module attribute `{attr}` to freeze. Give the "
-                    f"model a `{attr}` submodule, define `modules_to_freeze()` on it, or pass "
-                    f"attr_names=[...] naming the modules to freeze."
-                )
-            roots.append((attr, module))
-        return roots
+        roots = compat.frozen_roots(pl_module, self.attr_names)
+        if roots is None and not self._warned_nothing_to_freeze:
+            self._warned_nothing_to_freeze = True
+            rank_zero_warn(
+                f"{type(pl_module).__name__}.modules_to_freeze() returned None: {type(self).__name__} has nothing "
+                "to freeze, so the whole model trains from the start."
+            )
+        return roots or []
 
     def backbone_layers(self, pl_module: pl.LightningModule) -> list[Layer]:
         """The layers of the frozen modules, bottom to top, in the strategy's ``layer_unit``."""
@@ -237,85 +284,124 @@ class FinetuningStrategy(BaseFinetuning):
         return name_parameters(self._pl_module, params)
 
     def start_phase(self, index: int, optimizer: Optimizer) -> None:
-        """Unfreeze phase ``index`` and give it its param groups."""
-        modules = self._phases[index].thawed_modules()
+        """Unfreeze phase ``index``, give it its param groups, and its LR scheduler if it brings one."""
+        phase = self._progress.phases[index]
+        modules = phase.thawed_modules()
         frozen_before = {id(p) for p in own_parameters(modules, True) if not p.requires_grad}
         self.thaw(modules, self.train_bn)
         self._groups.start(index, optimizer, self._schedulers, frozen_before)
-        self._started.add(index)
+        self._progress.started.add(index)
+        if phase.reset_optimizer_state:
+            optimizer.state.clear()
+        if phase.lr_scheduler is not None:
+            self._install_scheduler(phase, optimizer)
+        if self._progress.finished and self._fit_trainer is not None:
+            hold_early_stopping(self._fit_trainer)  # the last phase: EarlyStopping counts from here
 
+    def _install_scheduler(self, phase: Phase, optimizer: Optimizer) -> None:
+        """The phase's scheduler replaces the optimizer's: each group keeps its current lr as its base, so
+        every group keeps its ratio; lengths it leaves out (``T_max``, ``total_steps``) span the rest of the run."""
+        epochs, steps = remaining_run(self._fit_trainer, self._epoch, self._run)
+        built = phase.lr_scheduler.build(optimizer, self._fit_trainer, epochs=epochs, total_steps=steps)
+        replace_schedulers(self._lr_configs, optimizer, LRSchedulerConfig(**built))
+
+    # ------------------------------------------------------------------ what the current (or last) fit holds
     @property
     def schedule(self) -> list[Phase]:
-        """The schedule bound to the model of the current (or last) fit."""
-        return list(self._phases)
-
-    @property
-    def group_plans(self) -> list[GroupPlan]:
-        """The param groups each phase brings, as planned for the current (or last) fit."""
-        return list(self._groups.plans)
+        """The schedule bound to the model."""
+        return list(self._progress.phases)
 
     @property
     def started_phases(self) -> list[int]:
         """Indices of the phases that have started, in order."""
-        return sorted(self._started)
+        return sorted(self._progress.started)
 
     @property
-    def kept_trainable(self) -> set[int]:
-        """Ids of the BatchNorm parameters that ``train_bn=True`` keeps trainable in frozen modules."""
-        return set(self._bn.kept_trainable)
+    def transitions(self) -> list[Transition]:
+        """The phase starts, with when and why (epoch, plateau, max_epochs) and the ending stage's best."""
+        return list(self._progress.transitions)
+
+    @property
+    def group_plans(self) -> list[GroupPlan]:
+        """The param groups each phase brings."""
+        return list(self._groups.plans)
+
+    @property
+    def lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
+        """The LR schedulers the strategy teaches and replaces: the trainer's during a fit."""
+        return self._lr_configs
 
     @property
     def cache_stats(self) -> dict[str, CacheStats]:
         """Per frozen module, what its feature cache held and served (filled when the cache is dropped)."""
         return self._cache.stats
 
-    # ------------------------------------------------------------------ the same steps, outside a fit
+    @property
+    def l2_sp_bytes(self) -> int:
+        """The memory of L2-SP's copy of the pretrained weights in this fit (0 without ``l2_sp``)."""
+        return self._l2sp.start.nbytes
+
+    @property
+    def _schedulers(self) -> list[Any]:
+        return [config.scheduler for config in self._lr_configs]
+
+    # ------------------------------------------------------------------ the steps of a fit, also used by plans
     def prepare(self, pl_module: pl.LightningModule) -> None:
         """Freeze ``pl_module`` and bind the schedule and its param groups to it (``setup`` does this)."""
         self._pl_module = pl_module
         self._module_names = {id(m): n for n, m in pl_module.named_modules()}
         self.freeze_before_training(pl_module)
-        self._phases = list(self.unfreeze_phases(pl_module))
-        check_order(self._phases, type(self).__name__)
-        plans: list[GroupPlan] = []
-        for index, phase in enumerate(self._phases):
-            decay = phase.layer_lr_decay if phase.layer_lr_decay is not None else self.layer_lr_decay
-            plans += plan_phase_groups(
-                index,
-                phase.label,
-                phase.thawed_modules(),
-                train_bn=self.train_bn,
-                kept_trainable=self._bn.kept_trainable,
-                lr=phase.lr if phase.lr is not None else self.lr,
-                layer_lr_decay=decay,
-                layers=self.backbone_layers(pl_module) if decay is not None else [],
-                name_params=self.name_params,
-            )
+        plateau = self.plateau
+        phases = [
+            p._replace(after=plateau) if p.after is None and plateau else p for p in self.unfreeze_phases(pl_module)
+        ]
+        check_order(phases, type(self).__name__)
+        self._progress.phases = phases
+        plans = plan_groups(
+            phases,
+            train_bn=self.train_bn,
+            kept_trainable=self._bn.kept_trainable,
+            lr=self.lr,
+            layer_lr_decay=self.layer_lr_decay,
+            layers=lambda: self.backbone_layers(pl_module),
+            name_params=self.name_params,
+        )
         if self.layer_lr_decay is not None and not plans:
             rank_zero_warn(f"layer_lr_decay has no effect: {type(self).__name__} unfreezes nothing.")
         self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr)
 
-    def attach_optimizer(self, optimizer: Optimizer, schedulers: list[Any], *, deepspeed: bool = False) -> None:
+    def attach_optimizer(
+        self, optimizer: Optimizer, configs: list[LRSchedulerConfig], *, deepspeed: bool = False
+    ) -> None:
         """Add the param groups that exist from the start (pre-registered ones, and those of parameters
         that already train) to a newly built optimizer; keep pending ones from training."""
-        self._schedulers = schedulers
-        self._started |= self._groups.build(optimizer, schedulers)
-        self._groups.gate(deepspeed, self._started)
+        self._lr_configs = configs
+        self._progress.started |= self._groups.build(optimizer, self._schedulers)
+        self._groups.gate(deepspeed, self._progress.started)
+
+    def advance(
+        self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer, *, run: tuple[int, int] | None = None
+    ) -> None:
+        """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added.
+
+        ``run`` is ``(max_epochs, steps per epoch)`` when no trainer runs (a plan), for the lengths of
+        the LR schedulers phases bring."""
+        self._epoch, self._run = epoch, run
+        count = len(optimizer.param_groups)
+        compat.call_finetune_function(self, pl_module, epoch, optimizer)
+        for index in range(count, len(optimizer.param_groups)):
+            teach_schedulers(self._schedulers, optimizer, index, 1.0 / self.initial_denom_lr)
 
     def finish(self) -> None:
         """Drop the feature caches and the gradient masks of pending groups."""
         self._cache.close()
         self._groups.remove_masks()
 
-    def advance(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added."""
-        count = len(optimizer.param_groups)
-        compat.call_finetune_function(self, pl_module, epoch, optimizer)
-        for index in range(count, len(optimizer.param_groups)):
-            teach_schedulers(self._schedulers, optimizer, index, 1.0 / self.initial_denom_lr)
-
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
+            self._undo_on_load = trainable_only.complete_on_load(pl_module)  # a checkpoint may leave weights out
+            return
         self._reset()
         others = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning) and c is not self]  # type: ignore[attr-defined]
         if others:
@@ -323,44 +409,67 @@ class FinetuningStrategy(BaseFinetuning):
                 f"Two fine-tuning callbacks are attached: {type(self).__name__} and "
                 f"{', '.join(type(c).__name__ for c in others)}. Use one strategy per run."
             )
-        if isinstance(trainer.strategy, DeepSpeedStrategy):
-            if not self.preregister_groups:
-                raise ConfigurationError(
-                    f"{type(self).__name__} adds optimizer param groups during training, which DeepSpeed "
-                    "does not allow. Use the `*_deepspeed` strategy of the same name (or pass "
-                    "preregister_groups=True)."
-                )
-            if trainer.strategy.zero_stage_3:
-                raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
-        self._trainer = trainer
+        deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
+        if deepspeed and not self.preregister_groups:
+            raise ConfigurationError(
+                f"{type(self).__name__} adds optimizer param groups during training, which DeepSpeed does not "
+                "allow. Use the `*_deepspeed` strategy of the same name (or pass preregister_groups=True)."
+            )
+        if deepspeed and trainer.strategy.zero_stage_3:  # type: ignore[attr-defined]
+            raise ConfigurationError("DeepSpeed ZeRO stage 3 is not supported; use stage 1 or 2.")
+        self._fit_trainer = trainer
         self.prepare(pl_module)
-        if stage == "fit" and self._groups.plans:
-            self._wrap_configure_optimizers(trainer, pl_module)
+        self._l2sp.check(trainer, type(self).__name__)
+        self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
+        phases = self._progress.phases
+        check_validation(trainer, pl_module, [p.after for p in phases if p.after is not None], type(self).__name__)
+        per_phase = [p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state]
+        if deepspeed and per_phase:
+            raise ConfigurationError(
+                f"Phase(s) {per_phase} bring their own LR scheduler or reset the optimizer state, which DeepSpeed's "
+                "engine does not let a callback do. Remove those phase options, or train without DeepSpeed."
+            )
+        if self._groups.plans:
+
+            def on_built(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
+                if self.optimizer_index < len(optimizers):  # else on_fit_start raises
+                    self.attach_optimizer(optimizers[self.optimizer_index], configs, deepspeed=deepspeed)
+
+            self._hook = OptimizerHook(on_built)
+            self._hook.install(pl_module)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._unwrap_configure_optimizers(pl_module)
+        self._hook.remove()
         if not 0 <= self.optimizer_index < len(trainer.optimizers):
             raise ScheduleError(
                 f"optimizer_index={self.optimizer_index}, but configure_optimizers returned "
                 f"{len(trainer.optimizers)} optimizer(s)."
             )
-        last_phase = max((p.epoch for p in self._phases), default=-1)
+        dated = [p.epoch for p in self._progress.phases if p.epoch is not None and p.after is None]
+        last_phase = max(dated, default=-1)
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= last_phase:
             rank_zero_warn(
                 f"{type(self).__name__} starts a phase at epoch {last_phase}, but max_epochs="
                 f"{trainer.max_epochs} ends training before it (epochs count from 0)."
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
+        if self._l2sp.active:
+            self._l2sp.begin(trainer, pl_module, self.find_modules_to_freeze(pl_module))
+        self._lr_configs = trainer.lr_scheduler_configs
+        phases = self._progress.phases
+        with_scheduler = [i for i in sorted(self._progress.started) if phases[i].lr_scheduler is not None]
+        if with_scheduler:  # a resumed run: Lightning loads the saved scheduler state into this one next
+            self._install_scheduler(phases[with_scheduler[-1]], trainer.optimizers[self.optimizer_index])
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
         # on_fit_start, and every strategy has restored it by now.
         for name, train_bn in self._unfrozen:
             self._bn.thaw([pl_module.get_submodule(name)], train_bn)
-        for index in self._started:
+        for index in self._progress.started:
             self._groups.ungate(index)
         distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
-        self._schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        self._lr_configs = trainer.lr_scheduler_configs
         optimizer = trainer.optimizers[self.optimizer_index]
         for scheduler in schedulers_of(self._schedulers, optimizer):
             pad_to_groups(scheduler, optimizer)
@@ -369,17 +478,23 @@ class FinetuningStrategy(BaseFinetuning):
         optimizer = trainer.optimizers[self.optimizer_index]
         self.advance(pl_module, trainer.current_epoch, optimizer)
         distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
+        self._checkpoints.note(pl_module)
         if self.cache_features:
-            self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._started))
+            self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._progress.started))
         if not self.preregister_groups:  # remember the groups by parameter name, for resume
             names = {id(p): n for n, p in pl_module.named_parameters()}
-            self._internal_optimizer_metadata[self.optimizer_index] = [
-                {
-                    **{k: v for k, v in g.items() if k != "params"},
-                    "params": [names[id(p)] for p in g["params"]],
-                }
-                for g in optimizer.param_groups
-            ]
+            self._internal_optimizer_metadata[self.optimizer_index] = group_layout(optimizer, names)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._progress.observe(trainer, pl_module)
+        if not self._progress.finished:
+            hold_early_stopping(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._progress.finished:
+            hold_early_stopping(trainer)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -388,66 +503,71 @@ class FinetuningStrategy(BaseFinetuning):
         if self.cache_features:
             self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._cache.batch_end()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._unwrap_configure_optimizers(pl_module)
+        self._hook.remove()
+        self._undo_on_load()
         self.finish()
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # DeepSpeed writes the module's weights itself, from its engine
+        trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
+        self._checkpoints.save(pl_module, checkpoint, trainable)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoints.restore(checkpoint)
+
     def state_dict(self) -> dict[str, Any]:
+        progress = self._progress.state_dict()
         return StrategyState(
             strategy=type(self).__name__,
-            schedule=[phase.signature() for phase in self._phases],
-            started_phases=sorted(self._started),
+            schedule=[phase.signature() for phase in self._progress.phases],
+            started_phases=progress["started_phases"],
             unfrozen_modules=list(self._unfrozen),
             optimizer_groups=self._internal_optimizer_metadata,
+            stage=progress["stage"],
+            transitions=progress["transitions"],
+            l2_sp_start=self._l2sp.state_dict(),
         ).to_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         state = StrategyState.from_dict(state_dict)
         self._unfrozen = state.unfrozen_modules
-        self._started = set(state.started_phases)
+        self._progress.load_state_dict(state.to_dict())
+        self._l2sp.load_state_dict(state.l2_sp_start, type(self).__name__)
 
-    # ------------------------------------------------------------------ internals
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}
-        self._trainer = None
         self._pl_module = None
-        self._phases = []
+        self._fit_trainer = None
         self._module_names = {}
         self._unfrozen = []
-        self._started = set()
-        self._schedulers = []
+        self._lr_configs = []
+        self._epoch, self._run = 0, None
         self._layers = None
         self._warned_nothing_to_freeze = False
+        self._progress = ScheduleProgress()
         self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
-        self._original_configure_optimizers: Any = None
-
-    def _wrap_configure_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        original = pl_module.configure_optimizers
-        self._original_configure_optimizers = original
-        deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
-
-        @functools.wraps(original)
-        def configure_optimizers() -> Any:
-            config = original()
-            optimizers, schedulers, _ = _lightning.parse_optimizers(config)
-            if self.optimizer_index < len(optimizers):  # else on_fit_start raises
-                self.attach_optimizer(optimizers[self.optimizer_index], schedulers, deepspeed=deepspeed)
-            return config
-
-        pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
-
-    def _unwrap_configure_optimizers(self, pl_module: pl.LightningModule) -> None:
-        if self._original_configure_optimizers is not None:
-            del pl_module.configure_optimizers  # drop the instance attribute, back to the class method
-            self._original_configure_optimizers = None
+        self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
+        self._checkpoints = trainable_only.TrainableOnlySession()
+        self._undo_on_load = lambda: None
 
 
 FlashBaseFinetuning = FinetuningStrategy

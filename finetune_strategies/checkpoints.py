@@ -7,7 +7,10 @@ Lightning ``Trainer`` check, on every rank, right where it loads ``ckpt_path``:
 
 * the file is a complete archive and every record in it passes its CRC check;
 * it holds what resuming needs (weights, optimizer states, loop progress);
-* it was written by the same fine-tuning strategy, with the same schedule, as this run's.
+* it was written by the same fine-tuning strategy, with the same schedule, as this run's;
+* if it keeps only the weights that trained (:mod:`finetune_strategies.trainable_only`), the model's
+  frozen weights are the ones it was trained on; they are put back into it, for every ``Trainer``
+  entry point that takes a ``ckpt_path``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from finetune_strategies.base import FinetuningStrategy
 from finetune_strategies.errors import CheckpointError, FinetuningError, ResumeMismatchError
 from finetune_strategies.state import saved_strategy
 from finetune_strategies.strategies import NoFreeze
+from finetune_strategies.trainable_only import complete_checkpoint
 
 RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -110,6 +114,7 @@ def guard_resume(trainer: pl.Trainer) -> None:
     def after(path: Any, loaded: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             check_contents(trainer, path, loaded)
+        complete_checkpoint(trainer.lightning_module, loaded, f"Checkpoint {path}")
 
     def on_error(path: Any, error: Exception) -> Exception:
         if isinstance(error, FinetuningError):

@@ -11,6 +11,8 @@
   returns.
 * Flash's ``unfreeze_and_extend_param_group`` appended to group 0, which breaks resume; here it adds a
   group that keeps group 0's learning rate.
+* Flash's ``modules_to_freeze()`` hook on the model names what to freeze, before ``attr_names``; its
+  default return value ``None`` means "nothing".
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -26,6 +28,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from finetune_strategies import batchnorm
+from finetune_strategies.errors import MissingModuleError
 from finetune_strategies.groups import add_named_group, not_in_optimizer, warn_already_present
 
 if TYPE_CHECKING:
@@ -92,3 +95,34 @@ def unfreeze_and_add_param_group(
 def unfreeze_and_extend_param_group(modules: Modules, optimizer: Optimizer, train_bn: bool = True) -> None:
     """Flash's helper: the parameters get a new group that keeps group 0's learning rate."""
     unfreeze_and_add_param_group(modules, optimizer, initial_denom_lr=1.0, train_bn=train_bn)
+
+
+def frozen_roots(pl_module: pl.LightningModule, attr_names: Sequence[str]) -> list[tuple[str, nn.Module]] | None:
+    """What to freeze, by name: ``pl_module.modules_to_freeze()`` if defined (``None`` if it returns None:
+    nothing), else the modules named by ``attr_names``."""
+    names = {id(m): n for n, m in pl_module.named_modules()}
+    hook = getattr(pl_module, "modules_to_freeze", None)
+    if callable(hook):
+        found = hook()
+        if found is None:
+            return None
+        modules = [found] if isinstance(found, nn.Module) else list(found)
+        if not all(isinstance(m, nn.Module) for m in modules):
+            raise MissingModuleError(
+                f"{type(pl_module).__name__}.modules_to_freeze() must return a module, modules or None, got {found!r}."
+            )
+        return [(names.get(id(m), type(m).__name__), m) for m in modules]
+    roots = []
+    for attr in attr_names:
+        try:
+            module = pl_module.get_submodule(attr)
+        except AttributeError:
+            module = None
+        if not isinstance(module, nn.Module):
+            raise MissingModuleError(
+                f"{type(pl_module).__name__} has no module attribute `{attr}` to freeze. Give the model a "
+                f"`{attr}` submodule, define `modules_to_freeze()` on it, or pass attr_names=[...] naming the "
+                "modules to freeze."
+            )
+        roots.append((attr, module))
+    return roots

@@ -79,3 +79,22 @@ class MissingPathError(FinetuningError, FileNotFoundError):
 
 class ModelConfigError(FinetuningError, ValueError):
     """A model setting with a wrong value: optimizer, scheduler, num_classes, labels, ..."""
+
+
+class MissingDependencyError(FinetuningError, ImportError):
+    """An optional dependency (an extra such as ``finetune-strategies[peft]``) is not installed."""
+
+
+class AdapterError(FinetuningError, ValueError):
+    """Adapters that cannot be injected: no layer to adapt, targets that match nothing, a model that
+    already carries adapters, a bad rank, ..."""
+
+
+class FrozenWeightsError(CheckpointError):
+    """A checkpoint that keeps only trained weights is loaded onto other frozen weights than it was
+    trained on (their SHA-256 fingerprints differ), or onto a model that lacks them."""
+
+
+class UsageError(FinetuningError, ValueError):
+    """A command line or config file that cannot run as given: a missing setting, or a value that the
+    model, data, strategy or trainer rejected when the CLI built them. The CLI exits with status 2."""

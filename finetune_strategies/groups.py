@@ -21,16 +21,19 @@ lr. Parameters that already train when the optimizer is built (``no_freeze`` wit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from finetune_strategies import _lightning
 from finetune_strategies.batchnorm import own_parameters
 from finetune_strategies.layers import Layer
 from finetune_strategies.schedulers import follow_group_zero, schedulers_of, teach_schedulers
@@ -89,14 +92,38 @@ def plan_phase_groups(
     return plans
 
 
-def present_in(optimizer: Optimizer) -> set[int]:
-    """Ids of every parameter ``optimizer`` holds."""
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+def plan_groups(
+    phases: Sequence[Any],
+    *,
+    train_bn: bool,
+    kept_trainable: set[int],
+    lr: float | None,
+    layer_lr_decay: float | None,
+    layers: Callable[[], Sequence[Layer]],
+    name_params: Callable[[list[nn.Parameter]], str],
+) -> list[GroupPlan]:
+    """The groups of every phase (:class:`~finetune_strategies.schedule.Phase`): a phase's own ``lr`` and
+    ``layer_lr_decay`` override the strategy's; ``layers()`` lists the backbone's layers when decay needs them."""
+    plans: list[GroupPlan] = []
+    for index, phase in enumerate(phases):
+        decay = phase.layer_lr_decay if phase.layer_lr_decay is not None else layer_lr_decay
+        plans += plan_phase_groups(
+            index,
+            phase.label,
+            phase.thawed_modules(),
+            train_bn=train_bn,
+            kept_trainable=kept_trainable,
+            lr=phase.lr if phase.lr is not None else lr,
+            layer_lr_decay=decay,
+            layers=layers() if decay is not None else [],
+            name_params=name_params,
+        )
+    return plans
 
 
 def not_in_optimizer(optimizer: Optimizer, params: Iterable[Any]) -> list[Any]:
     """``params`` that ``optimizer`` does not hold yet, once each, compared by identity (not by value)."""
-    present = present_in(optimizer)
+    present = {id(p) for group in optimizer.param_groups for p in group["params"]}
     kept: list[Any] = []
     for param in params:
         if id(param) not in present:
@@ -225,3 +252,33 @@ class ParamGroups:
     def remove_masks(self) -> None:
         for phase in list(self.masks):
             self.ungate(phase)
+
+
+class OptimizerHook:
+    """While installed, ``pl_module.configure_optimizers`` hands its optimizer and LR schedulers to
+    ``on_built`` before Lightning (and DeepSpeed) take them: the moment to add groups that exist from
+    the start. The model's own method is restored by :meth:`remove`."""
+
+    def __init__(self, on_built: Callable[[list[Optimizer], list[LRSchedulerConfig]], None]) -> None:
+        self.on_built = on_built
+        self.module: Any = None
+
+    def install(self, pl_module: Any) -> None:
+        original = pl_module.configure_optimizers
+
+        @functools.wraps(original)
+        def configure_optimizers() -> Any:
+            config = original()
+            optimizers, schedulers, intervals = _lightning.parse_optimizers(config)
+            self.on_built(
+                optimizers, [LRSchedulerConfig(s, interval=i) for s, i in zip(schedulers, intervals, strict=True)]
+            )
+            return config
+
+        pl_module.configure_optimizers = configure_optimizers
+        self.module = pl_module
+
+    def remove(self) -> None:
+        if self.module is not None:
+            del self.module.configure_optimizers  # the instance attribute: back to the class's method
+            self.module = None

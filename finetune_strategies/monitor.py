@@ -43,6 +43,8 @@ class EpochRecord:
     """The ``"name"`` of every param group (``None`` where a group has none), in the order of ``group_lrs``."""
     trainable_fractions: dict[str, float] = field(default_factory=dict)
     """For each top-level child with parameters: the share of its parameter values that train."""
+    transitions: list[str] = field(default_factory=list)
+    """The phase starts a trigger decided at this epoch (the strategy's ``transitions``), as text."""
 
     @property
     def frozen_params(self) -> int:
@@ -69,6 +71,8 @@ class TrainableMonitor(pl.Callback):
             (name, child) for name, child in pl_module.named_children() if any(True for _ in child.parameters())
         ]
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        strategies = [c for c in trainer.callbacks if hasattr(c, "transitions")]  # type: ignore[attr-defined]
+        transitions = [str(t) for s in strategies for t in s.transitions if t.epoch == trainer.current_epoch]
         return EpochRecord(
             epoch=trainer.current_epoch,
             trainable_params=sum(p.numel() for p in params if p.requires_grad),
@@ -79,6 +83,7 @@ class TrainableMonitor(pl.Callback):
             trainable_fractions={
                 name: trainable_fraction(child, skip_batchnorm=self.skip_batchnorm) for name, child in children
             },
+            transitions=transitions,
         )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -93,6 +98,10 @@ class TrainableMonitor(pl.Callback):
         self.records.append(record)
         if self.log:
             pl_module.log("trainable_params", float(record.trainable_params), on_step=False, on_epoch=True)
+
+    def transition_epochs(self) -> list[int]:
+        """Epochs at which a trigger started a phase (for plots: mark them)."""
+        return [r.epoch for r in self.records if r.transitions]
 
     def frozen_epochs(self, module: str = "backbone") -> list[int]:
         """Epochs in which ``module`` had no trainable parameter."""

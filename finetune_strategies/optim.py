@@ -89,8 +89,9 @@ class SchedulerSpec:
     monitor: str | None = None
     error: ErrorClass = field(default=StrategySpecError, compare=False, repr=False)
 
-    def _max_epochs(self, trainer: pl.Trainer | None, argument: str) -> int:
-        epochs = trainer.max_epochs if trainer is not None else None
+    def _max_epochs(self, trainer: pl.Trainer | None, argument: str, epochs: int | None = None) -> int:
+        if epochs is None:
+            epochs = trainer.max_epochs if trainer is not None else None
         if epochs is None or epochs < 1:
             raise self.error(
                 f"{self.cls.__name__} takes its {argument} from the trainer's max_epochs, which is not set; "
@@ -98,28 +99,56 @@ class SchedulerSpec:
             )
         return int(epochs)
 
-    def arguments(self, optimizer: Optimizer, trainer: pl.Trainer | None = None) -> dict[str, Any]:
-        """``init_args`` with the defaults of the module docstring for what they leave out."""
+    def arguments(
+        self,
+        optimizer: Optimizer,
+        trainer: pl.Trainer | None = None,
+        *,
+        epochs: int | None = None,
+        total_steps: int | None = None,
+    ) -> dict[str, Any]:
+        """``init_args`` with the defaults of the module docstring for what they leave out. ``epochs`` and
+        ``total_steps`` replace the trainer's ``max_epochs`` and stepping batches (a scheduler that
+        starts mid-run spans what is left of it)."""
         args = dict(self.init_args)
         if self.cls is lr_scheduler.CosineAnnealingLR and "T_max" not in args:
-            args["T_max"] = self._max_epochs(trainer, "T_max")
+            args["T_max"] = self._max_epochs(trainer, "T_max", epochs)
         elif self.cls is lr_scheduler.StepLR and "step_size" not in args:
-            args["step_size"] = max(1, self._max_epochs(trainer, "step_size") // 3)
+            args["step_size"] = max(1, self._max_epochs(trainer, "step_size", epochs) // 3)
         elif self.cls is lr_scheduler.ExponentialLR:
             args.setdefault("gamma", 0.9)
         elif self.cls is lr_scheduler.OneCycleLR:
             if "max_lr" not in args and "lr" in optimizer.defaults:
                 args["max_lr"] = optimizer.defaults["lr"]
             if "total_steps" not in args and "epochs" not in args:
-                if trainer is None:
+                if total_steps is None and trainer is None:
                     raise self.error("OneCycleLR needs total_steps, or a trainer to take it from.")
-                args["total_steps"] = int(trainer.estimated_stepping_batches)
+                args["total_steps"] = total_steps or int(trainer.estimated_stepping_batches)  # type: ignore[union-attr]
         return args
 
-    def build(self, optimizer: Optimizer, trainer: pl.Trainer | None = None) -> dict[str, Any]:
-        """The scheduler over ``optimizer`` as a Lightning ``lr_scheduler`` config dict; ``trainer``
-        gives the defaults that depend on the run's length."""
-        args = self.arguments(optimizer, trainer)
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, in the mapping form it can be parsed from."""
+        data: dict[str, Any] = {"class_path": f"{self.cls.__module__}.{self.cls.__qualname__}"}
+        if self.init_args:
+            data["init_args"] = dict(self.init_args)
+        for key in ("interval", "monitor"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.frequency != 1:
+            data["frequency"] = self.frequency
+        return data
+
+    def build(
+        self,
+        optimizer: Optimizer,
+        trainer: pl.Trainer | None = None,
+        *,
+        epochs: int | None = None,
+        total_steps: int | None = None,
+    ) -> dict[str, Any]:
+        """The scheduler over ``optimizer`` as a Lightning ``lr_scheduler`` config dict; ``trainer`` (or
+        ``epochs`` / ``total_steps``) gives the defaults that depend on the run's length."""
+        args = self.arguments(optimizer, trainer, epochs=epochs, total_steps=total_steps)
         try:
             scheduler = self.cls(optimizer, **args)
         except (TypeError, ValueError) as cause:

@@ -10,6 +10,7 @@ settings are put back afterwards; its weights are never changed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from rich.table import Table
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -28,6 +30,7 @@ from finetune_strategies.base import FinetuningStrategy
 from finetune_strategies.errors import ConfigurationError, ModelConfigError
 from finetune_strategies.layers import LayerUnit, list_layers
 from finetune_strategies.registry import StrategySpec, resolve_strategy
+from finetune_strategies.schedule import Phase
 from finetune_strategies.validation import check_positive_int
 
 OptimizerFactory = Callable[[list[nn.Parameter]], Optimizer]
@@ -58,14 +61,20 @@ class EpochPlan:
 
 @dataclass(frozen=True)
 class SchedulePlan:
-    """The per-epoch plan of a strategy on a model (see :func:`describe_schedule`)."""
+    """The per-epoch plan of a strategy on a model (see :func:`describe_schedule`).
+
+    A phase that starts on a plateau of the validation metric is placed at the latest epoch it can
+    start (its epoch, or its stage's ``max_epochs``); ``starts`` says when each phase starts, in words.
+    """
 
     strategy: str
     epochs: list[EpochPlan]
+    starts: list[str] = field(default_factory=list)
 
     def table(self) -> Table:
         """A rich table: one row per epoch."""
-        table = Table(title=f"{self.strategy}: what trains, epoch by epoch")
+        caption = "\n".join(f"phase {i}, {text}" for i, text in enumerate(self.starts)) or None
+        table = Table(title=f"{self.strategy}: what trains, epoch by epoch", caption=caption)
         for column in ("epoch", "starts", "trains", "trainable", "param groups (lr)"):
             table.add_column(column, justify="right" if column in ("epoch", "trainable") else "left")
         for row in self.epochs:
@@ -80,7 +89,7 @@ class SchedulePlan:
         return table
 
     def __str__(self) -> str:
-        lines = [f"{self.strategy}:"]
+        lines = [f"{self.strategy}:", *(f"  phase {i}, {text}" for i, text in enumerate(self.starts))]
         for row in self.epochs:
             groups = ", ".join(f"{g.name or f'group {g.index}'}={g.lr:.3g}" for g in row.groups)
             started = f" starts {'; '.join(row.started)};" if row.started else ""
@@ -111,23 +120,31 @@ class _Flags:
             module.train(training)
 
 
-def _training(model: pl.LightningModule, unit: LayerUnit, kept: set[int]) -> list[tuple[str, int]]:
+def _trains(params: list[nn.Parameter]) -> bool:
+    return bool(params) and all(p.requires_grad for p in params)
+
+
+def _own_non_bn(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in modules if not isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)]
+
+
+def _training(model: pl.LightningModule, unit: LayerUnit) -> list[tuple[str, int]]:
     """The top-level parts of ``model`` that train; a part that trains only in part is broken down into
-    its layers (in ``unit``) that train whole. BatchNorm parameters in ``kept`` are counted apart."""
+    its layers (in ``unit``) that train. BatchNorm parameters are counted apart: ``train_bn`` decides
+    whether they train, not the schedule."""
     parts: list[tuple[str, int]] = []
     for name, child in model.named_children():
-        params = [p for p in child.parameters() if id(p) not in kept]
-        count = sum(p.numel() for p in params if p.requires_grad)
-        if params and count == sum(p.numel() for p in params):
-            parts.append((name, count))
-        elif count:
+        params = _own_non_bn(child.modules())
+        if _trains(params):
+            parts.append((name, sum(p.numel() for p in params)))
+        elif any(p.requires_grad for p in params):
             for layer in list_layers([(name, child)], unit):
-                own = [p for m in layer.modules for p in m.parameters(recurse=False) if id(p) not in kept]
-                if own and all(p.requires_grad for p in own):
+                own = _own_non_bn(layer.modules)
+                if _trains(own):
                     parts.append((layer.name, sum(p.numel() for p in own)))
-    bn = sum(p.numel() for p in model.parameters() if id(p) in kept and p.requires_grad)
-    if bn:
-        parts.append(("BatchNorm (train_bn)", bn))
+    bn = [p for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)]
+    if any(p.requires_grad for p in bn):
+        parts.append(("BatchNorm", sum(p.numel() for p in bn if p.requires_grad)))
     return parts
 
 
@@ -189,6 +206,8 @@ def describe_schedule(
             f"describe_schedule plans finetune-strategies strategies; {type(callback).__name__} is another "
             "BaseFinetuning callback."
         )
+    if getattr(callback, "injects_adapters", False):
+        model = copy.deepcopy(model)  # plan on a copy: the strategy adds adapter modules to the model
     flags = _Flags(model)
     logger = logging.getLogger("lightning.pytorch")
     level = logger.level
@@ -197,19 +216,27 @@ def describe_schedule(
         callback.prepare(model)
         optimizers, schedulers, intervals = _optimizer(model, optimizer, max_epochs)
         built = optimizers[callback.optimizer_index]
-        callback.attach_optimizer(built, schedulers)
+        configs = [LRSchedulerConfig(s, interval=i) for s, i in zip(schedulers, intervals, strict=True)]
+        callback.attach_optimizer(built, configs)
         epochs = []
         for epoch in range(max_epochs):
             started_before = set(callback.started_phases)
-            callback.advance(model, epoch, built)
-            started = [callback.schedule[i].label for i in sorted(set(callback.started_phases) - started_before)]
+            callback.advance(model, epoch, built, run=(max_epochs, steps_per_epoch))
+            started = [_started(callback.schedule[i]) for i in sorted(set(callback.started_phases) - started_before)]
             epochs.append(_epoch_plan(model, callback, epoch, built, started))
-            _step(schedulers, intervals, steps_per_epoch)
+            _step(callback.lr_scheduler_configs, steps_per_epoch)
+        starts = [f"{phase.label}: {phase.describe_start()}" for phase in callback.schedule]
     finally:
         callback.finish()
         flags.restore()
         logger.setLevel(level)
-    return SchedulePlan(type(callback).__name__, epochs)
+    return SchedulePlan(type(callback).__name__, epochs, starts)
+
+
+def _started(phase: Phase) -> str:
+    if phase.after is None:
+        return phase.label
+    return f"{phase.label} (at the latest; or earlier, {phase.after.describe()})"
 
 
 def _epoch_plan(
@@ -222,7 +249,7 @@ def _epoch_plan(
     ]
     return EpochPlan(
         epoch=epoch,
-        training=_training(model, strategy.layer_unit or strategy.default_layer_unit, strategy.kept_trainable),
+        training=_training(model, strategy.layer_unit or strategy.default_layer_unit),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params),
         groups=groups,
@@ -230,11 +257,11 @@ def _epoch_plan(
     )
 
 
-def _step(schedulers: Iterable[Any], intervals: list[str], steps_per_epoch: int) -> None:
+def _step(configs: Iterable[LRSchedulerConfig], steps_per_epoch: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no optimizer.step() ran: torch warns about the order
-        for scheduler, interval in zip(schedulers, intervals, strict=False):
-            for _ in range(steps_per_epoch if interval == "step" else 1):
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    continue  # needs a metric: it changes nothing in a plan
-                scheduler.step()
+        for config in list(configs):
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                continue  # needs a metric: it changes nothing in a plan
+            for _ in range(steps_per_epoch if config.interval == "step" else 1):
+                config.scheduler.step()

@@ -15,7 +15,9 @@ from lightning.pytorch.callbacks import BaseFinetuning
 
 from finetune_strategies.base import FinetuningStrategy, StrategyOptions
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
+from finetune_strategies.lora import Lora
 from finetune_strategies.strategies import (
+    LPFT,
     Freeze,
     FreezeUnfreeze,
     GradualUnfreeze,
@@ -114,10 +116,10 @@ def load_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise StrategySpecError(f"Strategy file {str(file)!r} must end in {', '.join(SPEC_FILE_SUFFIXES)}.")
     if not file.is_file():
         raise StrategySpecError(f"Strategy file {str(file)!r} does not exist.")
-    text = file.read_text()
     try:
+        text = file.read_text(encoding="utf-8")
         data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise StrategySpecError(f"Cannot parse strategy file {str(file)!r}: {error}") from None
     if not isinstance(data, Mapping) or "strategy" not in data:
         raise StrategySpecTypeError(
@@ -246,6 +248,8 @@ for _name, _cls in (
     ("unfreeze_milestones", UnfreezeMilestones),
     ("gradual_unfreeze", GradualUnfreeze),
     ("phases", Phases),
+    ("lp_ft", LPFT),
+    ("lora", Lora),
 ):
     register_strategy(_name)(_cls)
     register_strategy(f"{_name}_deepspeed", preregister_groups=True)(_cls)

@@ -13,8 +13,11 @@ schedulers whose floor is 0 (the default ``eta_min`` and ``min_lr``) the new gro
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim import Optimizer
 
 _SCALED_LISTS = ("base_lrs", "max_lrs")
@@ -96,3 +99,26 @@ def teach_schedulers(schedulers: list[Any], optimizer: Optimizer, index: int, fa
     ratio = lr / reference if reference > 0 else fallback_ratio
     for scheduler in schedulers_of(schedulers, optimizer):
         follow_group_zero(scheduler, optimizer, index, ratio)
+
+
+def remaining_run(
+    trainer: pl.Trainer | None, epoch: int, planned: tuple[int, int] | None
+) -> tuple[int | None, int | None]:
+    """``(epochs, steps)`` left from ``epoch`` to the end of the run: from the trainer, else from a plan's
+    ``(max_epochs, steps per epoch)``; ``(None, None)`` when unknown. On a resume the trainer does not
+    know its batches yet; the scheduler's saved state replaces what is built from this then."""
+    if trainer is not None and trainer.max_epochs is not None and trainer.max_epochs > 0:
+        epochs = max(1, trainer.max_epochs - trainer.current_epoch)
+        batches = trainer.num_training_batches
+        per_epoch = int(batches) // trainer.accumulate_grad_batches if math.isfinite(batches) else 1
+        return epochs, epochs * max(1, per_epoch)
+    if planned is not None:
+        epochs = max(1, planned[0] - epoch)
+        return epochs, epochs * planned[1]
+    return None, None
+
+
+def replace_schedulers(configs: list[LRSchedulerConfig], optimizer: Optimizer, config: LRSchedulerConfig) -> None:
+    """Make ``config`` the only scheduler of ``optimizer`` in ``configs`` (in place: the trainer's list)."""
+    drives = {id(s) for s in schedulers_of([c.scheduler for c in configs], optimizer)}
+    configs[:] = [c for c in configs if id(c.scheduler) not in drives] + [config]

@@ -132,8 +132,11 @@ def _matching(model: nn.Module, selector: str) -> list[str]:
     names = [name for name, _ in model.named_modules() if name]
     found = [name for name in names if pattern.fullmatch(name)]
     if not found:
-        probe = selector[len(REGEX_PREFIX) :] if selector.startswith(REGEX_PREFIX) else selector
-        close = did_you_mean(probe.replace("*", "").replace("\\", ""), names, n=3, cutoff=0.4)
+        if selector.startswith(REGEX_PREFIX):  # the expression's literal text
+            probe = re.sub(r"[\\^$()|+*?{}\[\]]", "", selector[len(REGEX_PREFIX) :])
+        else:  # the fixed part before the first wildcard
+            probe = re.split(r"[*?]", selector)[0].rstrip(".")
+        close = did_you_mean(probe, names, n=3, cutoff=0.4)
         shown = ", ".join(n for n in names if "." not in n)
         raise SelectorError(
             f"Module selector {selector!r} matches no module of {type(model).__name__}.{close} "

@@ -25,6 +25,10 @@ class StrategyState:
             trainable, in order; a resume thaws them again.
         optimizer_groups: Lightning's per-optimizer param-group layout (group settings and parameter
             names), with which ``BaseFinetuning`` rebuilds the groups on resume.
+        stage: The current stage's plateau watch (best score, wait count, best snapshot; see
+            :class:`~finetune_strategies.triggers.StageWatch`).
+        transitions: The phase starts that triggers decided (epoch, phase, reason, best score).
+        l2_sp_start: With ``l2_sp``, the pretrained weights L2-SP pulls toward (``w0``, by parameter name).
     """
 
     strategy: str
@@ -32,6 +36,9 @@ class StrategyState:
     started_phases: list[int] = field(default_factory=list)
     unfrozen_modules: list[tuple[str, bool]] = field(default_factory=list)
     optimizer_groups: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    stage: dict[str, Any] = field(default_factory=dict)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    l2_sp_start: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +47,9 @@ class StrategyState:
             "schedule": [list(entry) for entry in self.schedule],
             "started_phases": sorted(self.started_phases),
             "unfrozen_modules": [[name, train_bn] for name, train_bn in self.unfrozen_modules],
+            "stage": self.stage,
+            "transitions": self.transitions,
+            "l2_sp_start": self.l2_sp_start,
         }
 
     @classmethod
@@ -50,6 +60,9 @@ class StrategyState:
             started_phases=[int(i) for i in state.get("started_phases", [])],
             unfrozen_modules=[(str(n), bool(t)) for n, t in state.get("unfrozen_modules", [])],
             optimizer_groups=dict(state.get("internal_optimizer_metadata", {})),
+            stage=dict(state.get("stage", {})),
+            transitions=list(state.get("transitions", [])),
+            l2_sp_start=dict(state.get("l2_sp_start", {})),
         )
 
     @staticmethod
@@ -69,3 +82,15 @@ def saved_strategy(checkpoint: Mapping[str, Any]) -> StrategyState | None:
         if isinstance(state, Mapping) and "internal_optimizer_metadata" in state:
             return StrategyState(strategy=str(key))
     return None
+
+
+def group_layout(optimizer: Any, names: Mapping[int, str]) -> list[dict[str, Any]]:
+    """The optimizer's param groups by parameter name (``names`` maps ``id(param)`` to it), as Lightning's
+    ``BaseFinetuning`` stores them to rebuild the groups on resume."""
+    return [
+        {
+            **{key: value for key, value in group.items() if key != "params"},
+            "params": [names[id(p)] for p in group["params"]],
+        }
+        for group in optimizer.param_groups
+    ]

@@ -7,6 +7,7 @@
 | `freeze_unfreeze`     | backbone        | all of it at `unfreeze_epoch`                                   |
 | `unfreeze_milestones` | backbone        | last `num_layers` layers at `e1`, the rest at `e2`              |
 | `gradual_unfreeze`    | backbone        | one more layer from the top every `every` epochs from `start_epoch` |
+| `lp_ft`               | backbone (fully, features cached) | all of it at `probe_epochs`, at a small lr      |
 | `phases`              | backbone        | what each phase names, at its epoch                             |
 
 Every one takes the options of :class:`~finetune_strategies.base.FinetuningStrategy`, such as
@@ -55,13 +56,24 @@ class Freeze(FinetuningStrategy):
 
 
 class FreezeUnfreeze(FinetuningStrategy):
-    """Freeze the backbone, then unfreeze all of it at ``unfreeze_epoch`` (counted from 0)."""
+    """Freeze the backbone, then unfreeze all of it at ``unfreeze_epoch`` (counted from 0).
+
+    With ``monitor``, the backbone unfreezes when the metric plateaus, at ``unfreeze_epoch`` at the
+    latest (``None``: no limit).
+    """
 
     metadata_example = '("freeze_unfreeze", 7)'
+    epoch_option: ClassVar[str] = "unfreeze_epoch"
+    """The name users give the unfreeze epoch, for messages."""
 
-    def __init__(self, unfreeze_epoch: int = 10, **options: Unpack[StrategyOptions]) -> None:
+    def __init__(self, unfreeze_epoch: int | None = 10, **options: Unpack[StrategyOptions]) -> None:
         super().__init__(**options)
-        self.unfreeze_epoch = check_epoch("unfreeze_epoch", unfreeze_epoch)
+        name = self.epoch_option
+        if unfreeze_epoch is None and self.plateau is None:
+            raise StrategySpecError(
+                f"{name}=None means 'when the metric plateaus', which needs `monitor` (e.g. monitor='val_loss')."
+            )
+        self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch(name, unfreeze_epoch)
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
@@ -70,6 +82,47 @@ class FreezeUnfreeze(FinetuningStrategy):
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         roots = self.find_modules_to_freeze(pl_module)
         return [Phase(self.unfreeze_epoch, _label(roots), tuple(m for _, m in roots))] if roots else []
+
+
+class LPFT(FreezeUnfreeze):
+    """LP-FT (Kumar et al., ICLR 2022): a linear probe, then full fine-tuning at a small learning rate.
+
+    Until ``probe_epochs`` only the head trains: the backbone is fully frozen (``train_bn=False``), its
+    BatchNorm layers normalise with their running statistics (``bn_eval=True``), and its features are
+    computed once and cached (``cache_features=True``), so the probe costs little. From ``probe_epochs``
+    the backbone trains too, at ``lr`` (default: group 0's lr / ``initial_denom_lr``). Starting the full
+    fine-tuning from a trained head, rather than a random one, changes the pretrained features less.
+
+    With ``monitor``, the probe ends when the metric plateaus, at ``probe_epochs`` at the latest
+    (``None``: no limit). The cache needs a deterministic training transform: with data augmentation,
+    pass ``cache_features=False`` (``lp_ft_deepspeed`` leaves it off: DeepSpeed keeps the pending backbone
+    trainable, with masked gradients). ``train_bn=False`` also keeps the BatchNorm affine parameters at their
+    pretrained values after the switch; ``train_bn=True`` (with ``cache_features=False``) trains them.
+    """
+
+    metadata_example = '("lp_ft", 5)'
+    epoch_option: ClassVar[str] = "probe_epochs"
+
+    def __init__(self, probe_epochs: int | None = 5, **options: Unpack[StrategyOptions]) -> None:
+        # DeepSpeed keeps the pending backbone trainable (its gradients masked), which the cache refuses.
+        cache = not options.get("preregister_groups", False)
+        settings: dict[str, Any] = {"train_bn": False, "bn_eval": True, "cache_features": cache, **options}
+        if settings["cache_features"] and (settings["train_bn"] or not settings["bn_eval"]):
+            raise StrategySpecError(
+                "lp_ft caches the frozen backbone's features, which needs train_bn=False and bn_eval=True (its "
+                f"defaults), got train_bn={settings['train_bn']!r}, bn_eval={settings['bn_eval']!r}. Keep them, or "
+                "pass cache_features=False."
+            )
+        super().__init__(probe_epochs, **settings)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"probe_epochs": metadata}
+
+    @property
+    def probe_epochs(self) -> int | None:
+        """The epoch at which full fine-tuning starts (at the latest, with ``monitor``)."""
+        return self.unfreeze_epoch
 
 
 class UnfreezeMilestones(FinetuningStrategy):
@@ -151,7 +204,10 @@ class GradualUnfreeze(FinetuningStrategy):
 class Phases(FinetuningStrategy):
     """An explicit schedule: a list of phases, each a dict with ``epoch`` (when it starts), ``modules``
     (selectors of what it unfreezes; everything still frozen when left out), and optionally ``lr``,
-    ``layer_lr_decay`` and ``name``. See :mod:`finetune_strategies.schedule`.
+    ``layer_lr_decay``, ``name``, ``until`` (a plateau trigger that ends the stage the phase starts),
+    ``lr_scheduler`` and ``reset_optimizer_state``. The strategy's own ``monitor`` options end every
+    stage that has no ``until``, the stage before the first phase included. See
+    :mod:`finetune_strategies.schedule` and :mod:`finetune_strategies.triggers`.
 
     Example:
         >>> Phases([{"epoch": 2, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": 5}]).phases[1].epoch
@@ -163,6 +219,13 @@ class Phases(FinetuningStrategy):
     def __init__(self, phases: list[dict[str, Any]], **options: Unpack[StrategyOptions]) -> None:
         super().__init__(**options)
         self.phases = parse_phases(phases)
+        for index, spec in enumerate(self.phases):
+            triggered = self.plateau is not None or (index > 0 and self.phases[index - 1].until is not None)
+            if spec.epoch is None and not triggered:
+                raise StrategySpecTypeError(
+                    f"phases[{index}] needs 'epoch', the epoch (from 0) at which it starts, or a plateau trigger "
+                    "on the stage before it: `until` on the phase before, or the strategy's `monitor`."
+                )
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:

@@ -10,13 +10,26 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 
 from finetune_strategies import _lightning
+from finetune_strategies.checkpoint_io import use_safe_checkpoint_io
 from finetune_strategies.checkpoints import guard_resume
+from finetune_strategies.errors import ConfigurationError
 from finetune_strategies.finetuner import Finetuner
+from finetune_strategies.plan import SchedulePlan, describe_schedule
 from finetune_strategies.registry import StrategySpec
 
 
 class Trainer(pl.Trainer):
-    """``lightning.pytorch.Trainer`` plus :meth:`finetune`."""
+    """``lightning.pytorch.Trainer`` plus :meth:`finetune` and :meth:`explain`, with crash-safe, pickle-safe
+    checkpoint files.
+
+    It takes every argument of Lightning's ``Trainer``. Unless ``plugins`` has a checkpoint IO, it
+    writes and reads checkpoints with :class:`~finetune_strategies.checkpoint_io.SafeCheckpointIO`:
+    atomic writes, and ``weights_only=True`` loads on every supported Lightning and torch version.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        use_safe_checkpoint_io(self, kwargs.get("plugins"))
 
     def finetune(
         self,
@@ -28,6 +41,7 @@ class Trainer(pl.Trainer):
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
         ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
         **strategy_options: Any,
     ) -> None:
         """Fit ``model`` with the fine-tuning ``strategy`` (any spec :func:`resolve_strategy` takes).
@@ -35,7 +49,8 @@ class Trainer(pl.Trainer):
         A fine-tuning callback already on the trainer is replaced, with a warning: two strategies
         never run at once. The strategy's callback runs before the other callbacks (after Lightning's
         tuner callbacks), so that they see each epoch's unfreeze; checkpoint callbacks stay last.
-        ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``.
+        ``datamodule`` may also be a train dataloader, as in ``Trainer.fit``. ``ckpt_path`` and
+        ``weights_only`` are those of :meth:`fit`.
         """
         if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
             if train_dataloaders is not None:
@@ -49,6 +64,30 @@ class Trainer(pl.Trainer):
             val_dataloaders=val_dataloaders,
             datamodule=datamodule,
             ckpt_path=ckpt_path,
+            weights_only=weights_only,
+        )
+
+    def explain(
+        self,
+        model: pl.LightningModule,
+        strategy: StrategySpec = "no_freeze",
+        *,
+        steps_per_epoch: int = 1,
+        **strategy_options: Any,
+    ) -> SchedulePlan:
+        """Show what trains, epoch by epoch, for this trainer's ``max_epochs``, without training.
+
+        The plan of ``strategy`` on ``model`` as :func:`~finetune_strategies.plan.describe_schedule` makes
+        it: by the strategy's own code, with the model's own optimizer and LR schedulers.
+        ``steps_per_epoch`` is how often step-interval schedulers step in an epoch.
+        """
+        if self.max_epochs is None or self.max_epochs < 1:
+            raise ConfigurationError(
+                f"explain plans the trainer's max_epochs epochs, and it is {self.max_epochs}: create the Trainer "
+                "with max_epochs=N (on the command line: --trainer.max_epochs N)."
+            )
+        return describe_schedule(
+            model, strategy, max_epochs=self.max_epochs, steps_per_epoch=steps_per_epoch, **strategy_options
         )
 
     def fit(
@@ -62,7 +101,12 @@ class Trainer(pl.Trainer):
     ) -> None:
         """``lightning.pytorch.Trainer.fit``, but a ``ckpt_path`` (``"last"`` included) that is truncated
         or corrupt, cannot resume training, or was written by another strategy or schedule raises an
-        error naming the file (see :mod:`finetune_strategies.checkpoints`) instead of loading."""
+        error naming the file (see :mod:`finetune_strategies.checkpoints`) instead of loading.
+
+        ``ckpt_path`` loads with ``weights_only=True`` unless ``weights_only=False`` is given, with every
+        supported torch (before 2.6 ``torch.load`` unpickles in full by default): a checkpoint that
+        holds other objects raises an error naming them (see :mod:`finetune_strategies.checkpoint_io`).
+        """
         guard_resume(self)
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 

@@ -20,7 +20,7 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import load_file
@@ -83,6 +83,35 @@ def state_dict_of(obj: Any, source: str, *, error: ErrorClass = PretrainedWeight
     return state if lightning else _strip_wrapper_prefixes(state)
 
 
+def torch_load(
+    file: PathLike | BinaryIO,
+    source: str,
+    *,
+    weights_only: bool,
+    error: ErrorClass,
+    opt_in: str,
+    map_location: Any = "cpu",
+) -> Any:
+    """``torch.load`` of ``file`` (named ``source`` in messages) with every failure raised as ``error``.
+
+    With ``weights_only=True`` a file that holds anything but tensors and plain containers is refused
+    before any of its code runs; the error names what it holds and ends with ``opt_in``, which says
+    how to allow it.
+    """
+    try:
+        return torch.load(file, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as cause:
+        if not weights_only:
+            raise error(f"Cannot read {source} with torch.load: {cause}") from cause
+        found = str(cause).split("WeightsUnpickler error: ")[-1].split(". ")[0]  # torch's long text, shortened
+        raise error(
+            f"Cannot read {source} with weights_only=True: it holds objects other than tensors ({found}), and "
+            f"unpickling them would run code stored in the file. {opt_in}"
+        ) from cause
+    except Exception as cause:
+        raise error(f"Cannot read {source} with torch.load: {cause}") from cause
+
+
 def read_state_dict(
     path: PathLike,
     *,
@@ -104,17 +133,12 @@ def read_state_dict(
         except Exception as cause:  # any decoder failure: report the file and the cause
             raise error(f"Cannot read weight file {str(file)!r} as safetensors: {cause}") from cause
     else:
-        try:
-            loaded = torch.load(file, map_location="cpu", weights_only=weights_only)
-        except pickle.UnpicklingError as cause:
-            if not weights_only:
-                raise error(f"Cannot read weight file {str(file)!r} with torch.load: {cause}") from cause
-            found = str(cause).split("WeightsUnpickler error: ")[-1].split(". ")[0]  # torch's long text, shortened
-            raise error(
-                f"Cannot read weight file {str(file)!r} with weights_only=True: it holds objects other than "
-                f"tensors ({found}). Save `model.state_dict()` instead, or, if you trust the file, opt in to "
-                "unpickling it with weights_only=False (`weights_only: false` in a transfer config)."
-            ) from cause
-        except Exception as cause:
-            raise error(f"Cannot read weight file {str(file)!r} with torch.load: {cause}") from cause
+        loaded = torch_load(
+            file,
+            f"weight file {str(file)!r}",
+            weights_only=weights_only,
+            error=error,
+            opt_in="Save `model.state_dict()` instead, or, if you trust the file, opt in to unpickling it with "
+            "weights_only=False (`weights_only: false` in a transfer config).",
+        )
     return state_dict_of(loaded, source, error=error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from finetune_strategies import Trainer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-full", action="store_true", help="run the soak tests (-m soak) in full: 200 and 40 phase changes"
+    )
 
 
 class TinyClassifier(pl.LightningModule):
@@ -118,6 +125,14 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+@pytest.fixture
+def in_tmp_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the test in its ``tmp_path``: LightningCLI writes config.yaml and logs to the working directory.
+    CLI test modules use it for every test: ``pytestmark = pytest.mark.usefixtures("in_tmp_path")``."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 class TinyViT(pl.LightningModule):
     """A timm ViT (4 blocks, 32 px, random weights) as ``backbone`` and a linear head; SGD over trainable
     parameters, with an optional scheduler factory as in :class:`TinyClassifier`."""
@@ -153,3 +168,13 @@ def image_loader(n: int = 8, batch_size: int = 4) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, 32, 32, generator=generator)
     return DataLoader(TensorDataset(x, torch.arange(n) % 2), batch_size=batch_size, shuffle=False)
+
+
+class PicklePayload:
+    """Unpickling this creates the file ``marker``: what a malicious weight file or checkpoint would do."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[pathlib.Path]]:
+        return pathlib.Path.touch, (self.marker,)

@@ -7,11 +7,17 @@ training samples per rank, so that buffers are compared too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import QUIET_TRAINER
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -72,6 +78,29 @@ class Data(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
 
+class ScoredData(Data):
+    """:class:`Data` with the same samples for validation."""
+
+    def val_dataloader(self) -> DataLoader:
+        return self.train_dataloader()
+
+
+SCORES = {0: [1.0, 1.1, 0.9, 0.8, 0.7, 0.6], 1: [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]}
+"""Per rank, the ``val_score`` of each epoch: rank 0 plateaus after epoch 1 (patience 1), rank 1 never."""
+
+
+class ScoredNet(Net):
+    """Logs ``val_score`` from :data:`SCORES`, per rank and without ``sync_dist``: the ranks disagree."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        score = SCORES[self.trainer.global_rank][self.current_epoch]
+        self.log("val_score", torch.tensor(score))
+
+
+PLATEAU = {"strategy": "freeze_unfreeze", "unfreeze_epoch": None, "monitor": "val_score", "patience": 1}
+"""Unfreeze when ``val_score`` plateaus: at the start of epoch 2 on rank 0's scores."""
+
+
 class UserStrategy(FinetuningStrategy):
     """A user subclass built on the documented helpers: the last layer at epoch 1, the rest at 2."""
 
@@ -94,8 +123,23 @@ class LightningAnchor(BaseFinetuning):
             self.unfreeze_and_add_param_group(pl_module.backbone, optimizer)
 
 
+SCHEDULES: dict[str, Any] = {
+    "gradual_decay": {"strategy": "gradual_unfreeze", "start_epoch": 1, "layers_per_step": 2, "layer_lr_decay": 0.5},
+    "phases_decay": {
+        "strategy": "phases",
+        "phases": [{"epoch": 1, "modules": ["backbone.3"]}, {"epoch": 2, "layer_lr_decay": 0.5}],
+    },
+    "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
+    "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
+    "l2_sp": {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5, "l2_sp_beta": 0.1},
+}
+"""Schedules as data (with layer-wise lr decay, or L2-SP), run by name like the other scenarios."""
+
+
 def make_callback(name: str) -> BaseFinetuning:
     """The fine-tuning callback of a scenario."""
+    if name in SCHEDULES:
+        return resolve_strategy(SCHEDULES[name])
     if name == "anchor":
         return LightningAnchor()
     if name == "user_subclass":
@@ -104,7 +148,27 @@ def make_callback(name: str) -> BaseFinetuning:
         return resolve_strategy((name, 1))
     if name in {"unfreeze_milestones", "unfreeze_milestones_deepspeed"}:
         return resolve_strategy((name, ((1, 2), 1)))
+    if name in LORA_SPECS:
+        return resolve_strategy(LORA_SPECS[name]())
     return resolve_strategy(name)
+
+
+def _peft_saved_copy() -> dict[str, Any]:
+    from peft import LoraConfig  # peft's own modules_to_save: a trained copy beside an unused original
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["3"], modules_to_save=["0"])
+    return {"strategy": "lora", "peft_config": config, "unfreeze_epoch": 1}
+
+
+LORA_SPECS: dict[str, Any] = {
+    "lora": lambda: {"strategy": "lora", "r": 2},
+    "lora_unfreeze": lambda: {"strategy": "lora", "r": 2, "unfreeze_epoch": 1, "modules_to_save": "backbone.1"},
+    "lora_dora_unfreeze": lambda: {"strategy": "lora", "r": 2, "use_dora": True, "unfreeze_epoch": 1},
+    "lora_deepspeed_unfreeze": lambda: {"strategy": "lora_deepspeed", "r": 2, "unfreeze_epoch": 1},
+    "lora_peft_saved_copy": _peft_saved_copy,
+}
+"""LoRA scenarios: adapters only; LoRA then everything (with our in-place modules_to_save, DoRA, the
+pre-registered groups of the DeepSpeed variant); peft's modules_to_save wrappers (peft issue #951)."""
 
 
 def make_trainer(max_epochs: int = EPOCHS, **kwargs: Any) -> Trainer:
@@ -128,6 +192,7 @@ class Dump(pl.Callback):
             "final": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
             "optimizer": trainer.optimizers[0].state_dict(),
             "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+            "transitions": [t.epoch for c in trainer.callbacks for t in getattr(c, "transitions", [])],
         }
         torch.save(state, self.path.with_name(f"{self.path.name}.rank{trainer.global_rank}.pt"))
 
@@ -137,18 +202,96 @@ def load_ranks(path: Path) -> list[dict[str, Any]]:
 
 
 def shutdown() -> None:
-    """End the process group before exit: a gloo group torn down at interpreter exit can abort."""
+    """End a launched script's rank once every rank is done: a barrier, then exit without tearing down
+    the gloo group. ``destroy_process_group`` hung at this point in 2 of 3 runs with torch 2.1 and
+    Lightning 2.6.0, and a group torn down at interpreter exit can abort; neither is under test."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment for a launched script: this checkout first on the path, one thread a rank."""
+    """The environment for a launched script: this checkout first on the path, one thread a rank, and
+    faulthandler on, so that SIGABRT makes every rank print its Python stack (see :func:`finish`)."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
-    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+    env["PYTHONFAULTHANDLER"] = "1"
+    # PL_GLOBAL_SEED: a LightningCLI run in the test process seeds and exports it; under DDP Lightning would
+    # reseed each rank from it after the model is built (peft's adapter init would then differ)
+    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED"):
         env.pop(key, None)
     return env
+
+
+def launch(*args: str, merge_output: bool = False) -> subprocess.Popen[str]:
+    """Start ``python ARGS`` in a process group of its own: the ranks Lightning starts join it."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=Path(__file__).resolve().parents[1],  # the checkout root: `-m benchmarks...` resolves
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # every process of the group has ended
+        os.killpg(process.pid, sig)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of process group ``pgid``, from /proc (empty where there is none)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return sorted(members)
+
+
+def fail_with_stacks(process: subprocess.Popen[str], why: str) -> None:
+    """Make every process of ``process``'s group print its Python stack and end, then fail the test with
+    what they printed."""
+    # faulthandler prints a rank's stack on SIGABRT, then the rank aborts; one at a time, so that the
+    # stacks do not interleave on the shared stderr
+    for pid in group_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
+    stop_group(process, signal.SIGABRT)
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stop_group(process, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    stop_group(process, signal.SIGKILL)  # a rank that ignored SIGABRT
+    pytest.fail(
+        f"{' '.join(map(str, process.args))}: {why}; each rank's Python stack is in its output.\n"
+        f"--- stdout ---\n{(stdout or '')[-6000:]}\n--- stderr ---\n{(stderr or '')[-12000:]}",
+        pytrace=False,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a launched script; past ``timeout`` seconds fail the test with every rank's output and stack."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        fail_with_stacks(process, f"did not finish in {timeout:.0f} s")
+        raise  # not reached: pytest.fail raises
+    stop_group(process, signal.SIGKILL)  # no rank outlives its launcher
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` to the end and assert it succeeded; a hang fails with the ranks' stacks."""
+    result = finish(launch(*args), timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result

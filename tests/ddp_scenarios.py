@@ -14,10 +14,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ddp_helpers import EPOCHS, GLOBAL_BATCH, WORLD, Data, Dump, Net, make_callback, make_trainer, shutdown
+from ddp_helpers import (
+    EPOCHS,
+    GLOBAL_BATCH,
+    LORA_SPECS,
+    PLATEAU,
+    SCHEDULES,
+    WORLD,
+    Data,
+    Dump,
+    Net,
+    ScoredData,
+    ScoredNet,
+    make_callback,
+    make_trainer,
+    shutdown,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from finetune_strategies import distributed
+from finetune_strategies import distributed, resolve_strategy
 
 PER_RANK = GLOBAL_BATCH // WORLD
 
@@ -26,6 +41,31 @@ def fit(out: Path, name: str, callback_name: str, strategy: str = "ddp", **kwarg
     batch = kwargs.pop("batch_size", PER_RANK)
     trainer = make_trainer(devices=WORLD, strategy=strategy, callbacks=[Dump(out / name)], **kwargs)
     trainer.finetune(Net(), Data(batch), strategy=make_callback(callback_name))
+
+
+def plateau(out: Path) -> None:
+    """The ranks log different validation scores; rank 0's decide, so both unfreeze at the same epoch."""
+    callbacks = [Dump(out / "plateau")]
+    trainer = make_trainer(4, devices=WORLD, strategy="ddp", callbacks=callbacks, limit_val_batches=1.0)
+    trainer.finetune(ScoredNet(), ScoredData(PER_RANK), strategy=resolve_strategy(PLATEAU))
+
+
+def resume_lora(out: Path, name: str) -> None:
+    """LoRA then everything, stopped in the adapter phase with a trainable-only checkpoint and resumed."""
+    ckpt_dir = out / f"{name}_ckpt"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+    first = make_trainer(1, devices=WORLD, strategy="ddp", enable_checkpointing=True, callbacks=[checkpoint])
+    first.finetune(Net(), Data(PER_RANK), strategy=make_callback("lora_unfreeze"))
+    second = make_trainer(EPOCHS, devices=WORLD, strategy="ddp", callbacks=[Dump(out / name)])
+    second.finetune(Net(), Data(PER_RANK), strategy=make_callback("lora_unfreeze"), ckpt_path=ckpt_dir / "last.ckpt")
+
+
+def unguarded_saved_copy(out: Path) -> None:
+    """The power check for peft #951: the same run, but the unfreeze also thaws the unused originals."""
+    from finetune_strategies import lora
+
+    lora.saved_copy_originals = lambda model: []  # type: ignore[assignment]
+    fit(out, "lora_unguarded", "lora_peft_saved_copy")
 
 
 def resume(out: Path, name: str, sync_on_resume: bool) -> None:
@@ -60,15 +100,21 @@ SCENARIOS = {
     "accumulate": lambda out: fit(
         out, "accumulate", "freeze_unfreeze", batch_size=PER_RANK // 2, accumulate_grad_batches=2
     ),
+    **{name: (lambda out, name=name: fit(out, name, name)) for name in SCHEDULES},
     "anchor": lambda out: fit(out, "anchor", "anchor"),
+    "plateau": plateau,
     "resume": lambda out: resume(out, "resume", sync_on_resume=True),
     "resume_unsynced": lambda out: resume(out, "resume_unsynced", sync_on_resume=False),
+    **{name: (lambda out, name=name: fit(out, name, name)) for name in LORA_SPECS},
+    "lora_resume": lambda out: resume_lora(out, "lora_resume"),
+    "lora_unguarded": unguarded_saved_copy,
 }
 
 
 def main(argv: list[str]) -> None:
     out = Path(argv[0])
-    names = list(SCENARIOS) if argv[1:] == ["all"] else argv[1:]
+    lora = {*LORA_SPECS, "lora_resume", "lora_unguarded"}  # tests/test_lora_ddp.py runs these (peft)
+    names = [n for n in SCENARIOS if n not in lora] if argv[1:] == ["all"] else argv[1:]
     for name in names:
         SCENARIOS[name](out)
     shutdown()

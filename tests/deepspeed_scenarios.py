@@ -1,6 +1,7 @@
 """Run ``*_deepspeed`` strategies under the real DeepSpeed engine, ZeRO stage 1 and 2, on 2 ranks.
 
-    python tests/deepspeed_scenarios.py OUTDIR
+    python tests/deepspeed_scenarios.py OUTDIR [SCENARIO ...]
+    python tests/deepspeed_scenarios.py OUTDIR l2_sp_refused   # one rank: L2-SP is refused at setup
 
 With a GPU per rank Lightning's own ``DeepSpeedStrategy`` runs; elsewhere ``CPUDeepSpeedStrategy``
 (DeepSpeed's CPU accelerator over gloo; the test sets ``DS_ACCELERATOR=cpu`` then).
@@ -17,15 +18,21 @@ from ddp_helpers import WORLD, Data, Dump, Net, make_callback, make_trainer, shu
 from deepspeed_cpu import deepspeed_strategy
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from finetune_strategies import ConfigurationError, resolve_strategy
+
 SCENARIOS = {
     "stage1_freeze_unfreeze": (1, "freeze_unfreeze_deepspeed"),
     "stage2_milestones": (2, "unfreeze_milestones_deepspeed"),
 }
+LORA_SCENARIOS = {"stage2_lora": (2, "lora_deepspeed_unfreeze")}  # tests/test_lora_deepspeed.py (needs peft)
 SAMPLES = 16  # 2 steps an epoch: DeepSpeed steps are slow on CPU
 
 
-def main(out: Path) -> None:
-    for name, (stage, callback) in SCENARIOS.items():
+def main(out: Path, names: list[str]) -> None:
+    if names == ["l2_sp_refused"]:
+        l2_sp_refused(out)
+    chosen = {**SCENARIOS, **LORA_SCENARIOS}
+    for name, (stage, callback) in ((n, chosen[n]) for n in names or SCENARIOS):
         accelerator, strategy = deepspeed_strategy(stage, WORLD)
         trainer = make_trainer(
             3, accelerator=accelerator, devices=WORLD, strategy=strategy, callbacks=[Dump(out / name)]
@@ -35,7 +42,8 @@ def main(out: Path) -> None:
         engine = type(trainer.strategy.model).__name__
         optimizer = type(trainer.optimizers[0]).__name__
         torch.save({"engine": engine, "optimizer": optimizer}, out / f"{name}.engine.rank{trainer.global_rank}.pt")
-    resume_after_unfreeze(out)
+    if not names:
+        resume_after_unfreeze(out)
     shutdown()
 
 
@@ -60,5 +68,22 @@ def resume_after_unfreeze(out: Path) -> None:
         )
 
 
+def l2_sp_refused(out: Path) -> None:
+    """L2-SP under DeepSpeed (one rank, ZeRO stage 2): setup refuses it before anything trains."""
+    accelerator, strategy = deepspeed_strategy(2, 1)
+    trainer = make_trainer(1, accelerator=accelerator, devices=1, strategy=strategy)
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "l2_sp": 0.1}
+    try:
+        trainer.finetune(model, Data(4, samples=SAMPLES), strategy=resolve_strategy(spec))
+        message = ""
+    except ConfigurationError as error:
+        message = str(error)
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.save({"message": message, "unchanged": unchanged}, out / "l2_sp_refused.pt")
+    shutdown()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:])

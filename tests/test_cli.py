@@ -9,50 +9,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-from image_helpers import BACKBONE, make_folder
+from image_helpers import cli_folders, fit_args, make_folder
 
 from finetune_strategies import NoFreeze
 from finetune_strategies.cli import expand_strategy_names, main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return cli_folders(tmp_path_factory.mktemp("cli"))
+
+
 QUIET = [
     "--trainer.accelerator=cpu",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--trainer.logger=false",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    """LightningCLI saves config.yaml (and logs) under the working directory when there is no logger."""
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    make_folder(root / "train", per_class=4)
-    make_folder(root / "val", per_class=2, seed=1)
-    make_folder(root / "predict", per_class=2, seed=2)
-    return root
-
-
-def _fit_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        f"--model.backbone={BACKBONE}",
-        "--model.pretrained=false",
-        "--model.image_size=16",
-        f"--data.train_folder={data / 'train'}",
-        f"--data.val_folder={data / 'val'}",
-        "--data.batch_size=4",
-        "--trainer.max_epochs=3",
-        f"--trainer.default_root_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        *extra,
-    ]
 
 
 def _checkpoint(root: Path) -> Path:
@@ -86,7 +62,7 @@ def test_expand_strategy_names():
 
 
 def test_fit_with_flags_and_a_registered_strategy_name(data, tmp_path):
-    args = _fit_args(data, tmp_path, "--strategy", "freeze_unfreeze", "--strategy.unfreeze_epoch", "1")
+    args = fit_args(data, tmp_path, "--strategy", "freeze_unfreeze", "--strategy.unfreeze_epoch", "1")
     assert main(args) == 0
     checkpoint = _checkpoint(tmp_path)
     key, state = _strategy_state(checkpoint)
@@ -150,7 +126,7 @@ def test_print_config_shows_the_default_strategy(data, capsys):
 
 
 def test_predict_writes_a_csv_and_test_reports_accuracy(data, tmp_path, capsys):
-    assert main(_fit_args(data, tmp_path / "fit", "--strategy", "freeze")) == 0
+    assert main(fit_args(data, tmp_path / "fit", "--strategy", "freeze")) == 0
     checkpoint = _checkpoint(tmp_path / "fit")
     test_args = [
         "test",
@@ -188,7 +164,7 @@ def test_predict_writes_a_csv_and_test_reports_accuracy(data, tmp_path, capsys):
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("fit", "validate", "test", "predict", "demo", "transfer"):
+    for name in ("fit", "validate", "test", "predict", "explain", "demo", "transfer"):
         assert f"\n  {name}" in out
     assert main([]) == 2
     assert main(["fit", "--help"]) == 0
@@ -201,7 +177,7 @@ def test_unknown_subcommand(capsys):
 
 
 def test_unknown_backbone_is_a_clean_error(data, capsys):
-    assert main(["fit", "--model.backbone=resnt18", f"--data.train_folder={data / 'train'}"]) == 1
+    assert main(["fit", "--model.backbone=resnt18", f"--data.train_folder={data / 'train'}"]) == 2
     err = capsys.readouterr().err
     assert "fit: error: Unknown backbone 'resnt18'. Did you mean: resnet18" in err
     assert "Traceback" not in err
@@ -220,13 +196,13 @@ def test_bad_strategy_option_is_a_parse_error(data, capsys):
 
 
 def test_missing_train_folder(tmp_path, capsys):
-    assert main(["fit", f"--data.train_folder={tmp_path / 'nope'}", "--model.pretrained=false"]) == 1
+    assert main(["fit", f"--data.train_folder={tmp_path / 'nope'}", "--model.pretrained=false"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_fit_without_training_data_says_what_to_set(data, capsys):
     args = ["fit", f"--data.predict_folder={data / 'predict'}", "--model.pretrained=false"]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "--data.train_folder" in capsys.readouterr().err
 
 
@@ -234,7 +210,7 @@ def test_unreadable_image_in_cli_run_is_skipped(data, tmp_path):
     train = tmp_path / "train"
     make_folder(train, per_class=3)
     (train / "ants" / "broken.png").write_text("not an image")
-    args = _fit_args(data, tmp_path / "out", "--trainer.max_epochs=1")
+    args = fit_args(data, tmp_path / "out", "--trainer.max_epochs=1")
     args = [a if not a.startswith("--data.train_folder") else f"--data.train_folder={train}" for a in args]
     with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image\(s\) of 7"):
         assert main(args) == 0

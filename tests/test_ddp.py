@@ -5,8 +5,6 @@ One launch of ``ddp_scenarios.py`` runs every scenario; the tests read what each
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +13,17 @@ import torch
 from ddp_helpers import (
     EPOCHS,
     GLOBAL_BATCH,
+    SCHEDULES,
     Data,
     Dump,
     Net,
+    finish,
+    group_members,
+    launch,
     load_ranks,
     make_callback,
     make_trainer,
-    subprocess_env,
+    run_script,
 )
 
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
@@ -35,6 +37,7 @@ OURS = [
     "user_subclass",
     "find_unused",
     "accumulate",
+    *SCHEDULES,
 ]
 CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"}
 
@@ -42,14 +45,7 @@ CALLBACK_OF = {"find_unused": "freeze_unfreeze", "accumulate": "freeze_unfreeze"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "all"],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_script(str(SCRIPT), str(out), "all", timeout=600)
     return out
 
 
@@ -138,3 +134,34 @@ def test_resume_without_the_resync_would_diverge(runs: Path) -> None:
     """The power check for the resume path: the same resume with our DDP sync switched off."""
     unsynced = load_ranks(runs / "resume_unsynced")
     assert cross_rank_diffs(unsynced)[0] > 1e-4
+
+
+def test_a_plateau_decision_is_rank_zeros_and_every_rank_takes_it(runs: Path) -> None:
+    """Rank 1's own scores never plateau; rank 0's do after epoch 1. Both unfreeze at epoch 2, and stay equal."""
+    ranks = load_ranks(runs / "plateau")
+    assert [r["transitions"] for r in ranks] == [[2], [2]]
+    assert cross_rank_diffs(ranks) == [0.0] * 4
+    assert optimizer_diff(ranks) == 0.0
+    assert all(ranks[0]["requires_grad"].values())
+    frozen, unfrozen = ranks[0]["epochs"][1], ranks[0]["epochs"][2]
+    assert not torch.equal(frozen["backbone.0.weight"], unfrozen["backbone.0.weight"])
+
+
+HUNG_RANKS = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # rank 1"])
+time.sleep(600)  # rank 0
+"""
+
+
+def test_a_hung_launch_fails_with_every_ranks_stack() -> None:
+    """A hang reads as a failure with a cause: each process's Python stack, and none left running."""
+    process = launch("-c", HUNG_RANKS)
+    with pytest.raises(pytest.fail.Exception) as failure:
+        finish(process, timeout=20)
+    message = str(failure.value)
+    assert "did not finish in 20 s" in message
+    assert message.count("Fatal Python error: Aborted") == 2  # both processes printed their stack
+    assert 'File "<string>", line 1 in <module>' in message  # rank 1, in its sleep
+    assert 'File "<string>", line 4 in <module>' in message  # rank 0, in its sleep
+    assert group_members(process.pid) == []  # no process of the launch is left running

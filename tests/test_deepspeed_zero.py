@@ -7,14 +7,12 @@ accelerator over gloo (see ``deepspeed_cpu.py``). Skipped, with the reason, with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import WORLD, Data, Net, load_ranks, make_callback, make_trainer, subprocess_env
+from ddp_helpers import WORLD, Data, Net, load_ranks, make_callback, make_trainer, run_script
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed: pip install 'finetune-strategies[deepspeed]'")
 
@@ -26,14 +24,7 @@ BACKBONE = {"0": "backbone.0.", "1": "backbone.1.", "3": "backbone.3."}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deepspeed")
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_script(str(SCRIPT), str(out), timeout=900)
     return out
 
 
@@ -99,3 +90,11 @@ def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path) -> 
         assert resumed[rank]["requires_grad"]["backbone.0.weight"], "the unfrozen backbone trains again"
         for key, tensor in full[rank]["final"].items():
             assert torch.allclose(tensor, resumed[rank]["final"][key], rtol=0, atol=1e-6), key
+
+
+def test_l2_sp_is_refused_at_setup_under_deepspeed(tmp_path: Path) -> None:
+    run_script(str(SCRIPT), str(tmp_path), "l2_sp_refused", timeout=600)
+    outcome = torch.load(tmp_path / "l2_sp_refused.pt")
+    assert "partitions gradients across ranks" in outcome["message"]
+    assert "Train with DDP" in outcome["message"]
+    assert outcome["unchanged"], "nothing trained"

@@ -45,3 +45,12 @@ def test_tiny_data_example(example, tmp_path):
     example("tiny_data", str(tmp_path / "tiny"), "--per_class", "3")
     assert len(list((tmp_path / "tiny" / "train").rglob("*.png"))) == 6
     assert len(list((tmp_path / "tiny" / "predict").glob("*.png"))) == 4
+
+
+def test_recipes_example(example, capsys, tmp_path):
+    example("recipes", "--pretrain_epochs", "1", "--epochs", "3", "--out", str(tmp_path / "out"))
+    out = capsys.readouterr().out
+    assert "LPFT: what trains, epoch by epoch" in out
+    assert "WiSE-FT kept a=" in out
+    assert "freeze_unfreeze + l2_sp: drift after the last epoch: backbone.stem" in out
+    assert (tmp_path / "out" / "drift.png").stat().st_size > 10_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from finetune_strategies import (
     FinetuningStrategy,
     Freeze,
     FreezeUnfreeze,
+    MissingDependencyError,
     NoFreeze,
     StrategySpecError,
     StrategySpecTypeError,
@@ -25,7 +27,16 @@ from finetune_strategies import (
     unregister_strategy,
 )
 
-BUILT_INS = ["freeze", "freeze_unfreeze", "gradual_unfreeze", "no_freeze", "phases", "unfreeze_milestones"]
+BUILT_INS = [
+    "freeze",
+    "freeze_unfreeze",
+    "gradual_unfreeze",
+    "lora",
+    "lp_ft",
+    "no_freeze",
+    "phases",
+    "unfreeze_milestones",
+]
 
 
 def test_available_strategies_lists_built_ins_and_deepspeed_variants() -> None:
@@ -198,6 +209,10 @@ def test_fuzz_resolves_or_raises_documented_errors(spec: Any, train_bn: Any) -> 
     try:
         callback = resolve_strategy(spec, train_bn=train_bn)
     except (StrategySpecError, StrategySpecTypeError):
+        return
+    except MissingDependencyError:
+        # Only the optional extras may be missing, and only where they are not installed.
+        assert importlib.util.find_spec("peft") is None
         return
     assert isinstance(callback, BaseFinetuning)
     assert isinstance(callback, FinetuningStrategy)

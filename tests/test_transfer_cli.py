@@ -66,17 +66,18 @@ def test_cli_reads_the_transfer_section_from_its_own_file(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("transfer", "message"),
+    ("transfer", "message", "status"),
     [
-        ({"stages": [{"freeze_modules": ["backbone.7"]}]}, r"`backbone` has no child module '7'"),
-        ({"stages": [{"datamodule": {"batch": 4}}]}, "do not fit `data`"),
-        ({"modules_to_match": {"head": "backbone.0"}}, r"has shape \(1, 8\) in the pretrained weights"),
-        ({"stagez": []}, "did you mean 'stages'"),
+        ({"stages": [{"freeze_modules": ["backbone.7"]}]}, r"`backbone` has no child module '7'", 2),
+        ({"stages": [{"datamodule": {"batch": 4}}]}, "do not fit `data`", 2),
+        ({"modules_to_match": {"head": "backbone.0"}}, r"has shape \(1, 8\) in the pretrained weights", 1),
+        ({"stagez": []}, "did you mean 'stages'", 2),
     ],
 )
-def test_cli_reports_config_errors_before_training(tmp_path, capsys, transfer, message) -> None:
+def test_cli_reports_config_errors_before_training(tmp_path, capsys, transfer, message, status) -> None:
+    """Config errors are usage errors (2); weights that do not fit the model are a failed run (1)."""
     config = write_config(tmp_path, **transfer)
-    assert transfer_main(["--config", str(config)]) == 1
+    assert transfer_main(["--config", str(config)]) == status
     err = capsys.readouterr().err
     assert re.search(f"finetune-strategies transfer: error: .*{message}", err, re.DOTALL)
     assert not (tmp_path / "out").exists()

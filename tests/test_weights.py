@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 import torch
+from conftest import PicklePayload
 from safetensors.torch import save_file
 from torch import nn
 
@@ -64,20 +63,10 @@ def test_image_and_transfer_read_through_the_same_loader(tmp_path, state) -> Non
     assert _same(read_weights(tmp_path / "w.pth"), load_pretrained_state_dict(tmp_path / "w.pth"))
 
 
-class _Marker:
-    """Unpickling this writes a marker file: what a malicious weight file would do."""
-
-    def __init__(self, marker: pathlib.Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[pathlib.Path]]:
-        return pathlib.Path.touch, (self.marker,)
-
-
 def test_a_pickle_does_not_run_without_opting_in(tmp_path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"weight": torch.zeros(1), "payload": _Marker(marker)}, path)
+    torch.save({"weight": torch.zeros(1), "payload": PicklePayload(marker)}, path)
     for read, error in ((read_state_dict, PretrainedWeightsError), (load_pretrained_state_dict, WeightMatchError)):
         with pytest.raises(error) as info:
             read(path)

@@ -7,6 +7,7 @@ a strategy can add the backbone as a new param group when it unfreezes it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from finetune_strategies import _lightning
+from finetune_strategies.adapters import merge_adapters, tuner_modules
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weights import save_weights
 from finetune_strategies.optim import LIGHTNING_KEYS, OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
+from finetune_strategies.trainable_only import complete_checkpoint, record_adapters
 from finetune_strategies.validation import check_int, check_positive_float
 
 
@@ -117,9 +121,25 @@ class ImageClassifier(pl.LightningModule):
             config["input_size"] = (3, self.image_size, self.image_size)
         return config
 
+    def plain_backbone(self) -> nn.Module:
+        """The backbone in its plain architecture: with adapters (``lora``), a copy with them merged in
+        (the model keeps its adapters); else the backbone itself."""
+        return merge_adapters(copy.deepcopy(self.backbone)) if tuner_modules(self.backbone) else self.backbone
+
     def save_backbone(self, path: str | Path) -> Path:
-        """Save the backbone's weights; ``pretrained=path`` loads them into a new classifier."""
-        return save_weights(self.backbone, path)
+        """Save the backbone's weights; ``pretrained=path`` loads them into a new classifier, and timm
+        (``pretrained_cfg_overlay={"file": path}``) or torchvision (``load_state_dict``, without the
+        classifier) into the plain architecture. Adapters are merged in first (:meth:`plain_backbone`)."""
+        return save_weights(self.plain_backbone(), path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""
+        record_adapters(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild what a checkpoint that keeps only trained weights left out (see
+        :mod:`finetune_strategies.trainable_only`), so that ``load_from_checkpoint`` reads it."""
+        complete_checkpoint(self, checkpoint)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
@@ -169,4 +189,4 @@ class ImageClassifier(pl.LightningModule):
         scheduler = self._scheduler_spec()
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler.build(optimizer, self._trainer)}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler.build(optimizer, _lightning.attached_trainer(self))}

@@ -36,8 +36,10 @@ import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
 
 from finetune_strategies.errors import FinetuningError, TransferConfigError
+from finetune_strategies.exit_status import USAGE_ERROR, as_usage_errors, report
 from finetune_strategies.transfer.config import TransferConfig, merge
 from finetune_strategies.transfer.runner import run_transfer_learning
+from finetune_strategies.yaml_dump import use_round_trip_yaml
 
 PROG = "finetune-strategies transfer"
 
@@ -142,7 +144,8 @@ def _run(args: Namespace) -> int:
             factory.check(config.stage(index).datamodule)  # before anything trains
     without_data = copy.deepcopy(args)
     without_data.data = None
-    objects = build_parser().instantiate(without_data)
+    with as_usage_errors():  # the model or replay data rejected a value of the config
+        objects = build_parser().instantiate(without_data)
     result = run_transfer_learning(
         config,
         objects.model,
@@ -165,20 +168,19 @@ def _run(args: Namespace) -> int:
 def transfer_main(argv: list[str]) -> int:
     """Entry point of ``finetune-strategies transfer``; returns the exit status."""
     _extend_path(argv)
+    use_round_trip_yaml()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --print_config
         return exit_.code if isinstance(exit_.code, int) else 0
-    except Exception as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # jsonargparse: an unknown option, a bad value or config file
+        return report(PROG, error, USAGE_ERROR)
     _show_progress()
     try:
         return _run(args)
-    except (FinetuningError, FileNotFoundError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
+    except FinetuningError as error:
+        return report(PROG, error)  # 2 for a config error, 1 for a failed run (see exit_status)
 
 
 def main() -> None:

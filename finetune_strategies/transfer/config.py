@@ -27,7 +27,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import yaml
 
-from finetune_strategies.errors import TransferConfigError
+from finetune_strategies.errors import MissingPathError, TransferConfigError
 from finetune_strategies.optim import OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
 from finetune_strategies.selectors import check_selector
 from finetune_strategies.transfer.heads import check_heads
@@ -368,7 +368,7 @@ class TransferConfig:
         """Load a ``.yaml``/``.yml`` or ``.json`` file."""
         file = Path(path)
         if not file.is_file():
-            raise FileNotFoundError(f"Transfer-learning config file {str(file)!r} does not exist.")
+            raise MissingPathError(f"Transfer-learning config file {str(file)!r} does not exist.")
         if file.suffix not in (".json", ".yaml", ".yml"):
             raise TransferConfigError(f"Config file {str(file)!r} must end in .yaml, .yml or .json.")
         text = file.read_text()

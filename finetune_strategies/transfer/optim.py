@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.optim import Optimizer
 
+from finetune_strategies import _lightning
 from finetune_strategies.errors import StageError
 from finetune_strategies.optim import OptimizerSpec, SchedulerSpec
 
@@ -47,7 +48,7 @@ def stage_optimizers(
         built = optimizer.build(params)
         if scheduler is None:
             return built
-        return {"optimizer": built, "lr_scheduler": scheduler.build(built, model._trainer)}
+        return {"optimizer": built, "lr_scheduler": scheduler.build(built, _lightning.attached_trainer(model))}
 
     model.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
     try:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_strategies.checkpoint_io import atomic_write
 from finetune_strategies.transfer.stages import StagePlan
 
 STATE_FILE = "transfer_state.json"
@@ -83,10 +84,8 @@ class Progress:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         folder = self.path.parent
         stages = [{**r.to_dict(), "checkpoint": os.path.relpath(r.checkpoint, folder)} for r in self.records]
         data = {"format": _FORMAT, "stages": stages}
-        temporary = self.path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(data, indent=2))
-        os.replace(temporary, self.path)
+        with atomic_write(self.path) as handle:  # a crash leaves the previous record whole
+            handle.write(json.dumps(data, indent=2).encode())

@@ -47,6 +47,7 @@ from finetune_strategies.transfer.stages import (
     StagePlan,
     plan_stages,
 )
+from finetune_strategies.weights import torch_load
 
 log = logging.getLogger("finetune_strategies.transfer")
 CHECKPOINT_NAME = "final.ckpt"
@@ -138,12 +139,20 @@ def _weights_context(config: TransferConfig) -> dict[str, Any]:
     return context
 
 
-def _load_stage(model: pl.LightningModule, checkpoint: str) -> OptimizerMemory | None:
-    """Load a finished stage's weights into ``model``; return its optimizer state, if recorded."""
-    try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # a callback or hyperparameter stored objects; this run wrote the file itself
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def _load_stage(model: pl.LightningModule, checkpoint: str, weights_only: bool) -> OptimizerMemory | None:
+    """Load a finished stage's weights into ``model``; return its optimizer state, if recorded.
+
+    The file lies in the output folder, where anyone who can write there could have put it: it is
+    read with ``weights_only=True`` unless the config says ``weights_only: false``.
+    """
+    saved = torch_load(
+        checkpoint,
+        f"stage checkpoint {checkpoint!r}",
+        weights_only=weights_only,
+        error=StageError,
+        opt_in="If you trust the files in the output folder, set `weights_only: false` in the transfer config, "
+        "or rerun with resume=False (`--resume false`) to redo the stage.",
+    )
     model.load_state_dict(saved["state_dict"])
     monitor = saved.get("callbacks", {}).get(_StageMonitor.__qualname__)
     if not monitor or not monitor.get("param_names"):
@@ -254,7 +263,7 @@ def run_transfer_learning(
         progress.reset(done)
     memory = None
     if done:
-        memory = _load_stage(model, done[-1].checkpoint)
+        memory = _load_stage(model, done[-1].checkpoint, config.weights_only)
         _info(f"Resuming in {str(out)!r}: reusing finished stage(s) {[r.name for r in done]}.")
     results = list(done)
     state = _TrainState(model)

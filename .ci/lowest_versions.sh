@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The core tests on the lowest versions pyproject.toml allows, in a venv of their own.
+#
+# uv resolves every direct dependency (and the `test` extra) to the lowest version its pin allows
+# (`--resolution lowest-direct`); their own dependencies resolve as usual. The resolved versions are
+# printed first. docs/installation.md lists them and why each floor is where it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The core: strategies, resolution, anchor fixes, schedules, resume and checkpoints, safe loading,
+# DDP, the soak's short form, transfer learning and the CLI.
+CORE_TESTS=(
+  tests/test_strategies.py tests/test_resolution.py tests/test_anchor_fixes.py tests/test_schedules.py
+  tests/test_compat.py tests/test_layers.py tests/test_trainer.py tests/test_checkpoints.py
+  tests/test_kill_resume.py tests/test_safe_loading.py tests/test_weights.py tests/test_ddp.py
+  tests/test_soak.py tests/test_transfer_runner.py tests/test_cli.py
+)
+
+python=${PYTHON:-python3}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$python" -m venv "$work/uv" && "$work/uv/bin/pip" install -q uv
+"$work/uv/bin/uv" venv -q -p "$python" "$work/venv"
+"$work/uv/bin/uv" pip install -q -p "$work/venv/bin/python" --resolution lowest-direct -e ".[test]"
+echo "+ lowest versions:"
+"$work/uv/bin/uv" pip freeze -p "$work/venv/bin/python" \
+  | grep -iE '^(torch|torchvision|lightning|timm|torchmetrics|jsonargparse|rich|matplotlib|scikit-learn|safetensors|pillow|numpy|pyyaml|pytest|hypothesis)=='
+
+echo "+ pytest ${CORE_TESTS[*]}"
+"$work/venv/bin/python" -m pytest -q -p no:cacheprovider "${CORE_TESTS[@]}"
