@@ -23,7 +23,7 @@ def _mib(n: int) -> str:
     return f"{n / MIB:,.1f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -37,7 +37,7 @@ def _ratio(value: float, direction: str) -> str:
     return f"{value:.3f}x" if direction == "<=" else f"{value:.1f}x"
 
 
-def _target_value(target: Target) -> str:
+def target_value(target: Target) -> str:
     if "bytes" in target.name:
         return f"{target.value:,.0f} B"
     if "1e-5" in target.name:
@@ -53,7 +53,7 @@ def _goal(target: Target) -> str:
     return f"{target.direction} {target.goal:.2f}x"
 
 
-def _interval(low: float | None, high: float | None, direction: str) -> str:
+def interval_text(low: float | None, high: float | None, direction: str) -> str:
     if low is None or high is None:
         return "-"
     return f"{_ratio(low, direction)}-{_ratio(high, direction)}"
@@ -64,15 +64,17 @@ def targets_table(targets: list[Target]) -> list[str]:
         [
             t.name,
             t.measured,
-            _target_value(t),
-            _interval(t.low, t.high, t.direction),
+            target_value(t),
+            interval_text(t.low, t.high, t.direction),
             _goal(t),
             t.evidence or "exact",
             f"**{t.verdict}**",
         ]
         for t in targets
     ]
-    return _table(["target", "measured", "median ratio / value", "95% interval", "goal", "evidence", "verdict"], rows)
+    return markdown_table(
+        ["target", "measured", "median ratio / value", "95% interval", "goal", "evidence", "verdict"], rows
+    )
 
 
 def paired_table(paired: Sequence[PairedComparison], variants: dict[str, Variant], judged: bool) -> list[str]:
@@ -89,8 +91,8 @@ def paired_table(paired: Sequence[PairedComparison], variants: dict[str, Variant
                 f"{1e3 * statistics.median(p.a_s for p in used):.1f}",
                 f"{1e3 * statistics.median(p.b_s for p in used):.1f}",
                 _ratio(interval.median, c.direction),
-                _interval(interval.low, interval.high, c.direction),
-                f"{_ratio(wall.median, c.direction)} ({_interval(wall.low, wall.high, c.direction)})",
+                interval_text(interval.low, interval.high, c.direction),
+                f"{_ratio(wall.median, c.direction)} ({interval_text(wall.low, wall.high, c.direction)})",
                 evidence(comparison),
                 "-" if c.goal is None else f"{c.direction} {c.goal:.2f}x",
                 "-" if verdict is None else verdict,
@@ -108,7 +110,7 @@ def paired_table(paired: Sequence[PairedComparison], variants: dict[str, Variant
         "goal",
         "verdict",
     ]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def steps_table(records: dict[str, VariantRecord]) -> list[str]:
@@ -150,7 +152,7 @@ def steps_table(records: dict[str, VariantRecord]) -> list[str]:
         "trainable params",
         "peak memory (MiB, +above start)",
     ]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def cache_table(cache: CacheSuite) -> list[str]:
@@ -162,7 +164,7 @@ def cache_table(cache: CacheSuite) -> list[str]:
         ]
         for cached in (False, True)
     ]
-    lines = _table(
+    lines = markdown_table(
         ["freeze (train_bn=False, bn_eval=True)", "epoch 0, median over rounds (s)", "later epochs, median (s)"], rows
     )
     interval, stats = cache.paired[0].interval(), cache.stats
@@ -195,7 +197,7 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
         ["platform", str(machine["platform"])],
         ["commit", str(machine.get("git_commit"))],
     ]
-    return _table(["machine", ""], rows)
+    return markdown_table(["machine", ""], rows)
 
 
 @dataclass(frozen=True)

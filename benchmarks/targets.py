@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from benchmarks.cache_bench import CacheSuite
@@ -42,6 +42,11 @@ class Target:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Target:
+        """The target :meth:`to_json` wrote (its verdict is judged again from the numbers)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def describe(paired: PairedComparison, variants: dict[str, Variant]) -> str:

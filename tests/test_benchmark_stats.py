@@ -1,8 +1,10 @@
 """The statistics that judge the benchmark targets, on fixed numbers: the pairing, the interval, the verdict
-rule, the stopping rule for rounds, the lockstep that makes the pairs, and the sessions it runs."""
+rule, the stopping rule for rounds, the lockstep that makes the pairs, the sessions it runs, and the comparison of
+two runs' verdicts."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -16,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
+from benchmarks.compare import main as compare_main  # noqa: E402
 from benchmarks.config import SMOKE  # noqa: E402
 from benchmarks.lockstep import HandOver, Lockstep  # noqa: E402
 from benchmarks.measure import Sample  # noqa: E402
@@ -271,3 +274,38 @@ def test_sessions_put_both_sides_of_every_comparison_in_one_ring() -> None:
     assert set(frozen.epochs.values()) == {1}, "frozen phases only: one epoch each"
     assert {"ours.gradual_unfreeze", "ours.phases", "ours.gradual_unfreeze.layer_lr_decay"} <= set(frozen.keys)
     assert "minimal.full" not in session_of, "compared with nothing: never in a ring"
+
+
+def _run_file(folder: Path, targets: list[Target]) -> Path:
+    machine = {"git_commit": "abc1234", "load_average_start": [6.0, 5.0, 4.0], "load_average_end": [7.0, 6.0, 5.0]}
+    run = {"command": "python -m benchmarks.run", "created": "2026-01-01T00:00:00+00:00", "total_seconds": 60.0}
+    folder.mkdir()
+    path = folder / "benchmarks.json"
+    path.write_text(
+        json.dumps({**run, "machine": machine, "rounds": {"s": 4}, "targets": [t.to_json() for t in targets]})
+    )
+    return path
+
+
+def test_compare_flags_a_verdict_that_differs_between_two_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    groups = Target("groups <= 1.03x", "14 / 1", 1.002, 1.03, "<=", 0.99, 1.02, "32 pairs")
+    frozen = Target("frozen <= 1.10x", "freeze / minimal", 1.01, 1.10, "<=", 0.99, 1.03, "32 pairs")
+    state = Target("zero bytes", "freeze", 0, 0, "<=")
+    first = _run_file(tmp_path / "a", [groups, frozen, state])
+    agreeing = _run_file(tmp_path / "b", [replace(groups, value=1.0, high=1.025), frozen, state])
+    assert compare_main([str(first), str(agreeing)]) == 0
+    out = capsys.readouterr().out
+    assert "Every target has the same verdict in both runs." in out
+    assert (
+        "| groups <= 1.03x | 14 / 1 | 1.002x | 0.990x-1.020x | **pass** | 1.000x | 0.990x-1.025x | **pass** | yes |"
+        in out
+    )
+
+    flipped = _run_file(tmp_path / "c", [replace(groups, high=1.04), frozen])  # inconclusive, and no state target
+    assert compare_main([str(first), str(flipped)]) == 1
+    out = capsys.readouterr().out
+    assert "| **inconclusive** | **no** |" in out
+    assert "| zero bytes | freeze | 0 B | - | **pass** | - | - | absent | **no** |" in out
+    assert "2 of 3 targets differ in verdict." in out
