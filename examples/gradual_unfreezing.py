@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 from rich.console import Console
-from sklearn.datasets import load_digits
 
 from finetune_strategies import TrainableMonitor, Trainer, describe_schedule
+from finetune_strategies.demo import digits
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
 
 
@@ -29,10 +28,9 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=1)
     args = parser.parse_args()
 
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    images, targets = digits()
     data = ImageClassificationData.from_arrays(
-        images[:300], digits.target[:300], images[300:400], digits.target[300:400],
+        images[:300], targets[:300], images[300:400], targets[300:400],
         batch_size=32, image_size=32, augment=False,
     )  # fmt: skip
     model = ImageClassifier(num_classes=10, backbone="test_resnet", pretrained=False, lr=3e-3, scheduler="cosine")

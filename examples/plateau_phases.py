@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 
 import lightning.pytorch as pl
-import numpy as np
 from lightning.pytorch.callbacks import EarlyStopping
-from sklearn.datasets import load_digits
 
 from finetune_strategies import FinetuningStrategy, TrainableMonitor, Trainer, describe_schedule
+from finetune_strategies.demo import digits
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
 
 STRATEGY = {
@@ -38,10 +37,9 @@ def main() -> None:
     args = parser.parse_args()
 
     pl.seed_everything(0, verbose=False)
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    images, targets = digits()
     data = ImageClassificationData.from_arrays(
-        images[:300], digits.target[:300], images[300:400], digits.target[300:400],
+        images[:300], targets[:300], images[300:400], targets[300:400],
         batch_size=32, image_size=32, augment=False,
     )  # fmt: skip
     model = ImageClassifier(num_classes=10, backbone="test_resnet", pretrained=False, lr=3e-3)

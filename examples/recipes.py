@@ -22,9 +22,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 from rich.console import Console
-from sklearn.datasets import load_digits
 
 from finetune_strategies import DriftMonitor, Trainer, WiSEFT, describe_schedule, plot_drift
+from finetune_strategies.demo import digits
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
 
 RECIPES = {
@@ -53,8 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=120)
 
-    digits = load_digits()
-    images, targets = np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target
+    images, targets = digits()
     old, new = np.flatnonzero(targets < 5), np.flatnonzero(targets >= 5)
     pl.seed_everything(0, verbose=False)
     pretraining = ImageClassificationData.from_arrays(

@@ -16,13 +16,12 @@ import csv
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
-from sklearn.datasets import load_digits
 
 from finetune_strategies import Trainer, describe_schedule
+from finetune_strategies.demo import digits
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
 
 
@@ -33,10 +32,9 @@ def main() -> None:
     parser.add_argument("--decay", type=float, default=0.75)
     args = parser.parse_args()
 
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    images, targets = digits()
     data = ImageClassificationData.from_arrays(
-        images[:300], digits.target[:300], images[300:400], digits.target[300:400],
+        images[:300], targets[:300], images[300:400], targets[300:400],
         batch_size=32, image_size=32, augment=False,
     )  # fmt: skip
     model = ImageClassifier(

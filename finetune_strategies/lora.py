@@ -8,8 +8,10 @@ freezes, with ``peft.inject_adapter_in_model``. The base weights stay frozen; th
 * phase 0, ``lora`` (epoch 0): the adapters and ``modules_to_save``, in a param group named ``lora``
   at the lr of the group ``configure_optimizers`` gave them (group 0's, for a model that builds its
   optimizer over the trainable parameters), or ``lr``;
-* with ``unfreeze_epoch``, a later phase that unfreezes the base weights as ``freeze_unfreeze`` does
-  (group 0's lr divided by ``initial_denom_lr``, or ``lr``), adapters included: LoRA, then everything.
+* with ``unfreeze_epoch`` or ``monitor``, a later phase that unfreezes the base weights as
+  ``freeze_unfreeze`` does (group 0's lr divided by ``initial_denom_lr``, or ``lr``), adapters included:
+  LoRA, then everything; with ``monitor`` it starts when the metric plateaus (at ``unfreeze_epoch`` at
+  the latest).
 
 Checkpoints keep only what trained (``save_trainable_only`` defaults to True; see
 :mod:`finetune_strategies.trainable_only`). :func:`~finetune_strategies.adapters.merge_adapters` folds
@@ -96,7 +98,9 @@ class Lora(FinetuningStrategy):
         modules_to_save: Modules of the backbone (selectors) that train whole from the start, such as a
             final norm. Unlike peft's own ``modules_to_save`` they train in place (no copy), so an
             exported backbone keeps its plain names.
-        unfreeze_epoch: If given, the base weights unfreeze at this epoch too.
+        unfreeze_epoch: If given, the base weights unfreeze at this epoch too. With ``monitor`` (an option
+            of every strategy) they unfreeze when the metric plateaus, at ``unfreeze_epoch`` at the latest
+            (``None``: no limit).
         peft_config: Any peft tuner that ``peft.inject_adapter_in_model`` supports (``LoraConfig`` with
             settings not listed here, ``IA3Config``, ``LoHaConfig``, ...), or a dict with its
             ``peft_type``. Its own ``target_modules`` are used unless ``target_modules`` is given.
@@ -261,7 +265,7 @@ class Lora(FinetuningStrategy):
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         adapters, base = self.trained_modules(pl_module)
         phases = [Phase(0, ADAPTER_PHASE, tuple(adapters), (Layer(ADAPTER_PHASE, tuple(adapters)),))]
-        if self.unfreeze_epoch is not None:
+        if self.unfreeze_epoch is not None or self.plateau is not None:
             roots = self.find_modules_to_freeze(pl_module)
             label = ", ".join(name for name, _ in roots)
             phases.append(Phase(self.unfreeze_epoch, label, tuple(m for _, m in roots), (Layer(label, tuple(base)),)))

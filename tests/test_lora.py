@@ -113,6 +113,34 @@ def test_lora_then_everything_unfreezes_the_base_at_unfreeze_epoch() -> None:
     assert all(recorder.requires_grad[1].values())  # adapters keep training too
 
 
+class ScoredViT(TinyViT):
+    """Logs ``val_score`` from a fixed sequence, one value per epoch, so the plateau's epoch is known."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_score", torch.tensor(self.scores[self.current_epoch]))
+
+
+def test_lora_then_everything_when_the_metric_plateaus() -> None:
+    model = ScoredViT([1.0, 0.9, 0.95, 0.96, 0.5])  # best at epoch 1; patience 2 runs out at epoch 3
+    recorder = Recorder()
+    trainer = make_trainer(5, callbacks=[recorder])
+    spec = {"strategy": "lora", "r": 2, "monitor": "val_score", "patience": 2}
+    trainer.finetune(model, image_loader(), val_dataloaders=image_loader(), strategy=spec)
+    key = "backbone.blocks.0.attn.qkv.base_layer.weight"
+    assert [flags[key] for flags in recorder.requires_grad] == [False] * 4 + [True]
+    assert recorder.group_names[3] == [None, "lora"]
+    assert recorder.group_names[4] == [None, "lora", "backbone"]
+    assert torch.equal(recorder.initial[key], recorder.weights[3][key])
+    strategy = next(c for c in trainer.callbacks if isinstance(c, Lora))
+    (transition,) = [t for t in strategy.transitions if t.phase == 1]
+    assert (transition.epoch, transition.best_epoch) == (4, 1)
+    assert "val_score plateaued" in transition.reason
+
+
 def test_adapters_follow_the_base_layers_dtype() -> None:
     model = TinyViT().double()
     images, labels = image_loader().dataset.tensors
