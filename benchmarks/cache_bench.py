@@ -1,8 +1,10 @@
 """The frozen-feature cache: frozen epochs with ``cache_features=True`` against the same run without.
 
 Both runs train ``freeze`` (``train_bn=False, bn_eval=True``, which the cache needs) from the same
-weights on the same shuffled, seeded data order. Epoch time runs from the first callback's
-``on_train_epoch_start`` to the last callback's ``on_train_epoch_end``: data loading included.
+weights on the same shuffled, seeded data order, in lockstep one epoch each in turn
+(:mod:`benchmarks.lockstep`); epoch ``e`` of one is paired with epoch ``e`` of the other. Epoch time
+runs from the first callback's ``on_train_epoch_start`` to the last callback's ``on_train_epoch_end``:
+data loading included.
 """
 
 from __future__ import annotations
@@ -17,64 +19,33 @@ from lightning.pytorch.callbacks import Callback
 
 from benchmarks.config import BenchConfig
 from benchmarks.lightning_runs import make_trainer
-from benchmarks.measure import CpuReading, Instruments, Sample
-from benchmarks.records import quiet
+from benchmarks.lockstep import Body, HandOver, Lockstep
+from benchmarks.measure import NOT_STARTED, Clock, Instruments, Sample, Started
+from benchmarks.pairing import Comparison, PairedComparison
 from benchmarks.variants import HEAD_ONLY
 from benchmarks.workload import BenchModel, make_loader
 from finetune_strategies import FinetuningStrategy, resolve_strategy
 
+CACHE_TARGET = "cache: frozen epochs after the first >= 20x faster"
+LATER_EPOCHS = "epochs after the first"
 
-@dataclass
-class CacheRun:
-    """Epochs of one setting (``cached`` or not), pooled over rounds."""
 
-    cached: bool
-    quiet_share: float
-    epochs: list[list[Sample]] = field(default_factory=list)  # per round, per epoch (epoch wall time)
-    head: dict[str, torch.Tensor] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    peak_bytes: int = 0
-    start_bytes: int = 0
+def _label(cached: bool) -> str:
+    return f"cache_features={cached}"
 
-    def first(self) -> tuple[list[Sample], bool]:
-        """First epochs (filling the cache, if any) that other processes left alone, else all of them."""
-        return quiet([r[0] for r in self.epochs], self.quiet_share, minimum=1)
 
-    @property
-    def first_epoch_s(self) -> float:
-        return statistics.median(e.step_s for e in self.first()[0])
-
-    def later(self) -> tuple[list[Sample], bool]:
-        """Epochs after the first that other processes left alone (at least 2), else all of them."""
-        return quiet([e for r in self.epochs for e in r[1:]], self.quiet_share, minimum=2)
-
-    @property
-    def later_epoch_s(self) -> float:
-        """Median wall time of the epochs after the first (see :meth:`later`)."""
-        return statistics.median(e.step_s for e in self.later()[0])
-
-    def to_json(self) -> dict[str, Any]:
-        used, quiet_only = self.later()
-        return {
-            "cached": self.cached,
-            "epochs": [[asdict(e) for e in r] for r in self.epochs],
-            "first_epoch_s": self.first_epoch_s,
-            "later_epoch_median_s": self.later_epoch_s,
-            "later_epochs_used": len(used),
-            "quiet_only": quiet_only,
-            "cache_stats": self.stats,
-            "peak_memory_bytes": self.peak_bytes,
-            "memory_at_start_bytes": self.start_bytes,
-        }
+CACHE_COMPARISON = Comparison(CACHE_TARGET, _label(False), _label(True), LATER_EPOCHS, LATER_EPOCHS, 20.0, ">=")
 
 
 class EpochClock:
-    """Epoch wall times, with the share of the CPU that other processes used meanwhile."""
+    """Epoch wall times, with the share of the CPU that other processes used meanwhile; ``hand_over``,
+    if given, is called after every epoch."""
 
-    def __init__(self, tools: Instruments) -> None:
+    def __init__(self, tools: Instruments, hand_over: HandOver | None = None) -> None:
         self.tools = tools
+        self.hand_over = hand_over
         self.epochs: list[Sample] = []
-        self._epoch: tuple[CpuReading | None, float] = (None, 0.0)
+        self._epoch: Started = NOT_STARTED
 
     def callbacks(self) -> tuple[Callback, Callback]:
         """The callback to put first and the one to put last."""
@@ -95,48 +66,82 @@ class _EpochStop(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.clock.epochs.append(self.clock.tools.stop(self.clock._epoch))
-
-
-def run_cache_once(run: CacheRun, config: BenchConfig, tools: Instruments) -> None:
-    """One fit of ``config.cache_epochs`` frozen epochs; appends to ``run``."""
-    tools.memory.begin_variant()
-    model = BenchModel(config)
-    strategy = resolve_strategy("freeze", cache_features=run.cached, **HEAD_ONLY)
-    assert isinstance(strategy, FinetuningStrategy)
-    epochs = EpochClock(tools)
-    first, last = epochs.callbacks()
-    loader = make_loader(config, config.cache_batches, shuffle=True)
-    make_trainer(tools.device, config.cache_epochs, [first, strategy, last]).fit(model, train_dataloaders=loader)
-    run.epochs.append(epochs.epochs)
-    run.head = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
-    run.peak_bytes = max(run.peak_bytes, tools.memory.peak())
-    run.start_bytes = tools.memory.start_bytes
-    if run.cached:
-        stats = strategy.cache_stats["backbone"]
-        run.stats = {**asdict(stats), "max_bytes": strategy.cache_max_bytes}
+        if self.clock.hand_over is not None:
+            self.clock.hand_over()
 
 
 @dataclass(frozen=True)
-class CacheResult:
-    """The comparison the cache target is judged on."""
+class CacheFit:
+    """One fit of ``config.cache_epochs`` frozen epochs."""
 
-    uncached: CacheRun
-    cached: CacheRun
+    epochs: list[Sample]
+    head: dict[str, torch.Tensor]
+    stats: dict[str, Any]
 
-    @property
-    def speedup(self) -> float:
-        """Later frozen epochs: uncached time over cached time."""
-        return self.uncached.later_epoch_s / self.cached.later_epoch_s
 
-    @property
-    def head_max_abs_diff(self) -> float:
-        return max(float((self.uncached.head[k] - self.cached.head[k]).abs().max()) for k in self.uncached.head)
+def fit_cache(cached: bool, config: BenchConfig, tools: Instruments, hand_over: HandOver | None = None) -> CacheFit:
+    model = BenchModel(config)
+    strategy = resolve_strategy("freeze", cache_features=cached, **HEAD_ONLY)
+    assert isinstance(strategy, FinetuningStrategy)
+    clock = EpochClock(tools, hand_over)
+    first, last = clock.callbacks()
+    loader = make_loader(config, config.cache_batches, shuffle=True)
+    make_trainer(tools.device, config.cache_epochs, [first, strategy, last]).fit(model, train_dataloaders=loader)
+    head = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+    stats = {**asdict(strategy.cache_stats["backbone"]), "max_bytes": strategy.cache_max_bytes} if cached else {}
+    return CacheFit(clock.epochs, head, stats)
+
+
+@dataclass
+class CacheSuite:
+    """Rounds of the uncached and the cached run in lockstep, and the comparison of their later epochs."""
+
+    config: BenchConfig
+    tools: Instruments
+    clock: Clock
+    name: str = "cache (cache_features=False, True)"
+    paired: list[PairedComparison] = field(default_factory=list)
+    epochs: dict[bool, list[list[Sample]]] = field(default_factory=lambda: {False: [], True: []})
+    """Per setting, per round, the epoch times."""
+    head_max_abs_diff: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.paired = [PairedComparison(CACHE_COMPARISON, self.clock, self.config.quiet_share)]
+
+    def run_round(self, reverse: bool) -> None:
+        fits: dict[bool, CacheFit] = {}
+
+        def body(cached: bool) -> Body:
+            def run(hand_over: HandOver) -> None:
+                fits[cached] = fit_cache(cached, self.config, self.tools, hand_over)
+
+            return run
+
+        Lockstep(2).run([body(c) for c in ((True, False) if reverse else (False, True))])
+        for cached, fit in fits.items():
+            self.epochs[cached].append(fit.epochs)
+        self.paired[0].add_round(fits[False].epochs[1:], fits[True].epochs[1:])
+        heads = fits[False].head, fits[True].head
+        difference = max(float((heads[0][k] - heads[1][k]).abs().max()) for k in heads[0])
+        self.head_max_abs_diff = max(self.head_max_abs_diff, difference)
+        self.stats = fits[True].stats
+
+    def median_s(self, cached: bool, first: bool, clock: Clock = "wall") -> float:
+        """Median epoch time over rounds: of the first epochs, or of the later ones."""
+        rounds = self.epochs[cached]
+        epochs = [r[0] for r in rounds] if first else [e for r in rounds for e in r[1:]]
+        return statistics.median(e.seconds(clock) for e in epochs)
 
     def to_json(self) -> dict[str, Any]:
+        interval = self.paired[0].interval()
         return {
             "strategy": "freeze, train_bn=False, bn_eval=True",
-            "uncached": self.uncached.to_json(),
-            "cached": self.cached.to_json(),
-            "speedup_later_epochs": self.speedup,
+            "epochs": {_label(c): [[asdict(e) for e in r] for r in self.epochs[c]] for c in (False, True)},
+            "first_epoch_median_s": {_label(c): self.median_s(c, True) for c in (False, True)},
+            "later_epoch_median_s": {_label(c): self.median_s(c, False) for c in (False, True)},
+            "speedup_later_epochs": asdict(interval),
+            "clock": self.clock,
             "head_max_abs_diff": self.head_max_abs_diff,
+            "cache_stats": self.stats,
         }

@@ -18,9 +18,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks.config import BenchConfig
-from benchmarks.measure import CpuReading, Instruments, OptimizerState, Sample
+from benchmarks.lockstep import HandOver
+from benchmarks.measure import NOT_STARTED, Instruments, OptimizerState, Sample, Started
 from benchmarks.records import PhaseRecord
-from benchmarks.workload import BenchModel
+from benchmarks.workload import Backbone, BenchModel, make_loader
 
 
 def quiet_lightning() -> None:
@@ -33,6 +34,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # BackboneFinetuning with train_bn=True meets BatchNorm parameters already in the optimizer.
     warnings.filterwarnings("ignore", message=".*already exist within another group of this optimizer.*")
+    # A session trains a strategy only for the epochs it compares, so its later phases never start.
+    warnings.filterwarnings("ignore", message=".*ends training before it.*")
 
 
 def make_trainer(device: torch.device, max_epochs: int, callbacks: list[Callback]) -> pl.Trainer:
@@ -51,13 +54,17 @@ def make_trainer(device: torch.device, max_epochs: int, callbacks: list[Callback
 
 
 class StepClock:
-    """Per-phase samples, optimizer state and peak memory of one Lightning fit."""
+    """Per-phase samples, optimizer state and peak memory of one Lightning fit; ``hand_over``, if given, is
+    called after every step (in a lockstep ring)."""
 
-    def __init__(self, phases: list[PhaseRecord], warmup: int, tools: Instruments) -> None:
+    def __init__(
+        self, phases: list[PhaseRecord], warmup: int, tools: Instruments, hand_over: HandOver | None = None
+    ) -> None:
         self.phases = phases
         self.warmup = warmup
         self.tools = tools
-        self._started: tuple[CpuReading | None, float] = (None, 0.0)
+        self.hand_over = hand_over
+        self._started: Started = NOT_STARTED
         self._last: Sample | None = None  # the previous measured step of this epoch, awaiting its period
 
     def callbacks(self) -> tuple[Callback, Callback]:
@@ -72,8 +79,8 @@ class StepClock:
 
     def batch_start(self) -> None:
         started = self.tools.start()
-        if self._last is not None:
-            self._last.period_s = started[1] - self._started[1]
+        if self._last is not None and self.hand_over is None:  # in a ring, other runs' steps come between
+            self._last.period_s = started.wall - self._started.wall
         self._started = started
 
     def batch_end(self, epoch: int, batch_idx: int) -> None:
@@ -81,6 +88,8 @@ class StepClock:
         self._last = sample if batch_idx >= self.warmup else None
         if self._last is not None:
             self.phases[epoch].samples.append(self._last)
+        if self.hand_over is not None:
+            self.hand_over()
 
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record = self.phases[trainer.current_epoch]
@@ -116,14 +125,21 @@ class _ClockStop(Callback):
 
 
 def fit_timed(
-    config: BenchConfig, tools: Instruments, callback: Callback | None, phases: list[PhaseRecord], loader: Any
+    config: BenchConfig,
+    tools: Instruments,
+    callback: Callback | None,
+    phases: list[PhaseRecord],
+    backbone: Backbone = "cnn",
+    hand_over: HandOver | None = None,
 ) -> BenchModel:
     """Fit a fresh model for one epoch per phase, with ``callback`` (if any) between the clocks."""
-    tools.memory.begin_variant()
+    if hand_over is None:  # alone: memory is measured; in a ring it is shared, and a trim would disturb the others
+        tools.memory.begin_variant()
     for record in phases:
         record.start_bytes = tools.memory.start_bytes
-    model = BenchModel(config)
-    first, last = StepClock(phases, config.warmup, tools).callbacks()
+    model = BenchModel(config, backbone)
+    loader = make_loader(config, config.steps_per_epoch, backbone=backbone)
+    first, last = StepClock(phases, config.warmup, tools, hand_over).callbacks()
     callbacks = [first, last] if callback is None else [first, callback, last]
     make_trainer(tools.device, len(phases), callbacks).fit(model, train_dataloaders=loader)
     return model

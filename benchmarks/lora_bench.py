@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.lightning_runs import quiet_lightning
 from benchmarks.machine import describe, load_average
-from benchmarks.measure import CpuReading, Instruments, OptimizerState, Summary
+from benchmarks.measure import NOT_STARTED, Instruments, OptimizerState, Started, Summary
 from benchmarks.targets import Target
 from finetune_strategies import Trainer
 from finetune_strategies.registry import StrategySpec
@@ -121,7 +121,7 @@ class _Meter(Callback):
 
     def __init__(self, tools: Instruments, warmup: int, result: VariantResult) -> None:
         self.tools, self.warmup, self.result = tools, warmup, result
-        self.started: tuple[CpuReading | None, float] = (None, 0.0)
+        self.started: Started = NOT_STARTED
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.tools.memory.reset()

@@ -1,4 +1,4 @@
-"""What a run measured, per variant and phase, pooled over rounds."""
+"""What one run of a variant measured, per phase."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from benchmarks.measure import OptimizerState, Sample, Summary
+from benchmarks.measure import OptimizerState, Sample, Summary, quiet_or_all
 
 MIN_QUIET = 5
 """Fewest quiet samples that a summary is built from; with fewer, every sample is used."""
@@ -15,10 +15,7 @@ MIN_QUIET = 5
 def quiet(samples: Sequence[Sample], threshold: float, minimum: int = MIN_QUIET) -> tuple[list[Sample], bool]:
     """The samples during which other processes used at most ``threshold`` of the CPU, and True;
     or all samples and False when fewer than ``minimum`` are quiet (a busy machine)."""
-    kept = [s for s in samples if s.others is None or s.others <= threshold]
-    if len(kept) >= min(minimum, len(samples)):
-        return kept, True
-    return list(samples), False
+    return quiet_or_all(samples, lambda sample: sample.quiet(threshold), minimum)
 
 
 @dataclass
@@ -34,23 +31,10 @@ class PhaseRecord:
     peak_bytes: int = 0
     start_bytes: int = 0
 
-    def merge(self, other: PhaseRecord) -> None:
-        """Pool ``other``'s samples into this record; keep the larger peak and the latest state."""
-        self.samples += other.samples
-        self.optimizer = other.optimizer
-        self.trainable_params = other.trainable_params
-        if other.peak_bytes - other.start_bytes > self.peak_bytes - self.start_bytes:
-            self.peak_bytes, self.start_bytes = other.peak_bytes, other.start_bytes
-
     @property
     def used(self) -> list[Sample]:
         """The samples the summaries are built from (see :func:`quiet`)."""
         return quiet(self.samples, self.quiet_share)[0]
-
-    @property
-    def quiet_enough(self) -> bool:
-        """Whether the summaries come from quiet samples only."""
-        return quiet(self.samples, self.quiet_share)[1]
 
     @property
     def step(self) -> Summary:
@@ -99,14 +83,6 @@ class VariantRecord:
             if record.phase == name:
                 return record
         raise KeyError(f"{self.key} has no phase {name!r}; it has {[p.phase for p in self.phases]}.")
-
-    @property
-    def quiet_enough(self) -> bool:
-        return all(p.quiet_enough for p in self.phases)
-
-    def merge(self, other: VariantRecord) -> None:
-        for mine, theirs in zip(self.phases, other.phases, strict=True):
-            mine.merge(theirs)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,10 @@
 """``python -m benchmarks.run --out results/``: measure, judge the targets, write JSON and Markdown.
 
 Suites run in one process, one after another: ``speed`` (every variant of
-:mod:`benchmarks.variants`), ``cache`` (:mod:`benchmarks.cache_bench`) and ``quality``
-(:mod:`benchmarks.transfer_quality`, which writes its own ``transfer_quality.*`` files).
+:mod:`benchmarks.variants` once alone, then the paired comparisons in lockstep sessions, see
+:mod:`benchmarks.sessions`), ``cache`` (:mod:`benchmarks.cache_bench`, paired the same way, its
+rounds interleaved with the sessions') and ``quality`` (:mod:`benchmarks.transfer_quality`, which
+writes its own ``transfer_quality.*`` files).
 """
 
 from __future__ import annotations
@@ -19,95 +21,39 @@ from typing import Any
 
 import torch
 
-from benchmarks.cache_bench import CacheResult, CacheRun, run_cache_once
+from benchmarks.cache_bench import CacheSuite
 from benchmarks.config import SMOKE, BenchConfig
-from benchmarks.lightning_runs import fit_timed, quiet_lightning
+from benchmarks.lightning_runs import quiet_lightning
 from benchmarks.machine import describe, load_average
-from benchmarks.measure import Instruments
-from benchmarks.minimal import run_minimal
-from benchmarks.records import PhaseRecord, VariantRecord
-from benchmarks.report import write
+from benchmarks.measure import Clock, Instruments, single_malloc_arena
+from benchmarks.records import VariantRecord
+from benchmarks.report import Results, write
+from benchmarks.sessions import Log, PairedSuite, run_rounds, run_variant, speed_suites
 from benchmarks.targets import evaluate
 from benchmarks.transfer_quality import run_quality
-from benchmarks.variants import Variant, variants
-from benchmarks.workload import make_loader
+from benchmarks.variants import Variant, comparisons, variants
 
 SUITES = ("speed", "cache", "quality")
 """Suites in the order they run; ``--suites`` picks a subset."""
 
 
-def _log(message: str, started: float) -> None:
-    print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+def _logger(started: float) -> Log:
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return log
 
 
-def run_variant(variant: Variant, config: BenchConfig, tools: Instruments) -> VariantRecord:
-    """Measure every phase of ``variant`` once (one round)."""
-    if variant.mode is not None:
-        phases = [run_minimal(variant, config, tools)]
-    else:
-        assert variant.callback is not None
-        phases = [PhaseRecord(p, f, config.quiet_share) for p, f in zip(variant.phases, variant.floors, strict=True)]
-        loader = make_loader(config, config.steps_per_epoch)
-        fit_timed(config, tools, variant.callback(), phases, loader)
-    return VariantRecord(variant.key, variant.label, variant.group, variant.settings, phases)
-
-
-def run_speed(config: BenchConfig, tools: Instruments, started: float) -> dict[str, VariantRecord]:
-    """Every variant, ``config.rounds`` times, alternating the order; timings pooled per phase."""
-    all_variants = variants()
-    records: dict[str, VariantRecord] = {}
-    for round_ in range(config.rounds):
-        order = all_variants if round_ % 2 == 0 else all_variants[::-1]
-        for variant in order:
-            _log(f"round {round_ + 1}/{config.rounds}: {variant.key}", started)
-            record = run_variant(variant, config, tools)
-            if variant.key in records:
-                records[variant.key].merge(record)
-            else:
-                records[variant.key] = record
-    return {v.key: records[v.key] for v in all_variants}  # table order, whatever the run order
-
-
-def run_cache(config: BenchConfig, tools: Instruments, started: float) -> CacheResult:
-    """Uncached and cached runs, ``config.rounds`` times, alternating which goes first."""
-    runs = {c: CacheRun(cached=c, quiet_share=config.quiet_share) for c in (False, True)}
-    for round_ in range(config.rounds):
-        for cached in (False, True) if round_ % 2 == 0 else (True, False):
-            _log(f"round {round_ + 1}/{config.rounds}: cache_features={cached}", started)
-            run_cache_once(runs[cached], config, tools)
-    return CacheResult(uncached=runs[False], cached=runs[True])
-
-
-def retry_busy(
-    config: BenchConfig,
-    tools: Instruments,
-    started: float,
-    records: dict[str, VariantRecord],
-    cache: CacheResult | None,
-) -> list[str]:
-    """Run again what other processes slowed down: each variant with a phase short of quiet steps,
-    and each cache setting short of quiet epochs. At most ``config.retries`` passes, and none starts
-    after ``config.retry_until_s`` seconds into the run. Returns what was run again."""
-    by_key = {v.key: v for v in variants()}
-    retried: list[str] = []
-    for attempt in range(config.retries):
-        busy_variants = [key for key, record in records.items() if not record.quiet_enough]
-        busy_cache = [run for run in (cache.uncached, cache.cached) if not run.later()[1]] if cache else []
-        if not busy_variants and not busy_cache:
-            break
-        for key in busy_variants:
-            if time.perf_counter() - started > config.retry_until_s:
-                return retried
-            _log(f"retry {attempt + 1}/{config.retries} (machine was busy): {key}", started)
-            records[key].merge(run_variant(by_key[key], config, tools))
-            retried.append(key)
-        for run in busy_cache:
-            if time.perf_counter() - started > config.retry_until_s:
-                return retried
-            _log(f"retry {attempt + 1}/{config.retries} (machine was busy): cache_features={run.cached}", started)
-            run_cache_once(run, config, tools)
-            retried.append(f"cache_features={run.cached}")
-    return retried
+def run_alone(
+    all_variants: Sequence[Variant], config: BenchConfig, tools: Instruments, log: Log
+) -> dict[str, VariantRecord]:
+    """Every variant once, by itself, all its phases: memory, optimizer state and absolute step times."""
+    records = {}
+    for variant in all_variants:
+        if variant.alone:
+            log(f"alone: {variant.key}")
+            records[variant.key] = run_variant(variant, config, tools)
+    return records
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +62,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device.")
     return torch.device(name)
+
+
+def resolve_clock(name: str, device: torch.device) -> Clock:
+    """The clock that judges: ``auto`` is the process's CPU time on the CPU and wall time on CUDA."""
+    if name == "auto":
+        return "wall" if device.type == "cuda" else "cpu"
+    return "cpu" if name == "cpu" else "wall"
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, BenchConfig]:
@@ -150,19 +103,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, config = parse_args(argv)
     started = time.perf_counter()
+    log = _logger(started)
     quiet_lightning()
+    one_arena = single_malloc_arena()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     tools = Instruments.for_device(device)
     machine = describe(device)
-    records = run_speed(config, tools, started) if "speed" in args.suites else {}
-    cache = run_cache(config, tools, started) if "cache" in args.suites else None
-    retried = retry_busy(config, tools, started, records, cache)
+    all_variants = variants()
+    by_key = {v.key: v for v in all_variants}
+    alone = run_alone(all_variants, config, tools, log) if "speed" in args.suites else {}
+    clock = resolve_clock(config.clock, device)
+    suites: list[PairedSuite] = []
+    if "speed" in args.suites:
+        suites += speed_suites(config, tools, clock, all_variants, comparisons(all_variants))
+    cache = CacheSuite(config, tools, clock) if "cache" in args.suites else None
+    if cache is not None:
+        suites.append(cache)
+    rounds = run_rounds(suites, config, log)
     machine["load_average_end"] = load_average()
-    targets = evaluate(records, cache)
+    paired = [p for suite in suites if suite is not cache for p in suite.paired]
+    targets = evaluate(alone, paired, cache, by_key, judged=not args.smoke)
     result: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "benchmarks.run", *argv]),
         "smoke": args.smoke,
@@ -172,10 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "memory_kind": tools.memory.kind,
         "memory_scope": tools.memory.scope,
         "cpu_accounting": tools.cpu.available,
-        "retried": retried,
+        "clock": clock,
+        "single_malloc_arena": one_arena,
+        "rounds": rounds,
         "total_seconds": time.perf_counter() - started,
     }
-    json_path, md_path = write(args.out, result, records, targets, cache)
+    json_path, md_path = write(args.out, Results(result, alone, paired, targets, cache, by_key))
     if "quality" in args.suites:
         run_quality(args.out, args.smoke)
         print(f"wrote {args.out / 'transfer_quality.md'}")

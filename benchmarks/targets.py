@@ -1,102 +1,101 @@
-"""The issue's targets, judged on the measurements as ratios with their noise."""
+"""The issue's targets, judged: timing targets on the confidence interval of a paired comparison
+(:mod:`benchmarks.pairing`), exact ones (bytes, weight differences) on their value."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-from benchmarks.cache_bench import CacheResult
-from benchmarks.measure import Summary
-from benchmarks.records import PhaseRecord, VariantRecord
-
-Verdict = Literal["pass", "within noise", "miss", "inconclusive (busy)"]
+from benchmarks.cache_bench import CacheSuite
+from benchmarks.pairing import Direction, PairedComparison, Verdict, judge
+from benchmarks.records import VariantRecord
+from benchmarks.variants import Variant
 
 
 @dataclass(frozen=True)
 class Target:
     """One target row: ``value`` compared with ``goal`` (``<=`` or ``>=``).
 
-    ``noise`` is two standard errors of a timing ratio, relative (0.03 = 3%), from the IQRs of the
-    two medians. With a noise band, the verdict is "pass" only when the whole band meets the goal,
-    "miss" only when the whole band misses it, and "within noise" when the band straddles it.
-    ``busy`` marks a timing that could not be judged: too few of its samples were free of other
-    processes' load (see :func:`benchmarks.records.quiet`), so it compares unlike conditions.
+    A timing target has the interval ``[low, high]`` of a paired comparison and is judged on it (see
+    :func:`benchmarks.pairing.judge`); an exact one has none and is judged on ``value``. A timing
+    target of a smoke-size run is not judged (``judged=False``): its numbers mean nothing.
     """
 
     name: str
     measured: str
     value: float
     goal: float
-    direction: Literal["<=", ">="]
-    noise: float | None = None
-    busy: bool = False
+    direction: Direction
+    low: float | None = None
+    high: float | None = None
+    evidence: str = ""
+    judged: bool = True
 
     @property
     def verdict(self) -> Verdict:
-        if self.busy:
-            return "inconclusive (busy)"
-        band = self.noise or 0.0
-        low, high = self.value * (1 - band), self.value * (1 + band)
-        best, worst = (low, high) if self.direction == "<=" else (high, low)
-        if self._meets(worst):
-            return "pass"
-        return "within noise" if self._meets(best) else "miss"
-
-    def _meets(self, value: float) -> bool:
-        return value <= self.goal if self.direction == "<=" else value >= self.goal
+        if not self.judged:
+            return "not judged (smoke size)"
+        low = self.value if self.low is None else self.low
+        high = self.value if self.high is None else self.high
+        return judge(low, high, self.goal, self.direction)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Target:
+        """The target :meth:`to_json` wrote (its verdict is judged again from the numbers)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
-def ratio_noise(a: Summary, b: Summary) -> float:
-    """Two standard errors of ``a.median / b.median``, relative."""
-    return 2 * math.hypot(a.median_se / a.median, b.median_se / b.median)
+
+def describe(paired: PairedComparison, variants: dict[str, Variant]) -> str:
+    """``label (settings) phase / label (settings) phase`` of a comparison's two sides."""
+    c = paired.comparison
+
+    def side(key: str, phase: str) -> str:
+        variant = variants.get(key)
+        if variant is None or variant.group != "ours":  # a baseline's settings are those of the other side
+            return f"{variant.label if variant else key} ({phase})"
+        return f"{variant.label} ({variant.settings}) {phase}"
+
+    return f"{side(c.a, c.phase)} / {side(c.b, c.b_phase)}"
 
 
-def _ratio(name: str, a: PhaseRecord, a_label: str, b: PhaseRecord, b_label: str, goal: float) -> Target:
+def evidence(paired: PairedComparison) -> str:
+    """How many pairs the interval rests on: ``40 of 48 pairs quiet, 4 rounds``."""
+    used = paired.used()
+    quiet = sum(len(pairs) for pairs, only_quiet in used if only_quiet)
+    total = sum(len(a) for a, _ in paired.rounds)
+    return f"{quiet} of {total} pairs quiet, {len(used)} rounds"
+
+
+def paired_target(paired: PairedComparison, variants: dict[str, Variant], judged: bool) -> Target:
+    c, interval = paired.comparison, paired.interval()
+    assert c.goal is not None, "a comparison without a goal is not a target"
     return Target(
-        name,
-        f"{a_label} / {b_label}",
-        a.step.median / b.step.median,
-        goal,
-        "<=",
-        ratio_noise(a.step, b.step),
-        busy=not (a.quiet_enough and b.quiet_enough),
+        c.target,
+        describe(paired, variants),
+        interval.median,
+        c.goal,
+        c.direction,
+        interval.low,
+        interval.high,
+        evidence(paired),
+        judged,
     )
 
 
-def evaluate(records: dict[str, VariantRecord], cache: CacheResult | None) -> list[Target]:
-    """Every target that the measured variants allow to judge."""
-    targets: list[Target] = []
-    ours = [r for r in records.values() if r.group == "ours"]
-    for variant in ours:
-        for phase in variant.phases:
-            if phase.phase == "frozen" and phase.floor in records:
-                floor = records[phase.floor].phases[0]
-                targets.append(
-                    _ratio(
-                        "frozen-phase step <= 1.10x minimal loop",
-                        phase,
-                        f"{variant.label} ({variant.settings}) frozen",
-                        floor,
-                        f"minimal loop ({records[phase.floor].key.split('.')[1]})",
-                        1.10,
-                    )
-                )
-    if "ours.no_freeze" in records and "lightning.fit" in records:
-        targets.append(
-            _ratio(
-                "no_freeze <= 1.02x plain Lightning fit",
-                records["ours.no_freeze"].phase("full"),
-                "no_freeze",
-                records["lightning.fit"].phase("full"),
-                "Lightning fit",
-                1.02,
-            )
-        )
-    for variant in ours:
+def evaluate(
+    alone: dict[str, VariantRecord],
+    paired: Sequence[PairedComparison],
+    cache: CacheSuite | None,
+    variants: dict[str, Variant],
+    judged: bool,
+) -> list[Target]:
+    """Every target the run allows to judge; timing targets only when ``judged`` (not at smoke size)."""
+    targets = [paired_target(p, variants, judged) for p in paired if p.comparison.goal is not None]
+    for variant in (r for r in alone.values() if r.group == "ours"):
         frozen_bytes = max(p.optimizer.frozen_bytes if p.optimizer else 0 for p in variant.phases)
         targets.append(
             Target(
@@ -107,36 +106,12 @@ def evaluate(records: dict[str, VariantRecord], cache: CacheResult | None) -> li
                 "<=",
             )
         )
-    ours_bf, theirs = records.get("ours.freeze_unfreeze.train_bn"), records.get("lightning.backbone_finetuning")
-    if ours_bf is not None and theirs is not None:
-        for name in ("frozen", "unfrozen"):
-            targets.append(
-                _ratio(
-                    "never slower than BackboneFinetuning (same settings)",
-                    ours_bf.phase(name),
-                    f"freeze_unfreeze {name}",
-                    theirs.phase(name),
-                    f"BackboneFinetuning {name}",
-                    1.00,
-                )
-            )
     if cache is not None:
-        targets.append(
-            Target(
-                "cache: frozen epochs after the first >= 20x faster",
-                "uncached / cached epoch time (median of epochs >= 1)",
-                cache.speedup,
-                20.0,
-                ">=",
-                ratio_noise(
-                    *(Summary.of_seconds([e.step_s for e in r.later()[0]]) for r in (cache.uncached, cache.cached))
-                ),
-            )
-        )
+        targets.append(paired_target(cache.paired[0], variants, judged))
         targets.append(
             Target(
                 "cache: head weights equal uncached within 1e-5",
-                "largest abs difference of head weights, cached vs uncached",
+                "largest abs difference of head weights, cached vs uncached, over rounds",
                 cache.head_max_abs_diff,
                 1e-5,
                 "<=",
