@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,28 @@ from finetune_strategies.demo.report import save_plot, summary
 
 SMOKE_SEEDS = (0, 1)
 LORA_RANK = 8
+PLATEAU: dict[str, Any] = {"monitor": "val_acc", "mode": "max", "patience": 2}
+"""The plateau row's trigger: unfreeze once validation accuracy has not improved for 2 validation runs."""
+ON_PLATEAU = "freeze_unfreeze (plateau)"
+
+
+def plateau_recipe(settings: DemoSettings) -> Recipe:
+    """``freeze_unfreeze`` that unfreezes on a ``val_acc`` plateau, at twice the fixed epoch at the latest
+    (compared with the fixed epoch in :mod:`benchmarks.plateau_quality`)."""
+    cap = 2 * settings.unfreeze_epoch
+    spec = {"strategy": "freeze_unfreeze", "unfreeze_epoch": cap, **PLATEAU}
+    return Recipe(ON_PLATEAU, spec, f"backbone unfrozen when val_acc plateaus (patience 2), by epoch {cap}")
 
 
 @dataclass(frozen=True)
 class QualitySettings(DemoSettings):
-    """The demo's runs plus a ``lora`` row (adapters in the frozen backbone's convolutions, with the head)."""
+    """The demo's runs plus a ``lora`` row (adapters in the frozen backbone's convolutions, with the head)
+    and a plateau-triggered ``freeze_unfreeze`` row (:func:`plateau_recipe`)."""
 
     def recipes(self) -> list[Recipe]:
         schedule = f"LoRA r={LORA_RANK} on the frozen backbone's convolutions, with the head"
-        return [*super().recipes(), Recipe("lora", {"strategy": "lora", "r": LORA_RANK}, schedule)]
+        lora = Recipe("lora", {"strategy": "lora", "r": LORA_RANK}, schedule)
+        return [*super().recipes(), lora, plateau_recipe(self)]
 
 
 def settings(smoke: bool, seeds: Sequence[int] | None = None) -> DemoSettings:
@@ -64,7 +77,8 @@ def summarize(result: DemoResult) -> list[dict[str, Any]]:
     ]
 
 
-def _cell(value: dict[str, float], scale: float = 100.0, unit: str = "%", sign: str = "") -> str:
+def cell(value: dict[str, float], scale: float = 100.0, unit: str = "%", sign: str = "") -> str:
+    """A table cell: ``{"mean", "std"}`` as ``mean ± std``, scaled (percent by default); ``-`` for NaN."""
     if value["mean"] != value["mean"]:  # NaN: not measured for this row
         return "-"
     return f"{scale * value['mean']:{sign}.1f}{unit} ± {scale * value['std']:.1f}"
@@ -78,9 +92,9 @@ def markdown(rows: list[dict[str, Any]], result: DemoResult) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['strategy']} | {row['schedule']} | {_cell(row['test_acc'])} "
-            f"| {_cell(row['gain'], unit='', sign='+')} | {_cell(row['pretrain_task_acc'])} "
-            f"| {_cell(row['seconds'], 1.0, ' s')} |"
+            f"| {row['strategy']} | {row['schedule']} | {cell(row['test_acc'])} "
+            f"| {cell(row['gain'], unit='', sign='+')} | {cell(row['pretrain_task_acc'])} "
+            f"| {cell(row['seconds'], 1.0, ' s')} |"
         )
     lines.append("")
     lines.append(
@@ -112,16 +126,28 @@ def run_quality(out: Path, smoke: bool, seeds: Sequence[int] | None = None) -> d
     return payload
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def seeds_cli(
+    argv: Sequence[str] | None,
+    description: str | None,
+    run: Callable[[Path, bool, Sequence[int] | None], object],
+    stem: str,
+    written: str,
+) -> int:
+    """The command line of a benchmark over the demo's seeds: ``--out``, ``--smoke``, ``--seeds``; runs
+    ``run``, prints ``<out>/<stem>.md`` and which files were written (``written``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--smoke", action="store_true", help="the demo's fast settings, 2 seeds")
     parser.add_argument("--seeds", type=int, nargs="+", help="few-shot draws (default 0 1 2 3 4)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    run_quality(args.out, args.smoke, args.seeds)
-    print((args.out / "transfer_quality.md").read_text())
-    print(f"wrote {args.out / 'transfer_quality.json'}, .md and .png")
+    run(args.out, args.smoke, args.seeds)
+    print((args.out / f"{stem}.md").read_text())
+    print(f"wrote {args.out / f'{stem}.json'}, {written}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return seeds_cli(argv, __doc__, run_quality, "transfer_quality", ".md and .png")
 
 
 if __name__ == "__main__":
