@@ -19,9 +19,10 @@ BatchNorm stays in train mode and updates its running statistics (FTS's default
 default for an unfrozen group. Three measurements:
 
 * **Step time per phase, paired.** Both trainings run in one process, each in its own thread,
-  taking turns after every step (:class:`Turns`), so the k-th step of one is measured next to the
-  k-th step of the other under the same machine load; the rounds alternate which goes first. Per
-  phase: the median of the per-pair ratios FTS / ours with a bootstrap 95% interval. The window of a
+  taking turns after every step (:class:`~benchmarks.lockstep.Lockstep`), so the k-th step of one is
+  measured next to the k-th step of the other under the same machine load; the rounds alternate
+  which goes first. Per phase: the median of the per-pair ratios FTS / ours with the speed suite's
+  95% interval (:func:`~benchmarks.pairing.median_interval`: rounds, then pairs, resampled). The window of a
   step is the one of the speed suite (first callback's ``on_train_batch_start`` to the last's
   ``on_train_batch_end``), on the workload of :mod:`benchmarks.workload`.
 * **Optimizer-state bytes** after the unfreeze (at the end of fit): the tensors in ``optimizer.state``.
@@ -40,7 +41,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,7 +58,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.config import SMOKE, BenchConfig
 from benchmarks.lightning_runs import quiet_lightning
+from benchmarks.lockstep import Lockstep
 from benchmarks.measure import OptimizerState
+from benchmarks.pairing import median_interval
 from benchmarks.workload import BenchModel, make_loader
 from finetune_strategies import resolve_strategy
 
@@ -68,7 +70,6 @@ UNFREEZE_EPOCH = 1
 FULL = replace(BenchConfig(), warmup=2, steps=12, rounds=4, device="cpu")
 """The speed suite's workload (resnet18, 96 px, batch 32, AdamW), 12 measured steps a phase, 4 rounds."""
 DDP_EPOCHS, DDP_LR, DDP_WORLD = 3, 0.05, 2
-BOOTSTRAP = 2000
 
 
 def fts_version() -> str | None:
@@ -142,57 +143,6 @@ def peer_trainer(
     )
 
 
-class Turns:
-    """Two or more runs in threads, exactly one working at a time, passing the turn in ring order."""
-
-    def __init__(self, count: int) -> None:
-        self._condition = threading.Condition()
-        self._turn = 0
-        self._done = [False] * count
-
-    def _pass(self, index: int) -> None:
-        count = len(self._done)
-        following = ((index + step) % count for step in range(1, count + 1))
-        self._turn = next(i for i in following if not self._done[i] or i == index)
-        self._condition.notify_all()
-
-    def wait(self, index: int) -> None:
-        with self._condition:
-            self._condition.wait_for(lambda: self._turn == index)
-
-    def hand_over(self, index: int) -> None:
-        """Run ``index`` lets the next run work and returns when its turn comes back."""
-        with self._condition:
-            self._pass(index)
-            self._condition.wait_for(lambda: self._turn == index)
-
-    def leave(self, index: int) -> None:
-        with self._condition:
-            self._done[index] = True
-            self._pass(index)
-
-    def run(self, bodies: Sequence[Callable[[Callable[[], None]], None]]) -> None:
-        """Run each body in its own thread; a body calls its ``hand_over`` to let the others work."""
-        errors: list[BaseException] = []
-
-        def thread(index: int) -> None:
-            self.wait(index)
-            try:
-                bodies[index](lambda: self.hand_over(index))
-            except BaseException as error:  # re-raised in the caller's thread
-                errors.append(error)
-            finally:
-                self.leave(index)
-
-        threads = [threading.Thread(target=thread, args=(i,)) for i in range(len(bodies))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-
-
 @dataclass
 class PeerRun:
     """One training's record: step seconds per phase, trainable parameters per epoch, optimizer state."""
@@ -254,19 +204,18 @@ def _speed_body(peer: str, config: BenchConfig, record: PeerRun, root: Path) -> 
     return body
 
 
-def paired_ratio(fts: Sequence[float], ours: Sequence[float], seed: int = 0) -> dict[str, Any]:
-    """Median of the per-pair ratios fts / ours and its bootstrap 95% interval (pairs resampled)."""
-    ratios = np.asarray(fts, dtype=float) / np.asarray(ours, dtype=float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(ratios, size=(BOOTSTRAP, len(ratios)), replace=True), axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5])
+def paired_ratio(fts: Sequence[Sequence[float]], ours: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Per round, the step pairs' ratios fts / ours; their median and its interval
+    (:func:`benchmarks.pairing.median_interval`: rounds, then pairs within them, resampled)."""
+    rounds = [[f / o for f, o in zip(a, b, strict=True)] for a, b in zip(fts, ours, strict=True)]
+    interval = median_interval(rounds)
     return {
-        "pairs": len(ratios),
-        "ratio": float(np.median(ratios)),
-        "low": float(low),
-        "high": float(high),
-        "fts_ms": 1e3 * float(np.median(fts)),
-        "ours_ms": 1e3 * float(np.median(ours)),
+        "pairs": interval.pairs,
+        "ratio": interval.median,
+        "low": interval.low,
+        "high": interval.high,
+        "fts_ms": 1e3 * float(np.median([t for r in fts for t in r])),
+        "ours_ms": 1e3 * float(np.median([t for r in ours for t in r])),
     }
 
 
@@ -275,20 +224,21 @@ def measure_speed(config: BenchConfig) -> dict[str, Any]:
     quiet_lightning()
     if config.threads:
         torch.set_num_threads(config.threads)
-    pooled: dict[str, PeerRun] = {peer: PeerRun() for peer in PEERS}
+    rounds: list[dict[str, PeerRun]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(config.rounds):
             order = PEERS if round_index % 2 == 0 else PEERS[::-1]
             records = {peer: PeerRun() for peer in PEERS}
-            Turns(len(order)).run([_speed_body(peer, config, records[peer], Path(tmp)) for peer in order])
-            for peer, record in records.items():
-                for phase in PHASES:
-                    pooled[peer].steps[phase] += record.steps[phase]
-                pooled[peer].trainable, pooled[peer].optimizer = record.trainable, record.optimizer
+            Lockstep(len(order)).run([_speed_body(peer, config, records[peer], Path(tmp)) for peer in order])
+            rounds.append(records)
+    last = rounds[-1]
     return {
-        "phases": {phase: paired_ratio(pooled["fts"].steps[phase], pooled["ours"].steps[phase]) for phase in PHASES},
-        "trainable": {peer: pooled[peer].trainable for peer in PEERS},
-        "optimizer": {peer: pooled[peer].optimizer for peer in PEERS},
+        "phases": {
+            phase: paired_ratio([r["fts"].steps[phase] for r in rounds], [r["ours"].steps[phase] for r in rounds])
+            for phase in PHASES
+        },
+        "trainable": {peer: last[peer].trainable for peer in PEERS},
+        "optimizer": {peer: last[peer].optimizer for peer in PEERS},
     }
 
 
@@ -402,7 +352,7 @@ def run_fts_peer(out: Path, smoke: bool) -> dict[str, Any]:
     version = fts_version()
     if version is None:
         raise RuntimeError("finetuning-scheduler is not installed: pip install 'finetune-strategies[peers]'.")
-    config = replace(SMOKE, steps=2, rounds=2, device="cpu") if smoke else FULL
+    config = replace(SMOKE, steps=2, rounds=2, max_rounds=2, device="cpu") if smoke else FULL
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "fts_version": version,

@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
 from benchmarks.config import SMOKE  # noqa: E402
-from benchmarks.fts_peer import UNFREEZE_EPOCH, Turns, backbone_without_batchnorm, paired_ratio  # noqa: E402
+from benchmarks.fts_peer import UNFREEZE_EPOCH, backbone_without_batchnorm, paired_ratio  # noqa: E402
 from benchmarks.plateau_quality import FIXED, run_plateau_quality  # noqa: E402
 from benchmarks.transfer_quality import ON_PLATEAU, PLATEAU  # noqa: E402
 from benchmarks.workload import BenchModel  # noqa: E402
@@ -32,42 +30,9 @@ from finetune_strategies.demo.experiment import DemoSettings  # noqa: E402
 HAS_FTS = importlib.util.find_spec("finetuning_scheduler") is not None
 
 
-def test_turns_run_one_body_at_a_time_in_ring_order() -> None:
-    log: list[str] = []
-    running = threading.Semaphore(1)
-
-    def body(name: str, steps: int) -> Callable[[Callable[[], None]], None]:
-        def run(hand_over: Callable[[], None]) -> None:
-            for step in range(steps):
-                assert running.acquire(blocking=False), "two bodies ran at once"
-                log.append(f"{name}{step}")
-                running.release()
-                hand_over()
-
-        return run
-
-    Turns(2).run([body("a", 3), body("b", 1)])  # b ends early: a goes on alone
-    assert log == ["a0", "b0", "a1", "a2"]
-
-
-def test_turns_reraise_a_failed_body_after_the_others_finish() -> None:
-    finished: list[str] = []
-
-    def failing(hand_over: Callable[[], None]) -> None:
-        raise ValueError("boom")
-
-    def fine(hand_over: Callable[[], None]) -> None:
-        hand_over()
-        finished.append("fine")
-
-    with pytest.raises(ValueError, match="boom"):
-        Turns(2).run([failing, fine])
-    assert finished == ["fine"]
-
-
 def test_paired_ratio_is_the_median_of_per_pair_ratios() -> None:
-    result = paired_ratio([2.0, 3.0, 4.0, 100.0], [1.0, 1.0, 1.0, 1.0])
-    assert result["ratio"] == 3.5
+    result = paired_ratio([[2.0, 3.0], [4.0, 100.0]], [[1.0, 1.0], [1.0, 1.0]])
+    assert result["ratio"] == pytest.approx(12**0.5)  # the median of the logarithms: sqrt(3 * 4)
     assert result["pairs"] == 4
     assert 2.0 <= result["low"] <= result["ratio"] <= result["high"] <= 100.0
 
