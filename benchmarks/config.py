@@ -49,7 +49,7 @@ class BenchConfig:
     warmup: int = 2
     steps: int = 8
     rounds: int = 4
-    max_rounds: int = 12
+    max_rounds: int = 32
     lr: float = 1e-3
     cache_batches: int = 16
     cache_epochs: int = 3
@@ -58,7 +58,7 @@ class BenchConfig:
     device: str = "auto"
     seed: int = 0
     quiet_share: float = 0.1
-    budget_s: int = 1800
+    budget_s: int = 3600
 
     def __post_init__(self) -> None:
         for name in ("image_size", "vit_image_size", "batch_size", "num_classes", "steps", "rounds", "cache_batches"):

@@ -196,7 +196,7 @@ def test_smoke_flag_and_overrides() -> None:
     assert (config.model, config.steps, config.image_size) == ("test_resnet", 5, 32)
     _, full = parse_args([])
     assert (full.model, full.image_size, full.batch_size, full.threads) == ("resnet18", 96, 32, 1)
-    assert (full.vit_model, full.vit_image_size, full.rounds, full.max_rounds) == ("vit_tiny_patch16_224", 64, 4, 12)
+    assert (full.vit_model, full.vit_image_size, full.rounds, full.max_rounds) == ("vit_tiny_patch16_224", 64, 4, 32)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="CPU accounting reads /proc")
