@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
 from benchmarks.compare import main as compare_main  # noqa: E402
-from benchmarks.config import SMOKE  # noqa: E402
+from benchmarks.config import SMOKE, BenchConfig  # noqa: E402
 from benchmarks.lockstep import HandOver, Lockstep  # noqa: E402
 from benchmarks.measure import Sample  # noqa: E402
 from benchmarks.pairing import (  # noqa: E402
@@ -31,6 +31,9 @@ from benchmarks.pairing import (  # noqa: E402
     pair_up,
     usable,
 )
+from benchmarks.replay import load_pools, replay  # noqa: E402
+from benchmarks.replay import main as replay_main  # noqa: E402
+from benchmarks.report import paired_json  # noqa: E402
 from benchmarks.sessions import run_rounds  # noqa: E402
 from benchmarks.targets import Target  # noqa: E402
 from benchmarks.variants import comparisons, group_sessions, variants  # noqa: E402
@@ -309,3 +312,59 @@ def test_compare_flags_a_verdict_that_differs_between_two_runs(
     assert "| **inconclusive** | **no** |" in out
     assert "| zero bytes | freeze | 0 B | - | **pass** | - | - | absent | **no** |" in out
     assert "2 of 3 targets differ in verdict." in out
+
+
+def _replay_run(path: Path, rounds: list[tuple[float, float]], goal: float, smoke: bool = False) -> Path:
+    """A run file with one judged comparison whose round ``k`` has 5 pairs around ``ratio`` with ``spread``."""
+    comparison = PairedComparison(Comparison("t <= goal", "ours.x", "minimal.x", "frozen", "frozen", goal), "cpu", 0.1)
+    for ratio, spread in rounds:
+        a = [100 * ratio * (1 + spread * d) for d in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+        comparison.add_round(_samples(a, cpu_ms=a), _samples([100] * 5))
+    data = {"smoke": smoke, "config": {"quiet_share": 0.1}, "paired": [paired_json(comparison)]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_replay_reads_the_recorded_rounds_and_replays_them_through_the_stopping_rule(tmp_path: Path) -> None:
+    """Rounds drawn from a clear pool decide at once; from a pool on its goal they run to the cap and stay
+    inconclusive; two runs files pool their rounds."""
+    clear = [(1.00 + 0.01 * (k % 3 - 1), 0.02) for k in range(6)]
+    first = _replay_run(tmp_path / "a.json", clear, goal=1.10)
+    second = _replay_run(tmp_path / "b.json", clear[:4], goal=1.10)
+    (pool,) = load_pools([first, second])
+    assert len(pool.rounds) == 10
+    assert [s.cpu_s for s in pool.rounds[0][0]] == pytest.approx([0.09702, 0.09801, 0.099, 0.09999, 0.10098])
+    assert [s.cpu_s for s in pool.rounds[0][1]] == pytest.approx([0.1] * 5)
+    config = replace(BenchConfig(), rounds=4, max_rounds=8)
+    outcome = replay(pool, config, replays=20)
+    assert outcome.shares == {"pass": 1.0, "inconclusive": 0.0, "miss": 0.0}
+    assert (outcome.mean_rounds, outcome.max_rounds_reached, outcome.agreement) == (4.0, 0.0, 1.0)
+
+    on_goal = [(1.10 * (1 + 0.02 * (k % 3 - 1)), 0.03) for k in range(6)]
+    (pool,) = load_pools([_replay_run(tmp_path / "c.json", on_goal, goal=1.10)])
+    outcome = replay(pool, config, replays=20)
+    assert outcome.shares["inconclusive"] > 0.5
+    assert outcome.max_rounds_reached >= outcome.shares["inconclusive"], "an undecided replay ran to the cap"
+    assert 4 < outcome.mean_rounds <= 8
+    assert replay(pool, config, replays=20) == outcome, "a fixed seed: the same draws"
+
+
+def test_replay_prints_each_comparisons_shares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _replay_run(tmp_path / "a.json", [(1.00 + 0.01 * (k % 3 - 1), 0.02) for k in range(6)], goal=1.10)
+    assert replay_main([str(run), "--replays", "5", "--max-rounds", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "5 replays per comparison, rounds 4 to 8" in out
+    assert "| ours.x/frozen vs minimal.x/frozen | <= 1.1 | 1.000 (" in out
+    assert out.rstrip().endswith("| 6 | 1.000 | 0.000 | 0.000 | 4.0 | 0.000 | 1.000 |")
+
+
+def test_replay_refuses_what_it_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    smoke = _replay_run(tmp_path / "smoke.json", [(1.0, 0.01)], goal=1.10, smoke=True)
+    with pytest.raises(ValueError, match="smoke-size run"):
+        load_pools([smoke])
+    with pytest.raises(ValueError, match="replays must be at least 1"):
+        replay(load_pools([_replay_run(tmp_path / "a.json", [(1.0, 0.01)], goal=1.1)])[0], BenchConfig(), 0)
+    with pytest.raises(SystemExit) as exit_info:
+        replay_main([str(tmp_path / "missing.json")])
+    assert exit_info.value.code == 2
+    assert "missing.json" in capsys.readouterr().err
