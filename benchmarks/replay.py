@@ -89,7 +89,8 @@ class ReplaySuite:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Replays of one pool: the share ending in each verdict and the rounds they used."""
+    """Replays of one pool: the share ending in each verdict, the rounds a replay used on average, and the
+    share of replays that ran to ``max_rounds``."""
 
     pool: Pool
     shares: dict[Verdict, float]
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = replace(defaults, rounds=args.rounds, max_rounds=args.max_rounds)
         outcomes = [replay(pool, config, args.replays, args.seed) for pool in load_pools(args.runs)]
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as error:
+    except (ValueError, TypeError, OSError, KeyError) as error:  # JSONDecodeError is a ValueError
         parser.error(f"{type(error).__name__}: {error}")
     print(
         f"{args.replays} replays per comparison, rounds {config.rounds} to {config.max_rounds}, "

@@ -368,3 +368,10 @@ def test_replay_refuses_what_it_cannot_use(tmp_path: Path, capsys: pytest.Captur
         replay_main([str(tmp_path / "missing.json")])
     assert exit_info.value.code == 2
     assert "missing.json" in capsys.readouterr().err
+    broken = json.loads(_replay_run(tmp_path / "b.json", [(1.0, 0.01)], goal=1.1).read_text())
+    broken["paired"][0]["rounds"][0]["a"][0] = {"seconds": 0.1}  # not a recorded step
+    (tmp_path / "b.json").write_text(json.dumps(broken))
+    with pytest.raises(SystemExit) as exit_info:
+        replay_main([str(tmp_path / "b.json")])
+    assert exit_info.value.code == 2
+    assert "TypeError" in capsys.readouterr().err
