@@ -327,7 +327,7 @@ def _replay_run(path: Path, rounds: list[tuple[float, float]], goal: float, smok
 
 def test_replay_reads_the_recorded_rounds_and_replays_them_through_the_stopping_rule(tmp_path: Path) -> None:
     """Rounds drawn from a clear pool decide at once; from a pool on its goal they run to the cap and stay
-    inconclusive; two runs files pool their rounds."""
+    inconclusive; two run files pool their rounds."""
     clear = [(1.00 + 0.01 * (k % 3 - 1), 0.02) for k in range(6)]
     first = _replay_run(tmp_path / "a.json", clear, goal=1.10)
     second = _replay_run(tmp_path / "b.json", clear[:4], goal=1.10)
