@@ -75,7 +75,8 @@ def main(out: Path) -> None:
         worst = max(worst, (tensor - reference).abs().max().item())
     trainable = all(p.requires_grad for p in model.parameters())
     rank = trainer.global_rank
-    print(f"rank {rank}: max difference from rank 0 = {worst}; everything trainable: {trainable}")
+    # flushed now: a rank's buffered output is lost if its process dies in the teardown below
+    print(f"rank {rank}: max difference from rank 0 = {worst}; everything trainable: {trainable}", flush=True)
     dist.barrier()
     dist.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 

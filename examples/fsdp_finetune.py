@@ -90,10 +90,11 @@ def main(out: Path, max_epochs: int) -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     with_state = sum(1 for p in trainer.optimizers[0].state if id(p) in names)
     trainable = all(p.requires_grad for p in model.parameters())
-    print(
+    print(  # flushed now: a rank's buffered output is lost if its process dies in the teardown below
         f"rank {trainer.global_rank}: epoch {trainer.current_epoch}, resumed: {resume is not None}; holds {held} of "
         f"{total} parameter elements; optimizer state for {with_state} of {len(names)} parameters; "
-        f"everything trainable: {trainable}"
+        f"everything trainable: {trainable}",
+        flush=True,
     )
     dist.barrier()
     dist.destroy_process_group()  # a gloo group left to interpreter exit can abort the process

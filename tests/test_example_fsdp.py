@@ -16,7 +16,9 @@ def test_fsdp_example_shards_the_model_and_resumes_from_its_sharded_checkpoint(t
     held = []
     for rank in (0, 1):
         assert f"rank {rank}: epoch 2, resumed: False; holds " in first
-        line = next(line for line in second.splitlines() if line.startswith(f"rank {rank}: epoch 3, resumed: True"))
+        lines = [line for line in second.splitlines() if line.startswith(f"rank {rank}: epoch 3, resumed: True")]
+        assert len(lines) == 1, f"rank {rank} did not report its resumed run:\n{second[-6000:]}"
+        (line,) = lines
         assert line.endswith("optimizer state for 18 of 18 parameters; everything trainable: True")
         held.append(int(line.split("holds ")[1].split(" of ")[0]))
     assert sum(held) == 4579  # each rank holds its shard, together the whole model
