@@ -24,32 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import BenchConfig
-from benchmarks.measure import Clock, Sample
+from benchmarks.measure import Sample
 from benchmarks.pairing import Comparison, Interval, PairedComparison, Verdict
 from benchmarks.report import markdown_table
 from benchmarks.sessions import run_rounds
 
-Round = tuple[list[Sample], list[Sample]]
 VERDICTS: tuple[Verdict, ...] = ("pass", "inconclusive", "miss")
 
 
-@dataclass
-class Pool:
-    """A comparison and every round recorded for it, judged by ``clock`` with quiet pairs per ``threshold``."""
-
-    comparison: Comparison
-    clock: Clock
-    threshold: float
-    rounds: list[Round] = field(default_factory=list)
-
-    def interval(self) -> Interval:
-        """The median pair ratio over every round of the pool, and its interval."""
-        return PairedComparison(self.comparison, self.clock, self.threshold, list(self.rounds)).interval()
-
-
-def load_pools(paths: Sequence[Path]) -> list[Pool]:
-    """The judged comparisons of the runs in ``paths``, each with the rounds of every run that has it."""
-    pools: dict[str, Pool] = {}
+def load_pools(paths: Sequence[Path]) -> list[PairedComparison]:
+    """The judged comparisons of the runs in ``paths``, each with the rounds of every run that has it (a pool)."""
+    pools: dict[str, PairedComparison] = {}
     for path in paths:
         data: dict[str, Any] = json.loads(path.read_text())
         if data.get("smoke"):
@@ -59,10 +44,10 @@ def load_pools(paths: Sequence[Path]) -> list[Pool]:
             if comparison.goal is None:
                 continue
             pool = pools.setdefault(
-                comparison.key, Pool(comparison, entry["clock"], float(data["config"]["quiet_share"]))
+                comparison.key, PairedComparison(comparison, entry["clock"], float(data["config"]["quiet_share"]))
             )
             for recorded in entry["rounds"]:
-                pool.rounds.append(([Sample(**s) for s in recorded["a"]], [Sample(**s) for s in recorded["b"]]))
+                pool.add_round([Sample(**s) for s in recorded["a"]], [Sample(**s) for s in recorded["b"]])
     if not pools:
         raise ValueError("the runs given have no judged comparison.")
     return list(pools.values())
@@ -72,7 +57,7 @@ def load_pools(paths: Sequence[Path]) -> list[Pool]:
 class ReplaySuite:
     """One replay of one pool: each round is a recorded round drawn at random (a :class:`PairedSuite`)."""
 
-    pool: Pool
+    pool: PairedComparison
     rng: random.Random
     paired: list[PairedComparison] = field(init=False)
 
@@ -92,7 +77,7 @@ class Outcome:
     """Replays of one pool: the share ending in each verdict, the rounds a replay used on average, and the
     share of replays that ran to ``max_rounds``."""
 
-    pool: Pool
+    pool: PairedComparison
     shares: dict[Verdict, float]
     mean_rounds: float
     max_rounds_reached: float
@@ -103,7 +88,7 @@ class Outcome:
         return sum(share * share for share in self.shares.values())
 
 
-def replay(pool: Pool, config: BenchConfig, replays: int, seed: int = 0) -> Outcome:
+def replay(pool: PairedComparison, config: BenchConfig, replays: int, seed: int = 0) -> Outcome:
     """``replays`` runs of ``pool`` under ``config``'s rounds, max_rounds and stopping rule."""
     if replays < 1:
         raise ValueError(f"replays must be at least 1, got {replays}.")
