@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 # The core: strategies, resolution, anchor fixes, schedules, resume and checkpoints, safe loading,
 # DDP, the soak's short form, transfer learning and the CLI.
 CORE_TESTS=(
-  tests/test_strategies.py tests/test_resolution.py tests/test_anchor_fixes.py tests/test_schedules.py
-  tests/test_compat.py tests/test_layers.py tests/test_trainer.py tests/test_checkpoints.py
-  tests/test_kill_resume.py tests/test_safe_loading.py tests/test_weights.py tests/test_ddp.py
-  tests/test_soak.py tests/test_transfer_runner.py tests/test_cli.py
+  tests/strategies/test_strategies.py tests/strategies/test_resolution.py tests/core/test_anchor_fixes.py tests/core/test_schedules.py
+  tests/core/test_compat.py tests/model/test_layers.py tests/test_trainer.py tests/checkpointing/test_checkpoints.py
+  tests/checkpointing/test_kill_resume.py tests/checkpointing/test_safe_loading.py tests/checkpointing/test_weights.py tests/distributed/test_ddp.py
+  tests/core/test_soak.py tests/transfer/test_transfer_runner.py tests/cli/test_cli.py
 )
 
 python=${PYTHON:-python3}

@@ -7,7 +7,7 @@ one after the other in the same process group, and prints the median step time o
 epoch and of the epochs after the unfreeze, plus the one-off time of the phase change:
 
 * ``none``: no mechanism (what Lightning's ``BaseFinetuning`` does): fast, and wrong.
-* ``rewrap``: this library's mechanism (``finetune_strategies.distributed``).
+* ``rewrap``: this library's mechanism (``finetune_strategies.core.distributed``).
 * ``allreduce``: all-reduce the unregistered gradients in one flat buffer before each step.
 * ``no_freeze``: everything trainable from the start; this is what registering every parameter
   from the start costs while the backbone should be frozen (full backward and all-reduce).
@@ -26,8 +26,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from finetune_strategies import Trainer, distributed
-from finetune_strategies.distributed import trainable_parameter_ids
+from finetune_strategies import Trainer
+from finetune_strategies.core import distributed
+from finetune_strategies.core.distributed import trainable_parameter_ids
 
 WIDTH, DEPTH, BATCH, STEPS, EPOCHS, ROUNDS = 512, 4, 32, 16, 3, 3
 

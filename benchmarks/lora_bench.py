@@ -41,7 +41,7 @@ from benchmarks.machine import describe, load_average
 from benchmarks.measure import NOT_STARTED, Instruments, OptimizerState, Started, Summary
 from benchmarks.targets import Target
 from finetune_strategies import Trainer
-from finetune_strategies.registry import StrategySpec
+from finetune_strategies.strategies.registry import StrategySpec
 
 VARIANTS: dict[str, StrategySpec] = {
     "full": "no_freeze",

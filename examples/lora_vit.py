@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
 
 from finetune_strategies import Trainer, merge_adapters
+from finetune_strategies.checkpointing.trainable_only import RECORD_KEY
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
-from finetune_strategies.trainable_only import RECORD_KEY
 
 
 def images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -47,8 +47,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from finetune_strategies import Trainer, wise_ft
+from finetune_strategies.checkpointing.weights import read_state_dict
 from finetune_strategies.transfer import run_transfer_learning
-from finetune_strategies.weights import read_state_dict
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "transfer_regression.yaml"

@@ -1,8 +1,10 @@
 """Flash-style fine-tuning strategies for Lightning 2.x."""
 
-from finetune_strategies.adapters import merge_adapters
-from finetune_strategies.base import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
-from finetune_strategies.drift import DriftMonitor, plot_drift
+import sys
+
+from finetune_strategies import _legacy_paths
+from finetune_strategies.checkpointing import complete_checkpoint
+from finetune_strategies.core import FinetuningStrategy, FlashBaseFinetuning, Phase, PhaseSpec, StrategyOptions
 from finetune_strategies.errors import (
     AdapterError,
     CheckpointError,
@@ -17,34 +19,46 @@ from finetune_strategies.errors import (
     StrategySpecError,
     StrategySpecTypeError,
 )
-from finetune_strategies.finetuner import Finetuner
-from finetune_strategies.layers import Layer, LayerUnit, list_layers, name_parameters
-from finetune_strategies.lora import Lora
-from finetune_strategies.monitor import EpochRecord, TrainableMonitor
-from finetune_strategies.plan import EpochPlan, SchedulePlan, describe_schedule
-from finetune_strategies.registry import (
+from finetune_strategies.model import (
+    Layer,
+    LayerUnit,
+    list_layers,
+    name_parameters,
+    resolve_selector,
+    resolve_selectors,
+)
+from finetune_strategies.model.adapters import merge_adapters
+from finetune_strategies.recipes import (
+    DriftMonitor,
+    EpochRecord,
+    TrainableMonitor,
+    WiSEFT,
+    WiSEFTResult,
+    plot_drift,
+    wise_ft,
+)
+from finetune_strategies.strategies import (
+    LPFT,
+    EpochPlan,
+    Finetuner,
+    Freeze,
+    FreezeUnfreeze,
+    GradualUnfreeze,
+    Lora,
+    NoFreeze,
+    Phases,
+    SchedulePlan,
     StrategySpec,
+    UnfreezeMilestones,
     available_strategies,
+    describe_schedule,
     register_strategy,
     resolve_strategy,
     unregister_strategy,
 )
-from finetune_strategies.schedule import Phase, PhaseSpec
-from finetune_strategies.selectors import resolve_selector, resolve_selectors
-from finetune_strategies.strategies import (
-    LPFT,
-    Freeze,
-    FreezeUnfreeze,
-    GradualUnfreeze,
-    NoFreeze,
-    Phases,
-    UnfreezeMilestones,
-)
-from finetune_strategies.trainable_only import complete_checkpoint
 from finetune_strategies.trainer import Trainer
-from finetune_strategies.wise_ft import WiSEFT, WiSEFTResult, wise_ft
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LPFT",
@@ -99,3 +113,5 @@ __all__ = [
     "unregister_strategy",
     "wise_ft",
 ]
+
+_legacy_paths.install(sys.modules[__name__])

@@ -10,12 +10,12 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
 
 from finetune_strategies import _lightning
-from finetune_strategies.checkpoint_io import use_safe_checkpoint_io
-from finetune_strategies.checkpoints import guard_resume
+from finetune_strategies.checkpointing.checkpoint_io import use_safe_checkpoint_io
+from finetune_strategies.core.resume import guard_resume
 from finetune_strategies.errors import ConfigurationError
-from finetune_strategies.finetuner import Finetuner
-from finetune_strategies.plan import SchedulePlan, describe_schedule
-from finetune_strategies.registry import StrategySpec
+from finetune_strategies.strategies.finetuner import Finetuner
+from finetune_strategies.strategies.plan import SchedulePlan, describe_schedule
+from finetune_strategies.strategies.registry import StrategySpec
 
 
 class Trainer(pl.Trainer):
@@ -23,7 +23,7 @@ class Trainer(pl.Trainer):
     checkpoint files.
 
     It takes every argument of Lightning's ``Trainer``. Unless ``plugins`` has a checkpoint IO, it
-    writes and reads checkpoints with :class:`~finetune_strategies.checkpoint_io.SafeCheckpointIO`:
+    writes and reads checkpoints with :class:`~finetune_strategies.checkpointing.checkpoint_io.SafeCheckpointIO`:
     atomic writes, and ``weights_only=True`` loads on every supported Lightning and torch version.
     """
 
@@ -77,7 +77,7 @@ class Trainer(pl.Trainer):
     ) -> SchedulePlan:
         """Show what trains, epoch by epoch, for this trainer's ``max_epochs``, without training.
 
-        The plan of ``strategy`` on ``model`` as :func:`~finetune_strategies.plan.describe_schedule` makes
+        The plan of ``strategy`` on ``model`` as :func:`~finetune_strategies.strategies.plan.describe_schedule` makes
         it: by the strategy's own code, with the model's own optimizer and LR schedulers.
         ``steps_per_epoch`` is how often step-interval schedulers step in an epoch.
         """
@@ -101,11 +101,11 @@ class Trainer(pl.Trainer):
     ) -> None:
         """``lightning.pytorch.Trainer.fit``, but a ``ckpt_path`` (``"last"`` included) that is truncated
         or corrupt, cannot resume training, or was written by another strategy or schedule raises an
-        error naming the file (see :mod:`finetune_strategies.checkpoints`) instead of loading.
+        error naming the file (see :mod:`finetune_strategies.core.resume`) instead of loading.
 
         ``ckpt_path`` loads with ``weights_only=True`` unless ``weights_only=False`` is given, with every
         supported torch (before 2.6 ``torch.load`` unpickles in full by default): a checkpoint that
-        holds other objects raises an error naming them (see :mod:`finetune_strategies.checkpoint_io`).
+        holds other objects raises an error naming them (see :mod:`finetune_strategies.checkpointing.checkpoint_io`).
         """
         guard_resume(self)
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)

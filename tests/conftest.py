@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,6 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from finetune_strategies import Trainer
+
+# The helper and scenario modules (tests/helpers/) import by their bare names, from tests in every folder.
+sys.path.insert(0, str(pathlib.Path(__file__).with_name("helpers")))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

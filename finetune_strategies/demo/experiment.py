@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from finetune_strategies.drift import DriftMonitor
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
-from finetune_strategies.image.weights import read_weights, save_weights
-from finetune_strategies.monitor import TrainableMonitor
-from finetune_strategies.registry import StrategySpec
+from finetune_strategies.image.weight_files import read_weights, save_weights
+from finetune_strategies.recipes.drift import DriftMonitor
+from finetune_strategies.recipes.monitor import TrainableMonitor
+from finetune_strategies.recipes.wise_ft import wise_ft
+from finetune_strategies.strategies.registry import StrategySpec
 from finetune_strategies.trainer import Trainer
-from finetune_strategies.wise_ft import wise_ft
 
 # Digits must not be flipped: mild crops only.
 AUGMENT: dict[str, Any] = {"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.8, 1.25), "color_jitter": 0.0}

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune_strategies.demo.experiment import SCRATCH, WISE, DemoResult, RunResult
-from finetune_strategies.drift import plot_drift
+from finetune_strategies.recipes.drift import plot_drift
 
 
 def _count(n: int) -> str:

@@ -32,7 +32,7 @@ from finetune_strategies.errors import (
     WeightMatchError,
 )
 from finetune_strategies.image.timm_api import model_data_config
-from finetune_strategies.image.weights import (
+from finetune_strategies.image.weight_files import (
     check_fits,
     check_weight_path,
     diff_weights,

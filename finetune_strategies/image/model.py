@@ -17,12 +17,18 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from finetune_strategies import _lightning
-from finetune_strategies.adapters import merge_adapters, tuner_modules
+from finetune_strategies.checkpointing.trainable_only import complete_checkpoint, record_adapters
+from finetune_strategies.core.optim import (
+    LIGHTNING_KEYS,
+    OptimizerSpec,
+    SchedulerSpec,
+    parse_optimizer,
+    parse_scheduler,
+)
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
-from finetune_strategies.image.weights import save_weights
-from finetune_strategies.optim import LIGHTNING_KEYS, OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
-from finetune_strategies.trainable_only import complete_checkpoint, record_adapters
+from finetune_strategies.image.weight_files import save_weights
+from finetune_strategies.model.adapters import merge_adapters, tuner_modules
 from finetune_strategies.validation import check_int, check_positive_float
 
 
@@ -39,7 +45,7 @@ class ImageClassifier(pl.LightningModule):
         labels: Class names, in class-index order, used in prediction files.
         head_dropout: Dropout before the head.
         optimizer: A ``torch.optim`` class name, case-insensitive (``"adam"``, ``"adamw"``, ``"sgd"``), or
-            a dotted class path (see :mod:`finetune_strategies.optim`).
+            a dotted class path (see :mod:`finetune_strategies.core.optim`).
         lr: Learning rate of the optimizer's first param group.
         weight_decay: Weight decay.
         optimizer_kwargs: Extra optimizer arguments, e.g. ``{"momentum": 0.9}``.
@@ -138,7 +144,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild what a checkpoint that keeps only trained weights left out (see
-        :mod:`finetune_strategies.trainable_only`), so that ``load_from_checkpoint`` reads it."""
+        :mod:`finetune_strategies.checkpointing.trainable_only`), so that ``load_from_checkpoint`` reads it."""
         complete_checkpoint(self, checkpoint)
 
     # ------------------------------------------------------------------ steps

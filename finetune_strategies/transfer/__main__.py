@@ -1,5 +1,5 @@
 """``python -m finetune_strategies.transfer --config tl.yaml``."""
 
-from finetune_strategies.transfer.cli import main
+from finetune_strategies.cli.transfer import main
 
 main()

@@ -27,9 +27,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import yaml
 
+from finetune_strategies.core.optim import OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
 from finetune_strategies.errors import MissingPathError, TransferConfigError
-from finetune_strategies.optim import OptimizerSpec, SchedulerSpec, parse_optimizer, parse_scheduler
-from finetune_strategies.selectors import check_selector
+from finetune_strategies.model.selectors import check_selector
 from finetune_strategies.transfer.heads import check_heads
 from finetune_strategies.validation import check_bool, check_int, check_known_keys, check_mapping
 

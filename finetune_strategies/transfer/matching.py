@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from finetune_strategies.checkpointing.weights import read_state_dict
 from finetune_strategies.errors import WeightMatchError
 from finetune_strategies.validation import close_matches
-from finetune_strategies.weights import read_state_dict
 
 _MAX_LISTED = 20
 

@@ -30,16 +30,17 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from finetune_strategies.base import FinetuningStrategy
+from finetune_strategies.checkpointing.weights import torch_load
+from finetune_strategies.core.callback import FinetuningStrategy
 from finetune_strategies.errors import StageError, TransferConfigError
-from finetune_strategies.monitor import TrainableMonitor
-from finetune_strategies.strategies import Freeze, NoFreeze
+from finetune_strategies.recipes.monitor import TrainableMonitor
+from finetune_strategies.strategies.builtins import Freeze, NoFreeze
 from finetune_strategies.trainer import Trainer
 from finetune_strategies.transfer.config import TransferConfig
 from finetune_strategies.transfer.heads import add_readout_heads
 from finetune_strategies.transfer.matching import MatchReport, load_pretrained
-from finetune_strategies.transfer.optim import OptimizerMemory, stage_optimizers
-from finetune_strategies.transfer.progress import Progress, StageResult
+from finetune_strategies.transfer.record import Progress, StageResult
+from finetune_strategies.transfer.stage_optimizers import OptimizerMemory, stage_optimizers
 from finetune_strategies.transfer.stages import (
     DataModuleSource,
     ReplaySource,
@@ -47,7 +48,6 @@ from finetune_strategies.transfer.stages import (
     StagePlan,
     plan_stages,
 )
-from finetune_strategies.weights import torch_load
 
 log = logging.getLogger("finetune_strategies.transfer")
 CHECKPOINT_NAME = "final.ckpt"

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from finetune_strategies.errors import TransferConfigError
-from finetune_strategies.selectors import resolve_selectors
+from finetune_strategies.model.selectors import resolve_selectors
 from finetune_strategies.transfer.config import StageSettings, TransferConfig
 from finetune_strategies.transfer.heads import modules_outside
 from finetune_strategies.transfer.replay import ReplayDataModule

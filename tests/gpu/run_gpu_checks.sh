@@ -3,8 +3,8 @@
 #   * tests/gpu/test_fsdp1.py: FSDP1 (FSDPStrategy, use_orig_params=True) on min(GPUs, 2) ranks: every
 #     built-in, the *_deepspeed ones, layer_lr_decay, gradual_unfreeze, phases, plateau triggers, resume
 #     from a sharded checkpoint, and the refused combinations;
-#   * tests/test_deepspeed.py: the *_deepspeed strategies under DeepSpeed ZeRO 1, 2 and 3 on one GPU;
-#   * with 2 GPUs or more, tests/test_deepspeed_zero.py on CUDA too (CI runs it on CPU).
+#   * tests/distributed/test_deepspeed.py: the *_deepspeed strategies under DeepSpeed ZeRO 1, 2 and 3 on one GPU;
+#   * with 2 GPUs or more, tests/distributed/test_deepspeed_zero.py on CUDA too (CI runs it on CPU).
 # Usage: tests/gpu/run_gpu_checks.sh [pytest options]   (PYTHON=... picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,9 +15,9 @@ if [ "$gpus" -lt 1 ]; then
     echo "run_gpu_checks.sh: no CUDA device; these checks need a GPU (CI runs the CPU ones)" >&2
     exit 2
 fi
-tests=(tests/gpu tests/test_deepspeed.py)
+tests=(tests/gpu tests/distributed/test_deepspeed.py)
 if [ "$gpus" -ge 2 ]; then
-    tests+=(tests/test_deepspeed_zero.py)
+    tests+=(tests/distributed/test_deepspeed_zero.py)
 fi
 echo "run_gpu_checks.sh: $gpus GPU(s): ${tests[*]}"
 # -rs lists every skip with its reason: on a GPU machine nothing here should be skipped

@@ -17,7 +17,7 @@ def test_the_gpu_script_is_valid_bash_and_names_existing_tests() -> None:
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     named = re.findall(r"tests/[\w/]+(?:\.\w+)?", SCRIPT.read_text())
     assert "tests/gpu/test_fsdp1.py" in named
-    assert "tests/test_deepspeed.py" in named
+    assert "tests/distributed/test_deepspeed.py" in named
     assert all((ROOT / path).exists() for path in named), named
 
 

@@ -1,0 +1,400 @@
+"""The ``finetune-strategies`` command.
+
+* ``fit`` / ``validate`` / ``test`` / ``predict``: a ``LightningCLI`` over
+  :class:`~finetune_strategies.image.ImageClassifier` and
+  :class:`~finetune_strategies.image.ImageClassificationData`, so ``--config``, ``--print_config``
+  and ``--help`` work as in any Lightning CLI. ``fit`` runs ``Trainer.finetune`` with the strategy
+  given by ``--strategy`` (a class name such as ``FreezeUnfreeze``, a registered name such as
+  ``freeze_unfreeze``, or a schedule file) and its options (``--strategy.unfreeze_epoch 3``).
+  ``predict`` writes a CSV (``--output``).
+* ``explain``: the per-epoch plan of ``fit``'s strategy on its model (``Trainer.explain``), from the
+  same arguments and config files as ``fit``, without training and without reading images.
+* ``demo``: the built-in demo (:mod:`finetune_strategies.demo`).
+* ``transfer``: staged transfer learning, provided by ``finetune_strategies.cli.transfer``.
+
+Exit statuses are those of :mod:`finetune_strategies.cli.exit_status`: 2 for usage errors, 1 for a run
+that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from rich.console import Console
+
+from finetune_strategies import _lightning
+from finetune_strategies.cli.exit_status import (
+    USAGE_ERROR,
+    as_usage_errors,
+    raised_by_lightning,
+    report,
+    reported_error,
+)
+from finetune_strategies.cli.yaml_dump import use_round_trip_yaml
+from finetune_strategies.errors import (
+    ImageDataError,
+    ModelConfigError,
+    StrategySpecError,
+    StrategySpecTypeError,
+    UsageError,
+)
+from finetune_strategies.image.data import ImageClassificationData
+from finetune_strategies.image.model import ImageClassifier
+from finetune_strategies.image.predictions import PredictionsCSVWriter
+from finetune_strategies.image.weight_files import WEIGHT_SUFFIXES
+from finetune_strategies.strategies.registry import (
+    available_strategies,
+    is_spec_file,
+    load_spec_file,
+    registered_factory,
+)
+from finetune_strategies.trainer import Trainer
+from finetune_strategies.validation import did_you_mean
+
+PROG = "finetune-strategies"
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict", "explain")
+FIT_CONFIG_SUBCOMMANDS = ("fit", "explain")
+"""Subcommands that read a ``fit`` config: an argument added for ``fit`` belongs to both."""
+
+USAGE = f"""usage: {PROG} {{fit,validate,test,predict,explain,demo,transfer}} ...
+
+Fine-tune image classifiers with Flash-style strategies on Lightning 2.x.
+
+subcommands:
+  fit        Train an ImageClassifier; --strategy picks the fine-tuning strategy.
+  validate   Validate a model (usually with --ckpt_path).
+  test       Test a model (usually with --ckpt_path).
+  predict    Predict images and write a CSV (--output, default predictions.csv).
+  explain    Show what trains, epoch by epoch, and the param groups' lrs, before training;
+             takes fit's arguments and config files (--trainer.max_epochs is required).
+  demo       Few-shot fine-tuning on scikit-learn's digits with every strategy; no download.
+  transfer   Staged transfer learning.
+
+Run `{PROG} <subcommand> --help` for the options of a subcommand, and
+`{PROG} fit --print_config` for a complete YAML config to start from.
+Exit status: 0 success, 1 the run failed, 2 usage error (a bad flag, value or config file).
+"""
+
+
+# ---------------------------------------------------------------------------------- --strategy
+def _class_path(name: str) -> tuple[str, dict[str, Any]]:
+    """The class path and fixed options of a registered strategy name."""
+    factory, fixed = registered_factory(name)
+    if not isinstance(factory, type):
+        raise StrategySpecTypeError(
+            f"Strategy {name!r} is registered as a function ({factory!r}); the command line needs a class. "
+            "Give its class path to --strategy instead."
+        )
+    return f"{factory.__module__}.{factory.__qualname__}", fixed
+
+
+def _strategy_classes() -> set[str]:
+    """Names of the BaseFinetuning subclasses imported so far: what jsonargparse takes as a bare class name."""
+    names, stack = set(), list(BaseFinetuning.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        names.add(cls.__name__)
+        stack.extend(cls.__subclasses__())
+    return names
+
+
+def _from_spec_file(path: str) -> list[str]:
+    """``--strategy schedule.yaml`` (``{"strategy": name, **options}``) as the class-path form."""
+    options = load_spec_file(path)
+    name = options.pop("strategy")
+    if not isinstance(name, str):
+        raise StrategySpecTypeError(f"Strategy file {path!r}: 'strategy' must be a strategy name, got {name!r}.")
+    class_path, fixed = _class_path(name)
+    clash = sorted(set(fixed) & set(options))
+    if clash:
+        raise StrategySpecTypeError(f"Strategy file {path!r}: {name!r} sets {clash} itself; remove them.")
+    # default=str: YAML reads 2024-01-01 as a date, which JSON cannot hold; the options check it as text
+    return ["--strategy", json.dumps({"class_path": class_path, "init_args": {**options, **fixed}}, default=str)]
+
+
+def _expand_strategy(value: str) -> list[str]:
+    if is_spec_file(value):
+        return _from_spec_file(value)
+    if value in available_strategies():
+        class_path, fixed = _class_path(value)
+        flags = (f"--strategy.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items())
+        return ["--strategy", class_path, *flags]
+    known = [*available_strategies(), *_strategy_classes()]
+    if value.isidentifier() and value not in ("null", "None", *known):
+        raise StrategySpecError(
+            f"Unknown fine-tuning strategy {value!r}.{did_you_mean(value, known)}"
+            f" Give a registered name ({', '.join(available_strategies())}), a class name such as FreezeUnfreeze, "
+            "a class path, or a schedule file (.yaml, .yml, .json)."
+        )
+    return ["--strategy", value]  # a class name, a class path or a class_path/init_args mapping
+
+
+def expand_strategy_names(args: list[str]) -> list[str]:
+    """Rewrite ``--strategy`` values that jsonargparse does not read into the class-path form.
+
+    * A registered name becomes its class path, and fixed options of the name follow it:
+      ``freeze_unfreeze_deepspeed`` becomes ``--strategy ...FreezeUnfreeze --strategy.preregister_groups=true``.
+    * A schedule file (``.yaml``, ``.yml``, ``.json``; see
+      :func:`~finetune_strategies.strategies.registry.load_spec_file`) becomes
+      ``{"class_path": ..., "init_args": {...}}``; ``--strategy.<option>`` flags after it override it.
+    * A bare name that is neither registered nor a known class raises :class:`StrategySpecError`.
+    """
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--strategy" and index + 1 < len(args):
+            out.extend(_expand_strategy(args[index + 1]))
+            index += 2
+        elif arg.startswith("--strategy="):
+            out.extend(_expand_strategy(arg.split("=", 1)[1]))
+            index += 1
+        else:
+            out.append(arg)
+            index += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------- the CLI
+EXPLAIN_TRAINER: dict[str, Any] = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "num_nodes": 1,
+    "strategy": "auto",
+    "precision": None,
+    "plugins": None,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+"""Trainer settings of ``explain``, over the config's: a plan needs no device, logger or checkpoint."""
+
+
+def _required_classes(value: Any) -> Any:
+    if value is None:
+        raise ImageDataError(
+            "The data has no labelled training data, so the number of classes is unknown. Set "
+            "--data.train_folder (or use a config whose data section has one)."
+        )
+    return value
+
+
+@_lightning.with_subcommand_arguments
+class FinetuneCLI(LightningCLI):
+    """LightningCLI with ``--strategy`` for ``fit`` and ``explain``, and a CSV ``--output`` for ``predict``.
+
+    A value that the model, data, strategy or trainer rejects while they are built is a usage error.
+    """
+
+    def __init__(self, *args: Any, subcommand: str | None = None, **kwargs: Any) -> None:
+        """``subcommand``: build only its parser (the command line names it): startup is 3x faster."""
+        self.only_subcommand = subcommand
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]  # Lightning calls self.subcommands()
+        every = {**LightningCLI.subcommands(), "explain": {"model", "strategy"}}
+        return {name: skip for name, skip in every.items() if self.only_subcommand in (None, name)}
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except UnicodeDecodeError as error:  # jsonargparse reads config files and lets this through
+            raise UsageError(
+                f"A file given on the command line is not UTF-8 text ({error}). Config files are YAML or JSON."
+            ) from None
+
+    def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
+        """The arguments of ``subcommand`` besides Lightning's (see :func:`_lightning.with_subcommand_arguments`)."""
+        if subcommand in FIT_CONFIG_SUBCOMMANDS:
+            parser.add_subclass_arguments(
+                BaseFinetuning,
+                "strategy",
+                required=False,
+                fail_untyped=False,
+                help=(
+                    "Fine-tuning strategy: a class (NoFreeze, Freeze, FreezeUnfreeze, UnfreezeMilestones, "
+                    "GradualUnfreeze, Phases, Lora, or a class path), a registered name (freeze_unfreeze, ...) or a "
+                    "schedule file (.yaml/.json), with options as --strategy.<option>."
+                ),
+            )
+            parser.set_defaults({"strategy": {"class_path": "finetune_strategies.strategies.builtins.NoFreeze"}})
+            add_export_argument(parser)
+        if subcommand == "explain":
+            # fit's own arguments (ckpt_path, ...), so that a fit config parses; they do not change the plan
+            parser.add_method_arguments(self.trainer_class, "fit", skip=set(LightningCLI.subcommands()["fit"]))
+        if subcommand in ("fit", "validate", "test"):
+            parser.link_arguments("data.num_classes", "model.num_classes", _required_classes, "instantiate")
+            parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
+        if subcommand == "predict":
+            parser.add_argument(
+                "--output", type=Path, default=Path("predictions.csv"), help="CSV file for the predictions."
+            )
+
+    def instantiate_classes(self) -> None:
+        with as_usage_errors():
+            if self.subcommand == "explain":
+                self._explain_without_data()
+            super().instantiate_classes()
+
+    def _explain_without_data(self) -> None:
+        """``explain`` needs the number of classes, not the data: ``--model.num_classes``, or the class
+        folders of ``--data.train_folder`` (their names are read, no image is)."""
+        config = self.config["explain"]
+        if config["model"]["num_classes"] is None:
+            data = ImageClassificationData(**config["data"].as_dict())
+            config["model"]["num_classes"] = _required_classes(data.num_classes)
+            config["model"]["labels"] = config["model"]["labels"] or data.labels
+        config["data"] = Namespace()  # type: ignore[no-untyped-call]  # an empty data module: nothing is read
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.subcommand == "explain":  # the plan's trainer only counts epochs: run it on any machine, quietly
+            kwargs = {**EXPLAIN_TRAINER, **kwargs}
+        trainer = super().instantiate_trainer(**kwargs)
+        assert isinstance(trainer, Trainer)
+        return trainer
+
+    def fit(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
+        strategy = self.config_init["fit"].get("strategy") or "no_freeze"
+        trainer = self.trainer
+        assert isinstance(trainer, Trainer)
+        export = check_export_path(self.config["fit"].get("export"))
+        try:
+            trainer.finetune(model, datamodule, strategy=strategy, ckpt_path=kwargs.get("ckpt_path"))
+        except Exception as error:
+            if trainer.global_step or reported_error(error) is not None or not raised_by_lightning(error):
+                raise
+            # Lightning refused a setting as the fit started (a val_check_interval longer than an epoch, ...)
+            raise UsageError(str(error).strip()) from error
+        export_backbone(model, export)
+
+    def explain(self, model: ImageClassifier, steps_per_epoch: int = 1, **_: Any) -> None:
+        strategy = self.config_init["explain"].get("strategy") or "no_freeze"
+        trainer = self.trainer
+        assert isinstance(trainer, Trainer)
+        with as_usage_errors():  # nothing runs: every error is about the arguments
+            plan = trainer.explain(model, strategy, steps_per_epoch=steps_per_epoch)
+        table = plan.table()
+        console = Console()
+        if not console.is_terminal:  # a file or a pipe: as wide as the table needs, so that no name is cut
+            natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+            console = Console(width=max(console.width, natural))
+        console.print(table)
+
+    def predict(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
+        output = Path(self.config["predict"]["output"])
+        self.trainer.callbacks.append(PredictionsCSVWriter(output))  # type: ignore[attr-defined]
+        self.trainer.predict(model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False)
+        print(f"Predictions written to {output}")
+
+
+# ------------------------------------------------------------------ fit --export (the lora branch's addition)
+def add_export_argument(parser: LightningArgumentParser) -> None:
+    """``fit --export PATH``: write the trained backbone's weights after the fit."""
+    parser.add_argument(
+        "--export",
+        type=Path | None,
+        default=None,
+        help=(
+            "After fit, save the backbone's weights to this .safetensors/.pth file, adapters (lora) merged in, "
+            "loadable by timm/torchvision and by --model.pretrained."
+        ),
+    )
+
+
+def check_export_path(path: Path | str | None) -> Path | None:
+    """``path`` if it names a weight file (checked before training), or None."""
+    if path is not None and Path(path).suffix not in WEIGHT_SUFFIXES:
+        raise ModelConfigError(f"--export {str(path)!r}: use a file name ending in {', '.join(WEIGHT_SUFFIXES)}.")
+    return None if path is None else Path(path)
+
+
+def export_backbone(model: ImageClassifier, path: Path | None) -> None:
+    """Save ``model``'s backbone to ``path`` (see :meth:`ImageClassifier.save_backbone`), if given."""
+    if path is not None and model.trainer.is_global_zero:
+        print(f"Backbone written to {model.save_backbone(path)}")
+
+
+DESCRIPTIONS = {
+    "fit": "Fine-tune an ImageClassifier on ImageClassificationData with a strategy (--strategy).",
+    "validate": "Validate an ImageClassifier, usually one loaded with --ckpt_path.",
+    "test": "Test an ImageClassifier, usually one loaded with --ckpt_path.",
+    "predict": "Predict images (--data.predict_folder) and write a CSV of classes and probabilities (--output).",
+    "explain": (
+        "Print what trains in each epoch and every param group's lr, as fit would run it, without training. "
+        "Takes fit's arguments and config files; needs --trainer.max_epochs, and --model.num_classes unless "
+        "--data.train_folder has the class folders."
+    ),
+}
+
+
+def lightning_main(args: list[str]) -> int:
+    """Run the LightningCLI subcommands (fit, validate, test, predict, explain)."""
+    use_round_trip_yaml()  # --print_config and the saved config.yaml read back as written
+    with warnings.catch_warnings():
+        # main() passes the arguments explicitly, also when they come from sys.argv.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        FinetuneCLI(
+            ImageClassifier,
+            ImageClassificationData,
+            subcommand=args[0],
+            trainer_class=Trainer,
+            args=expand_strategy_names(args),
+            auto_configure_optimizers=False,  # the model builds its optimizer over trainable parameters
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={  # parse errors raise, so that main() reports them in one place
+                "prog": PROG,
+                "exit_on_error": False,
+                args[0]: {"description": DESCRIPTIONS[args[0]], "exit_on_error": False},
+            },
+        )
+    return 0
+
+
+def _transfer(args: list[str]) -> int:
+    from finetune_strategies.cli.transfer import transfer_main  # imported when used: the runner is large
+
+    return transfer_main(args)
+
+
+def _demo(args: list[str]) -> int:
+    from finetune_strategies.cli.demo import demo_main  # needs the [demo] extra
+
+    return demo_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``finetune-strategies`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command = args[0]
+    runners: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "transfer": _transfer}
+    prog = f"{PROG} {command}"
+    try:
+        if command in runners:
+            return runners[command](args[1:])
+        if command not in LIGHTNING_SUBCOMMANDS:
+            print(f"{PROG}: unknown subcommand {command!r}.\n\n{USAGE}", file=sys.stderr)
+            return USAGE_ERROR
+        return lightning_main(args)
+    except argparse.ArgumentError as error:  # jsonargparse: an unknown option, a bad value or config file
+        print(f"{prog}: error: {error}\nRun `{prog} --help` for the options.", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as error:
+        if reported_error(error) is None:
+            raise  # not ours, nor a Lightning configuration error: a bug, with its traceback
+        return report(prog, error)
+    except SystemExit as exit_:  # --help, --print_config
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)

@@ -1,0 +1,602 @@
+"""The callback every fine-tuning strategy is: a schedule, run by parts that each own one concern.
+
+:class:`FinetuningStrategy` extends Lightning's ``BaseFinetuning``. A strategy is its schedule, the
+list of :class:`~finetune_strategies.core.schedule.Phase` that :meth:`FinetuningStrategy.unfreeze_phases`
+returns; each built-in is a short preset of it. The callback composes:
+
+* :mod:`~finetune_strategies.model.batchnorm` - freezing, thawing, and the BatchNorm policy;
+* :mod:`~finetune_strategies.core.groups` - the param groups each phase brings (named, layer-wise lr decay,
+  pre-registered for DeepSpeed), with :mod:`~finetune_strategies.core.lr_schedulers` teaching every LR
+  scheduler about them;
+* :mod:`~finetune_strategies.core.feature_cache` - the frozen-feature cache session;
+* :mod:`~finetune_strategies.core.progress` and :mod:`~finetune_strategies.core.triggers` - where the run is in
+  its schedule, and the plateau triggers that end stages;
+* :mod:`~finetune_strategies.core.distributed` - re-wrapping DDP when the trainable set changes;
+* :mod:`~finetune_strategies.core.l2_sp` - the L2-SP penalty toward the pretrained weights;
+* :mod:`~finetune_strategies.core.state` - the resume state written into checkpoints;
+* :mod:`~finetune_strategies.core.compat` - what Flash's and Lightning's own callbacks need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, TypedDict
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import LRSchedulerConfig
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+
+from finetune_strategies.checkpointing import trainable_only
+from finetune_strategies.core import compat, distributed
+from finetune_strategies.core.feature_cache import CacheSession, CacheStats
+from finetune_strategies.core.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
+from finetune_strategies.core.l2_sp import L2SP
+from finetune_strategies.core.lr_schedulers import (
+    pad_to_groups,
+    remaining_run,
+    replace_schedulers,
+    schedulers_of,
+    teach_schedulers,
+)
+from finetune_strategies.core.progress import ScheduleProgress
+from finetune_strategies.core.schedule import Phase, check_decay, check_order
+from finetune_strategies.core.state import StrategyState, group_layout
+from finetune_strategies.core.triggers import Mode, Plateau, Transition, check_validation, hold_early_stopping, restore
+from finetune_strategies.errors import (
+    ConfigurationError,
+    ScheduleError,
+    StrategySpecError,
+    StrategySpecTypeError,
+)
+from finetune_strategies.model.batchnorm import BatchNormPolicy, own_parameters
+from finetune_strategies.model.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
+from finetune_strategies.model.roots import frozen_roots
+from finetune_strategies.validation import (
+    check_bool,
+    check_names,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
+
+
+class StrategyOptions(TypedDict, total=False):
+    """Keyword options that every strategy accepts (see :class:`FinetuningStrategy`)."""
+
+    attr_names: str | Sequence[str]
+    train_bn: bool
+    bn_eval: bool
+    lr: float | None
+    initial_denom_lr: float
+    optimizer_index: int
+    preregister_groups: bool
+    cache_features: bool
+    cache_max_bytes: int
+    layer_lr_decay: float | None
+    layer_unit: LayerUnit | None
+    monitor: str | None
+    mode: Mode
+    patience: int
+    min_delta: float
+    max_epochs: int | None
+    restore_best: bool
+    l2_sp: float | None
+    l2_sp_beta: float | None
+    save_trainable_only: bool | None
+
+
+class FinetuningStrategy(BaseFinetuning):
+    """Freeze modules before training and unfreeze them on a schedule.
+
+    Args:
+        attr_names: Attribute(s) of the LightningModule to freeze when it has no
+            ``modules_to_freeze()`` method. Dotted paths such as ``"encoder.backbone"`` work.
+        train_bn: Keep the affine parameters of BatchNorm layers in frozen modules trainable
+            (Flash's and Lightning's default). With ``False`` they stay frozen, also after an unfreeze.
+        bn_eval: Put the BatchNorm layers of frozen modules in eval mode, so that they normalise
+            with their running statistics and do not update them, until they are unfrozen.
+        lr: Learning rate of an unfrozen param group. ``None`` (default) uses group 0's current lr
+            divided by ``initial_denom_lr``.
+        initial_denom_lr: Divisor used when ``lr`` is ``None`` (default 10, as in Lightning).
+        optimizer_index: With several optimizers, the one that receives unfrozen parameters.
+        preregister_groups: Give every phase its param groups (lr 0) when the optimizer is built,
+            instead of adding groups when phases start. Needed by DeepSpeed, whose optimizer cannot
+            take new groups. Under DeepSpeed the pending parameters keep ``requires_grad=True`` and
+            their gradients are zeroed until their phase starts.
+        cache_features: Until the first phase starts, compute each training sample's features
+            once and reuse them in later epochs (see :mod:`finetune_strategies.core.feature_cache`).
+            Needs the frozen modules fully frozen (``train_bn=False``), BatchNorm in eval mode
+            (``bn_eval=True``), no active dropout and a deterministic training transform; refuses
+            otherwise. The cache is dropped when the first phase starts.
+        cache_max_bytes: Memory bound of the feature cache (default 2 GiB).
+        layer_lr_decay: Layer-wise learning-rate decay in (0, 1]: every layer a phase unfreezes gets
+            its own param group, with lr ``phase_lr * layer_lr_decay ** k``, ``k`` counting the layers
+            from the top layer of the backbone (``k = 0``). ``None`` (default): one group per phase.
+        layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
+            :mod:`finetune_strategies.model.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
+            ``"param_modules"`` for ``unfreeze_milestones``.
+        monitor: End every stage when this validation metric plateaus, instead of waiting for the next
+            phase's epoch, which then only says when it starts at the latest (see
+            :mod:`finetune_strategies.core.triggers`). ``None`` (default): phases start at their epochs.
+        mode: ``"min"`` or ``"max"``: whether a lower or a higher ``monitor`` is better.
+        patience: How many validation runs without improvement end a stage.
+        min_delta: The least change of ``monitor`` that counts as an improvement.
+        max_epochs: The most epochs a stage may run before the next phase starts.
+        restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
+            ending stage's best validation (default True).
+        l2_sp: L2-SP's ``alpha``: add ``alpha / 2 * ||w - w0||^2`` over the frozen (pretrained) modules'
+            parameters that train, ``w0`` being their weights at the fit's start (see
+            :mod:`finetune_strategies.core.l2_sp`). Keeps one copy of those weights. ``None``: off.
+        l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
+            that train (the head).
+        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
+            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
+            (see :mod:`finetune_strategies.checkpointing.trainable_only`). ``None`` uses the strategy's default: on for
+            ``lora``, off for the others.
+    """
+
+    metadata_example: ClassVar[str] = ""
+    """How the ``(name, metadata)`` spec of this strategy looks, for error messages."""
+    default_layer_unit: ClassVar[LayerUnit] = "blocks"
+    """The layer unit when ``layer_unit`` is not given."""
+    default_save_trainable_only: ClassVar[bool] = False
+    """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
+    freezes: ClassVar[bool] = True
+    """Whether the strategy freezes modules (``no_freeze`` does not), so that its optimizer state cannot
+    come from a run without a strategy."""
+
+    _fit_trainer: pl.Trainer | None
+    _pl_module: pl.LightningModule | None
+    _module_names: dict[int, str]  # id(module) -> qualified name in the LightningModule
+    _unfrozen: list[tuple[str, bool]]  # (module name, train_bn) made trainable so far, for resume
+    _lr_configs: list[LRSchedulerConfig]
+    _epoch: int
+    _run: tuple[int, int] | None
+    _layers: list[Layer] | None
+    _warned_nothing_to_freeze: bool
+    _progress: ScheduleProgress
+    _bn: BatchNormPolicy
+    _groups: ParamGroups
+    _cache: CacheSession
+    _hook: OptimizerHook
+    _l2sp: L2SP
+    _undo_on_load: Callable[[], None]
+
+    def __init__(
+        self,
+        attr_names: str | Sequence[str] = "backbone",
+        train_bn: bool = True,
+        *,
+        bn_eval: bool = False,
+        lr: float | None = None,
+        initial_denom_lr: float = 10.0,
+        optimizer_index: int = 0,
+        preregister_groups: bool = False,
+        cache_features: bool = False,
+        cache_max_bytes: int = 2**31,
+        layer_lr_decay: float | None = None,
+        layer_unit: LayerUnit | None = None,
+        monitor: str | None = None,
+        mode: Mode = "min",
+        patience: int = 1,
+        min_delta: float = 0.0,
+        max_epochs: int | None = None,
+        restore_best: bool = True,
+        l2_sp: float | None = None,
+        l2_sp_beta: float | None = None,
+        save_trainable_only: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.attr_names = check_names("attr_names", attr_names)
+        self.train_bn = check_bool("train_bn", train_bn)
+        self.bn_eval = check_bool("bn_eval", bn_eval)
+        self.lr = None if lr is None else check_positive_float("lr", lr)
+        self.initial_denom_lr = check_positive_float("initial_denom_lr", initial_denom_lr)
+        self.optimizer_index = check_non_negative_int("optimizer_index", optimizer_index)
+        self.preregister_groups = check_bool("preregister_groups", preregister_groups)
+        self.cache_features = check_bool("cache_features", cache_features)
+        self.cache_max_bytes = check_positive_int("cache_max_bytes", cache_max_bytes)
+        self.layer_lr_decay = check_decay("layer_lr_decay", layer_lr_decay)
+        if layer_unit is not None and layer_unit not in LAYER_UNITS:
+            raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
+        self.layer_unit: LayerUnit | None = layer_unit
+        plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
+        self.plateau: Plateau | None = plateau if monitor is not None else None
+        penalty = L2SP(l2_sp, l2_sp_beta)  # checks them
+        self.l2_sp, self.l2_sp_beta = penalty.alpha, penalty.beta
+        self.save_trainable_only = (
+            self.default_save_trainable_only
+            if save_trainable_only is None
+            else check_bool("save_trainable_only", save_trainable_only)
+        )
+        self._reset()
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        """Turn the metadata of a ``(name, metadata)`` spec into constructor keywords (``None``: none)."""
+        if metadata is None:
+            return {}
+        raise StrategySpecTypeError(
+            f"{cls.__name__} takes no metadata: give it by name alone (or with None), got metadata {metadata!r}."
+        )
+
+    # ------------------------------------------------------------------ the schedule
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        """The schedule: which modules become trainable at which epoch. Built-ins override this."""
+        return []
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        """Freeze the modules found by :meth:`find_modules_to_freeze`."""
+        for _, module in self.find_modules_to_freeze(pl_module):
+            self._bn.freeze(module)
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        """Start, in order, every phase that is due at ``epoch`` and has not started (a mid-epoch resume
+        has): its epoch has come, or the stage before it ended on its plateau trigger. A plateau-ended
+        stage's best weights are put back first (``restore_best``)."""
+        while (due := self._progress.next_due(epoch)) is not None:
+            index, reason = due
+            snapshot = self._progress.best_snapshot(index)
+            if snapshot is not None:
+                restore(pl_module, snapshot)
+            self.start_phase(index, optimizer)
+            self._progress.record(index, epoch, reason, type(self).__name__)
+
+    def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
+        """``pl_module.modules_to_freeze()`` if defined, else the modules named by ``attr_names``.
+
+        ``modules_to_freeze()`` may return ``None`` (Flash's default): nothing is frozen, with a warning.
+        """
+        roots = frozen_roots(pl_module, self.attr_names)
+        if roots is None and not self._warned_nothing_to_freeze:
+            self._warned_nothing_to_freeze = True
+            rank_zero_warn(
+                f"{type(pl_module).__name__}.modules_to_freeze() returned None: {type(self).__name__} has nothing "
+                "to freeze, so the whole model trains from the start."
+            )
+        return roots or []
+
+    def backbone_layers(self, pl_module: pl.LightningModule) -> list[Layer]:
+        """The layers of the frozen modules, bottom to top, in the strategy's ``layer_unit``."""
+        if self._layers is None:
+            unit = self.layer_unit or self.default_layer_unit
+            self._layers = list_layers(self.find_modules_to_freeze(pl_module), unit)
+        return self._layers
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    filter_on_optimizer = staticmethod(not_in_optimizer)
+    unfreeze_and_add_param_group = staticmethod(compat.unfreeze_and_add_param_group)
+    unfreeze_and_extend_param_group = staticmethod(compat.unfreeze_and_extend_param_group)
+
+    def thaw(self, modules: Iterable[nn.Module], train_bn: bool) -> None:
+        """Make the modules' own parameters trainable, and remember them so that a resume does it again."""
+        modules = list(modules)
+        self._bn.thaw(modules, train_bn)
+        for module in modules:
+            name = self._module_names.get(id(module))
+            owns = isinstance(module, _BatchNorm) or any(True for _ in module.parameters(recurse=False))
+            if name is not None and owns and (name, train_bn) not in self._unfrozen:
+                self._unfrozen.append((name, train_bn))
+
+    def name_params(self, params: Iterable[nn.Parameter]) -> str:
+        """A short name for a set of the model's parameters
+        (:func:`~finetune_strategies.model.layers.name_parameters`)."""
+        assert self._pl_module is not None
+        return name_parameters(self._pl_module, params)
+
+    def start_phase(self, index: int, optimizer: Optimizer) -> None:
+        """Unfreeze phase ``index``, give it its param groups, and its LR scheduler if it brings one."""
+        phase = self._progress.phases[index]
+        modules = phase.thawed_modules()
+        frozen_before = {id(p) for p in own_parameters(modules, True) if not p.requires_grad}
+        self.thaw(modules, self.train_bn)
+        self._groups.start(index, optimizer, self._schedulers, frozen_before)
+        self._progress.started.add(index)
+        if phase.reset_optimizer_state:
+            optimizer.state.clear()
+        if phase.lr_scheduler is not None:
+            self._install_scheduler(phase, optimizer)
+        if self._progress.finished and self._fit_trainer is not None:
+            hold_early_stopping(self._fit_trainer)  # the last phase: EarlyStopping counts from here
+
+    def _install_scheduler(self, phase: Phase, optimizer: Optimizer) -> None:
+        """The phase's scheduler replaces the optimizer's: each group keeps its current lr as its base, so
+        every group keeps its ratio; lengths it leaves out (``T_max``, ``total_steps``) span the rest of the run."""
+        epochs, steps = remaining_run(self._fit_trainer, self._epoch, self._run)
+        built = phase.lr_scheduler.build(optimizer, self._fit_trainer, epochs=epochs, total_steps=steps)
+        replace_schedulers(self._lr_configs, optimizer, LRSchedulerConfig(**built))
+
+    # ------------------------------------------------------------------ what the current (or last) fit holds
+    @property
+    def schedule(self) -> list[Phase]:
+        """The schedule bound to the model."""
+        return list(self._progress.phases)
+
+    @property
+    def started_phases(self) -> list[int]:
+        """Indices of the phases that have started, in order."""
+        return sorted(self._progress.started)
+
+    @property
+    def transitions(self) -> list[Transition]:
+        """The phase starts, with when and why (epoch, plateau, max_epochs) and the ending stage's best."""
+        return list(self._progress.transitions)
+
+    @property
+    def group_plans(self) -> list[GroupPlan]:
+        """The param groups each phase brings."""
+        return list(self._groups.plans)
+
+    @property
+    def lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
+        """The LR schedulers the strategy teaches and replaces: the trainer's during a fit."""
+        return self._lr_configs
+
+    @property
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """Per frozen module, what its feature cache held and served (filled when the cache is dropped)."""
+        return self._cache.stats
+
+    @property
+    def l2_sp_bytes(self) -> int:
+        """The memory of L2-SP's copy of the pretrained weights in this fit (0 without ``l2_sp``)."""
+        return self._l2sp.start.nbytes
+
+    @property
+    def _schedulers(self) -> list[Any]:
+        return [config.scheduler for config in self._lr_configs]
+
+    # ------------------------------------------------------------------ the steps of a fit, also used by plans
+    def prepare(self, pl_module: pl.LightningModule) -> None:
+        """Freeze ``pl_module`` and bind the schedule and its param groups to it (``setup`` does this)."""
+        self._pl_module = pl_module
+        self._module_names = {id(m): n for n, m in pl_module.named_modules()}
+        self.freeze_before_training(pl_module)
+        plateau = self.plateau
+        phases = [
+            p._replace(after=plateau) if p.after is None and plateau else p for p in self.unfreeze_phases(pl_module)
+        ]
+        check_order(phases, type(self).__name__)
+        self._progress.phases = phases
+        self.plan_param_groups(pl_module)
+        if self.layer_lr_decay is not None and not self._groups.plans:
+            rank_zero_warn(f"layer_lr_decay has no effect: {type(self).__name__} unfreezes nothing.")
+
+    def plan_param_groups(self, pl_module: pl.LightningModule) -> None:
+        """Plan every phase's param groups over the parameters ``pl_module`` holds now. ``setup`` plans them
+        again when the optimizer is built: ``configure_model`` may have replaced the parameters since
+        (FSDP2's ``fully_shard`` does: sharded parameters keep their modules, names and ``requires_grad``)."""
+        plans = plan_groups(
+            self._progress.phases,
+            train_bn=self.train_bn,
+            kept_trainable=self._bn.kept_trainable,
+            lr=self.lr,
+            layer_lr_decay=self.layer_lr_decay,
+            layers=lambda: self.backbone_layers(pl_module),
+            name_params=self.name_params,
+        )
+        self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr)
+
+    def attach_optimizer(
+        self, optimizer: Optimizer, configs: list[LRSchedulerConfig], *, deepspeed: bool = False
+    ) -> None:
+        """Add the param groups that exist from the start (pre-registered ones, and those of parameters
+        that already train) to a newly built optimizer; keep pending ones from training."""
+        self._lr_configs = configs
+        self._progress.started |= self._groups.build(optimizer, self._schedulers)
+        self._groups.gate(deepspeed, self._progress.started)
+
+    def advance(
+        self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer, *, run: tuple[int, int] | None = None
+    ) -> None:
+        """Run ``finetune_function`` for ``epoch``; every LR scheduler learns the groups it added.
+
+        ``run`` is ``(max_epochs, steps per epoch)`` when no trainer runs (a plan), for the lengths of
+        the LR schedulers phases bring."""
+        self._epoch, self._run = epoch, run
+        count = len(optimizer.param_groups)
+        compat.call_finetune_function(self, pl_module, epoch, optimizer)
+        for index in range(count, len(optimizer.param_groups)):
+            teach_schedulers(self._schedulers, optimizer, index, 1.0 / self.initial_denom_lr)
+
+    def finish(self) -> None:
+        """Drop the feature caches and the gradient masks of pending groups."""
+        self._cache.close()
+        self._groups.remove_masks()
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
+            self._undo_on_load = trainable_only.complete_on_load(pl_module)  # a checkpoint may leave weights out
+            return
+        self._reset()
+        others = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning) and c is not self]  # type: ignore[attr-defined]
+        if others:
+            raise ConfigurationError(
+                f"Two fine-tuning callbacks are attached: {type(self).__name__} and "
+                f"{', '.join(type(c).__name__ for c in others)}. Use one strategy per run."
+            )
+        self._fit_trainer = trainer
+        self.prepare(pl_module)
+        self._l2sp.check(trainer, type(self).__name__)
+        self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
+        phases = self._progress.phases
+        watched = [p.after for p in phases if p.after is not None]
+        distributed.check_engine(
+            trainer,
+            type(self).__name__,
+            preregister=self.preregister_groups,
+            restore_best=any(after.restore_best for after in watched),
+            cache_features=self.cache_features,
+            per_phase=[p.label for p in phases if p.lr_scheduler is not None or p.reset_optimizer_state],
+        )
+        check_validation(trainer, pl_module, watched, type(self).__name__)
+        distributed.before_checkpoint_load(trainer, lambda path, safe: self._resume_before_load(trainer, path, safe))
+        deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
+        if self._groups.plans:
+
+            def on_built(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
+                if self.optimizer_index < len(optimizers):  # else on_fit_start raises
+                    self.plan_param_groups(pl_module)  # the parameters after configure_model
+                    planned = {id(p) for plan in self._groups.plans for p in plan.params}
+                    named = pl_module.named_parameters()
+                    distributed.check_reduced(trainer, {n: p for n, p in named if id(p) in planned})
+                    self.attach_optimizer(optimizers[self.optimizer_index], configs, deepspeed=deepspeed)
+
+            self._hook = OptimizerHook(on_built)
+            self._hook.install(pl_module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hook.remove()
+        if not 0 <= self.optimizer_index < len(trainer.optimizers):
+            raise ScheduleError(
+                f"optimizer_index={self.optimizer_index}, but configure_optimizers returned "
+                f"{len(trainer.optimizers)} optimizer(s)."
+            )
+        dated = [p.epoch for p in self._progress.phases if p.epoch is not None and p.after is None]
+        last_phase = max(dated, default=-1)
+        if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= last_phase:
+            rank_zero_warn(
+                f"{type(self).__name__} starts a phase at epoch {last_phase}, but max_epochs="
+                f"{trainer.max_epochs} ends training before it (epochs count from 0)."
+            )
+        super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
+        if self._l2sp.active:
+            self._l2sp.begin(trainer, pl_module, self.find_modules_to_freeze(pl_module))
+        self._lr_configs = trainer.lr_scheduler_configs
+        phases = self._progress.phases
+        with_scheduler = [i for i in sorted(self._progress.started) if phases[i].lr_scheduler is not None]
+        if with_scheduler:  # a resumed run: Lightning loads the saved scheduler state into this one next
+            self._install_scheduler(phases[with_scheduler[-1]], trainer.optimizers[self.optimizer_index])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
+        # on_fit_start, and every strategy has restored it by now.
+        self._replay_unfreezes(pl_module)
+        distributed.sync_ddp(trainer, stale=bool(self._unfrozen))  # DDP wrapped before the replay
+        self._lr_configs = trainer.lr_scheduler_configs
+        optimizer = trainer.optimizers[self.optimizer_index]
+        for scheduler in schedulers_of(self._schedulers, optimizer):
+            pad_to_groups(scheduler, optimizer)
+
+    def _replay_unfreezes(self, pl_module: pl.LightningModule) -> None:
+        """Make trainable again what a resumed run had unfrozen, and let its started phases' groups train."""
+        for name, train_bn in self._unfrozen:
+            self._bn.thaw([distributed.submodule(pl_module, name)], train_bn)
+        for index in self._progress.started:
+            self._groups.ungate(index)
+
+    def _resume_before_load(self, trainer: pl.Trainer, checkpoint_path: Any, weights_only: bool | None) -> None:
+        """Before FSDP or DeepSpeed load the optimizer state: the saved run's unfreezes and param groups, so
+        that the load fills the state of every group (see :func:`distributed.before_checkpoint_load`)."""
+        state = distributed.read_callback_state(checkpoint_path, self.state_key, weights_only=weights_only)
+        if state is None:
+            return
+        self.load_state_dict(state)
+        self._replay_unfreezes(trainer.lightning_module)
+        BaseFinetuning.on_fit_start(self, trainer, trainer.lightning_module)  # the saved groups, by parameter name
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[self.optimizer_index]
+        self.advance(pl_module, trainer.current_epoch, optimizer)
+        distributed.sync_ddp(trainer)  # DDP must all-reduce what was just unfrozen
+        self._checkpoints.note(pl_module)
+        if self.cache_features:
+            self._cache.epoch_start(self.find_modules_to_freeze(pl_module), bool(self._progress.started))
+        if not self.preregister_groups:  # remember the groups by parameter name, for resume
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            self._internal_optimizer_metadata[self.optimizer_index] = group_layout(optimizer, names)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._progress.observe(trainer, pl_module)
+        if not self._progress.finished:
+            hold_early_stopping(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._progress.finished:
+            hold_early_stopping(trainer)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._bn.keep_eval()
+        if self.cache_features:
+            self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._cache.batch_end()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._hook.remove()
+        self._undo_on_load()
+        distributed.remove_load_hook(trainer)
+        self.finish()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # DeepSpeed writes the module's weights itself, from its engine
+        trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
+        self._checkpoints.save(pl_module, checkpoint, trainable)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoints.restore(checkpoint)
+
+    def state_dict(self) -> dict[str, Any]:
+        progress = self._progress.state_dict()
+        return StrategyState(
+            strategy=type(self).__name__,
+            schedule=[phase.signature() for phase in self._progress.phases],
+            started_phases=progress["started_phases"],
+            unfrozen_modules=list(self._unfrozen),
+            optimizer_groups=self._internal_optimizer_metadata,
+            stage=progress["stage"],
+            transitions=progress["transitions"],
+            l2_sp_start=self._l2sp.state_dict(),
+        ).to_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        state = StrategyState.from_dict(state_dict)
+        self._unfrozen = state.unfrozen_modules
+        self._progress.load_state_dict(state.to_dict())
+        self._l2sp.load_state_dict(state.l2_sp_start, type(self).__name__)
+
+    def _reset(self) -> None:
+        self._internal_optimizer_metadata = {}
+        self._pl_module = None
+        self._fit_trainer = None
+        self._module_names = {}
+        self._unfrozen = []
+        self._lr_configs = []
+        self._epoch, self._run = 0, None
+        self._layers = None
+        self._warned_nothing_to_freeze = False
+        self._progress = ScheduleProgress()
+        self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
+        self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
+        self._cache = CacheSession(self.cache_max_bytes)
+        self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
+        self._checkpoints = trainable_only.TrainableOnlySession()
+        self._undo_on_load = lambda: None
+
+
+FlashBaseFinetuning = FinetuningStrategy
+"""Flash's name for the base callback, so Flash callbacks only change their import line."""

@@ -1,0 +1,249 @@
+"""The built-in strategies. Each is a schedule on :class:`~finetune_strategies.core.callback.FinetuningStrategy`.
+
+| name                  | frozen at start | unfrozen                                                        |
+|-----------------------|-----------------|-----------------------------------------------------------------|
+| `no_freeze`           | nothing         | -                                                               |
+| `freeze`              | backbone        | never                                                           |
+| `freeze_unfreeze`     | backbone        | all of it at `unfreeze_epoch`                                   |
+| `unfreeze_milestones` | backbone        | last `num_layers` layers at `e1`, the rest at `e2`              |
+| `gradual_unfreeze`    | backbone        | one more layer from the top every `every` epochs from `start_epoch` |
+| `lp_ft`               | backbone (fully, features cached) | all of it at `probe_epochs`, at a small lr      |
+| `phases`              | backbone        | what each phase names, at its epoch                             |
+
+Every one takes the options of :class:`~finetune_strategies.core.callback.FinetuningStrategy`, such as
+``layer_lr_decay`` for one param group per layer with geometrically decaying learning rates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+from torch import nn
+from typing_extensions import Unpack
+
+from finetune_strategies.core.callback import FinetuningStrategy, StrategyOptions
+from finetune_strategies.core.schedule import Phase, bind_phases, parse_phases
+from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
+from finetune_strategies.model.layers import LayerUnit
+from finetune_strategies.strategies.registry import register_strategy
+from finetune_strategies.validation import check_epoch, check_positive_int
+
+
+def _label(roots: list[tuple[str, nn.Module]]) -> str:
+    return ", ".join(name for name, _ in roots)
+
+
+@register_strategy("no_freeze", deepspeed_variant=True)
+class NoFreeze(FinetuningStrategy):
+    """Train everything from the first epoch.
+
+    With ``layer_lr_decay`` the backbone's layers get their own param groups when the optimizer is
+    built, at the lr of the group they were in times the layer's factor.
+    """
+
+    freezes: ClassVar[bool] = False
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        """Freeze nothing."""
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        if self.layer_lr_decay is None:
+            return []
+        roots = self.find_modules_to_freeze(pl_module)
+        return [Phase(0, _label(roots), tuple(m for _, m in roots))] if roots else []
+
+
+@register_strategy("freeze", deepspeed_variant=True)
+class Freeze(FinetuningStrategy):
+    """Keep the backbone frozen for the whole run."""
+
+
+@register_strategy("freeze_unfreeze", deepspeed_variant=True)
+class FreezeUnfreeze(FinetuningStrategy):
+    """Freeze the backbone, then unfreeze all of it at ``unfreeze_epoch`` (counted from 0).
+
+    With ``monitor``, the backbone unfreezes when the metric plateaus, at ``unfreeze_epoch`` at the
+    latest (``None``: no limit).
+    """
+
+    metadata_example = '("freeze_unfreeze", 7)'
+    epoch_option: ClassVar[str] = "unfreeze_epoch"
+    """The name users give the unfreeze epoch, for messages."""
+
+    def __init__(self, unfreeze_epoch: int | None = 10, **options: Unpack[StrategyOptions]) -> None:
+        super().__init__(**options)
+        name = self.epoch_option
+        if unfreeze_epoch is None and self.plateau is None:
+            raise StrategySpecError(
+                f"{name}=None means 'when the metric plateaus', which needs `monitor` (e.g. monitor='val_loss')."
+            )
+        self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch(name, unfreeze_epoch)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"unfreeze_epoch": metadata}
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        roots = self.find_modules_to_freeze(pl_module)
+        return [Phase(self.unfreeze_epoch, _label(roots), tuple(m for _, m in roots))] if roots else []
+
+
+@register_strategy("lp_ft", deepspeed_variant=True)
+class LPFT(FreezeUnfreeze):
+    """LP-FT (Kumar et al., ICLR 2022): a linear probe, then full fine-tuning at a small learning rate.
+
+    Until ``probe_epochs`` only the head trains: the backbone is fully frozen (``train_bn=False``), its
+    BatchNorm layers normalise with their running statistics (``bn_eval=True``), and its features are
+    computed once and cached (``cache_features=True``), so the probe costs little. From ``probe_epochs``
+    the backbone trains too, at ``lr`` (default: group 0's lr / ``initial_denom_lr``). Starting the full
+    fine-tuning from a trained head, rather than a random one, changes the pretrained features less.
+
+    With ``monitor``, the probe ends when the metric plateaus, at ``probe_epochs`` at the latest
+    (``None``: no limit). The cache needs a deterministic training transform: with data augmentation,
+    pass ``cache_features=False`` (``lp_ft_deepspeed`` leaves it off: DeepSpeed keeps the pending backbone
+    trainable, with masked gradients). ``train_bn=False`` also keeps the BatchNorm affine parameters at their
+    pretrained values after the switch; ``train_bn=True`` (with ``cache_features=False``) trains them.
+    """
+
+    metadata_example = '("lp_ft", 5)'
+    epoch_option: ClassVar[str] = "probe_epochs"
+
+    def __init__(self, probe_epochs: int | None = 5, **options: Unpack[StrategyOptions]) -> None:
+        # DeepSpeed keeps the pending backbone trainable (its gradients masked), which the cache refuses.
+        cache = not options.get("preregister_groups", False)
+        settings: dict[str, Any] = {"train_bn": False, "bn_eval": True, "cache_features": cache, **options}
+        if settings["cache_features"] and (settings["train_bn"] or not settings["bn_eval"]):
+            raise StrategySpecError(
+                "lp_ft caches the frozen backbone's features, which needs train_bn=False and bn_eval=True (its "
+                f"defaults), got train_bn={settings['train_bn']!r}, bn_eval={settings['bn_eval']!r}. Keep them, or "
+                "pass cache_features=False."
+            )
+        super().__init__(probe_epochs, **settings)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"probe_epochs": metadata}
+
+    @property
+    def probe_epochs(self) -> int | None:
+        """The epoch at which full fine-tuning starts (at the latest, with ``monitor``)."""
+        return self.unfreeze_epoch
+
+
+@register_strategy("unfreeze_milestones", deepspeed_variant=True)
+class UnfreezeMilestones(FinetuningStrategy):
+    """Freeze the backbone; unfreeze its last ``num_layers`` layers at ``milestones[0]`` and the rest
+    at ``milestones[1]``. What a layer is depends on ``layer_unit`` (default ``"param_modules"``, see
+    :mod:`finetune_strategies.model.layers`).
+    """
+
+    metadata_example = '("unfreeze_milestones", ((3, 8), 2))'
+    default_layer_unit: ClassVar[LayerUnit] = "param_modules"
+
+    def __init__(
+        self, milestones: Sequence[int] = (5, 10), num_layers: int = 5, **options: Unpack[StrategyOptions]
+    ) -> None:
+        super().__init__(**options)
+        if not isinstance(milestones, (tuple, list)) or len(milestones) != 2:
+            raise StrategySpecTypeError(f"`milestones` must be two epochs (e1, e2), e.g. (3, 8), got {milestones!r}.")
+        first, second = (check_epoch(f"milestones[{i}]", e) for i, e in enumerate(milestones))
+        if first >= second:
+            raise StrategySpecError(f"milestones must satisfy e1 < e2, got ({first}, {second}).")
+        self.milestones = (first, second)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        if not isinstance(metadata, (tuple, list)) or len(metadata) != 2 or not isinstance(metadata[0], (tuple, list)):
+            raise StrategySpecTypeError(
+                f"unfreeze_milestones takes ((e1, e2), num_layers), e.g. {cls.metadata_example}, got {metadata!r}."
+            )
+        return {"milestones": tuple(metadata[0]), "num_layers": metadata[1]}
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        layers = self.backbone_layers(pl_module)
+        if self.num_layers > len(layers):
+            raise ScheduleError(
+                f"unfreeze_milestones asks for the last {self.num_layers} layers, but the backbone has "
+                f"only {len(layers)} layers counted as {self.layer_unit or self.default_layer_unit!r}."
+            )
+        split = len(layers) - self.num_layers
+        last, rest = layers[split:], layers[:split]
+        phases = [Phase(self.milestones[0], ", ".join(x.name for x in last), _modules(last), tuple(last))]
+        if rest:
+            phases.append(Phase(self.milestones[1], "rest of backbone", _modules(rest), tuple(rest)))
+        return phases
+
+
+@register_strategy("gradual_unfreeze", deepspeed_variant=True)
+class GradualUnfreeze(FinetuningStrategy):
+    """ULMFiT's gradual unfreezing: from ``start_epoch``, ``layers_per_step`` more layers from the top of
+    the backbone unfreeze every ``every`` epochs, until all have. With ``layer_lr_decay=1/2.6`` it is
+    ULMFiT's recipe (discriminative learning rates)."""
+
+    metadata_example = '("gradual_unfreeze", 2)'
+
+    def __init__(
+        self,
+        start_epoch: int = 1,
+        every: int = 1,
+        layers_per_step: int = 1,
+        **options: Unpack[StrategyOptions],
+    ) -> None:
+        super().__init__(**options)
+        self.start_epoch = check_epoch("start_epoch", start_epoch)
+        self.every = check_positive_int("every", every)
+        self.layers_per_step = check_positive_int("layers_per_step", layers_per_step)
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"start_epoch": metadata}
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        from_top = self.backbone_layers(pl_module)[::-1]
+        steps = [from_top[i : i + self.layers_per_step] for i in range(0, len(from_top), self.layers_per_step)]
+        return [
+            Phase(self.start_epoch + i * self.every, ", ".join(x.name for x in step), _modules(step), tuple(step))
+            for i, step in enumerate(steps)
+        ]
+
+
+@register_strategy("phases", deepspeed_variant=True)
+class Phases(FinetuningStrategy):
+    """An explicit schedule: a list of phases, each a dict with ``epoch`` (when it starts), ``modules``
+    (selectors of what it unfreezes; everything still frozen when left out), and optionally ``lr``,
+    ``layer_lr_decay``, ``name``, ``until`` (a plateau trigger that ends the stage the phase starts),
+    ``lr_scheduler`` and ``reset_optimizer_state``. The strategy's own ``monitor`` options end every
+    stage that has no ``until``, the stage before the first phase included. See
+    :mod:`finetune_strategies.core.schedule` and :mod:`finetune_strategies.core.triggers`.
+
+    Example:
+        >>> Phases([{"epoch": 2, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": 5}]).phases[1].epoch
+        5
+    """
+
+    metadata_example = '("phases", [{"epoch": 2, "modules": ["backbone.layer4"]}, {"epoch": 5}])'
+
+    def __init__(self, phases: list[dict[str, Any]], **options: Unpack[StrategyOptions]) -> None:
+        super().__init__(**options)
+        self.phases = parse_phases(phases)
+        for index, spec in enumerate(self.phases):
+            triggered = self.plateau is not None or (index > 0 and self.phases[index - 1].until is not None)
+            if spec.epoch is None and not triggered:
+                raise StrategySpecTypeError(
+                    f"phases[{index}] needs 'epoch', the epoch (from 0) at which it starts, or a plateau trigger "
+                    "on the stage before it: `until` on the phase before, or the strategy's `monitor`."
+                )
+
+    @classmethod
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"phases": metadata}
+
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        return bind_phases(self.phases, pl_module, self.find_modules_to_freeze(pl_module))
+
+
+def _modules(layers: Sequence[Any]) -> tuple[nn.Module, ...]:
+    return tuple(module for layer in layers for module in layer.modules)
