@@ -2,6 +2,6 @@
 
 import sys
 
-from finetune_strategies.cli.main import main
+from finetune_strategies.cli.app import main
 
 sys.exit(main())

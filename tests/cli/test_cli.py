@@ -12,7 +12,7 @@ import yaml
 from image_helpers import cli_folders, fit_args, make_folder
 
 from finetune_strategies import NoFreeze
-from finetune_strategies.cli.main import expand_strategy_names, main
+from finetune_strategies.cli.app import expand_strategy_names, main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.usefixtures("in_tmp_path")

@@ -16,7 +16,7 @@ from image_helpers import BACKBONE, make_folder
 from rich.console import Console
 
 from finetune_strategies import ConfigurationError, Trainer
-from finetune_strategies.cli.main import main
+from finetune_strategies.cli.app import main
 from finetune_strategies.image import ImageClassifier
 from finetune_strategies.strategies.plan import SchedulePlan, describe_schedule
 

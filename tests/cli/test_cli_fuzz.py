@@ -30,7 +30,7 @@ from image_helpers import BACKBONE, make_folder
 from jsonargparse import get_loader
 from transfer_tools import BASE_TRAINER, TinyRegressor
 
-from finetune_strategies.cli.main import main
+from finetune_strategies.cli.app import main
 from finetune_strategies.errors import TransferConfigError
 from finetune_strategies.strategies.registry import available_strategies
 from finetune_strategies.transfer import TransferConfig

@@ -17,7 +17,7 @@ import yaml
 from image_helpers import BACKBONE, TrainableLog, cli_folders, fit_args
 from torch import nn
 
-from finetune_strategies.cli.main import expand_strategy_names, main
+from finetune_strategies.cli.app import expand_strategy_names, main
 from finetune_strategies.image import ImageClassifier
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -10,7 +10,7 @@ import torch
 from image_helpers import make_folder
 
 from finetune_strategies.checkpointing.weights import read_state_dict
-from finetune_strategies.cli.main import main
+from finetune_strategies.cli.app import main
 from finetune_strategies.image import ImageClassifier
 
 pytest.importorskip("peft", reason="peft is not installed: pip install 'finetune-strategies[peft]'")

@@ -360,10 +360,11 @@ def lightning_main(args: list[str]) -> int:
     return 0
 
 
-def _transfer(args: list[str]) -> int:
-    from finetune_strategies.cli.transfer import transfer_main  # imported when used: the runner is large
+def transfer_main(args: list[str]) -> int:
+    """Run ``finetune-strategies transfer``."""
+    from finetune_strategies.cli import transfer  # imported when used: the runner is large
 
-    return transfer_main(args)
+    return transfer.transfer_main(args)
 
 
 def _demo(args: list[str]) -> int:
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command = args[0]
-    runners: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "transfer": _transfer}
+    runners: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "transfer": transfer_main}
     prog = f"{PROG} {command}"
     try:
         if command in runners:
