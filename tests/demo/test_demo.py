@@ -8,8 +8,8 @@ import image_helpers  # noqa: F401  (one torch thread)
 import numpy as np
 from PIL import Image
 
-from finetune_strategies.cli.demo import demo_parser, settings_from
 from finetune_strategies.cli.app import main
+from finetune_strategies.cli.demo import demo_parser, settings_from
 from finetune_strategies.demo import DemoSettings
 from finetune_strategies.demo.experiment import digits, finetune_data, finetune_split, split_classes
 
