@@ -193,10 +193,12 @@ def test_an_old_path_is_the_new_module_itself():
     old = importlib.import_module("finetune_strategies.lora")
     new = importlib.import_module("finetune_strategies.strategies.lora")
     assert old is new
-    assert new.__spec__ is not None and new.__spec__.name == "finetune_strategies.strategies.lora"
+    assert new.__spec__ is not None
+    assert new.__spec__.name == "finetune_strategies.strategies.lora"
     assert importlib.import_module("finetune_strategies.transfer.cli") is importlib.import_module(
         "finetune_strategies.cli.transfer"
     )
     # an old path named like a package attribute (the wise_ft function) leaves that attribute alone
     importlib.import_module("finetune_strategies.wise_ft")
-    assert callable(finetune_strategies.wise_ft) and not isinstance(finetune_strategies.wise_ft, type(importlib))
+    assert callable(finetune_strategies.wise_ft)
+    assert not isinstance(finetune_strategies.wise_ft, type(importlib))
