@@ -55,17 +55,20 @@ def register_strategy(
     if not isinstance(name, str) or not name:
         raise StrategySpecTypeError(f"A strategy name must be a non-empty string, got {name!r}.")
 
+    entries = {name: dict(fixed)}
+    if deepspeed_variant:
+        entries[f"{name}_deepspeed"] = {**fixed, "preregister_groups": True}
+
     def decorator(factory: F) -> F:
         if not callable(factory):
             raise StrategySpecTypeError(f"register_strategy({name!r}) needs a callable, got {factory!r}.")
-        if name in _REGISTRY and not override:
+        taken = [key for key in entries if key in _REGISTRY]
+        if taken and not override:  # checked for every name first: nothing is registered halfway
             raise StrategySpecError(
-                f"A strategy named {name!r} is already registered ({_REGISTRY[name].factory!r}). "
+                f"A strategy named {taken[0]!r} is already registered ({_REGISTRY[taken[0]].factory!r}). "
                 "Pass override=True to replace it."
             )
-        _REGISTRY[name] = _Entry(factory, dict(fixed))
-        if deepspeed_variant:
-            register_strategy(f"{name}_deepspeed", override=override, **{**fixed, "preregister_groups": True})(factory)
+        _REGISTRY.update((key, _Entry(factory, keywords)) for key, keywords in entries.items())
         return factory
 
     return decorator

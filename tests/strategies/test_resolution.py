@@ -152,6 +152,23 @@ def test_register_decorator(custom_name: str) -> None:
     assert type(resolve_strategy(custom_name)) is Freeze
 
 
+def test_register_a_deepspeed_variant(custom_name: str) -> None:
+    register_strategy(custom_name, deepspeed_variant=True, train_bn=False)(Freeze)
+    try:
+        plain, variant = resolve_strategy(custom_name), resolve_strategy(f"{custom_name}_deepspeed")
+        assert type(plain) is Freeze
+        assert type(variant) is Freeze
+        assert (plain.preregister_groups, plain.train_bn) == (False, False)
+        assert (variant.preregister_groups, variant.train_bn) == (True, False)
+        # a taken variant name refuses the whole registration: the plain name is not registered halfway
+        unregister_strategy(custom_name)
+        with pytest.raises(ValueError, match=f"'{custom_name}_deepspeed' is already registered"):
+            register_strategy(custom_name, deepspeed_variant=True)(NoFreeze)
+        assert custom_name not in available_strategies()
+    finally:
+        unregister_strategy(f"{custom_name}_deepspeed")
+
+
 def test_register_plain_factory(custom_name: str) -> None:
     register_strategy(custom_name)(lambda **kw: Freeze(attr_names="encoder", **kw))
     assert resolve_strategy(custom_name).attr_names == ("encoder",)  # type: ignore[attr-defined]
