@@ -225,12 +225,6 @@ def test_transfer_is_dispatched(monkeypatch):
     assert calls == [["fit", "--x", "1"]]
 
 
-def test_transfer_without_the_module_explains(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "finetune_strategies.cli.transfer", None)
-    assert main(["transfer", "--help"]) == 2
-    assert "finetune_strategies.cli.transfer is missing" in capsys.readouterr().err
-
-
 def test_python_dash_m_runs_the_command(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["finetune_strategies", "--help"])
     with pytest.raises(SystemExit) as exit_:
