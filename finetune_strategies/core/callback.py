@@ -4,6 +4,7 @@
 list of :class:`~finetune_strategies.core.schedule.Phase` that :meth:`FinetuningStrategy.unfreeze_phases`
 returns; each built-in is a short preset of it. The callback composes:
 
+* :mod:`~finetune_strategies.core.options` - the keyword options every strategy takes, and their help;
 * :mod:`~finetune_strategies.model.batchnorm` - freezing, thawing, and the BatchNorm policy;
 * :mod:`~finetune_strategies.core.groups` - the param groups each phase brings (named, layer-wise lr decay,
   pre-registered for DeepSpeed), with :mod:`~finetune_strategies.core.lr_schedulers` teaching every LR
@@ -20,7 +21,7 @@ returns; each built-in is a short preset of it. The callback composes:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -43,6 +44,8 @@ from finetune_strategies.core.lr_schedulers import (
     schedulers_of,
     teach_schedulers,
 )
+from finetune_strategies.core.options import StrategyOptions as StrategyOptions  # its 0.2 home
+from finetune_strategies.core.options import document_options
 from finetune_strategies.core.progress import ScheduleProgress
 from finetune_strategies.core.schedule import Phase, check_decay, check_order
 from finetune_strategies.core.state import StrategyState, group_layout
@@ -65,79 +68,12 @@ from finetune_strategies.validation import (
 )
 
 
-class StrategyOptions(TypedDict, total=False):
-    """Keyword options that every strategy accepts (see :class:`FinetuningStrategy`)."""
-
-    attr_names: str | Sequence[str]
-    train_bn: bool
-    bn_eval: bool
-    lr: float | None
-    initial_denom_lr: float
-    optimizer_index: int
-    preregister_groups: bool
-    cache_features: bool
-    cache_max_bytes: int
-    layer_lr_decay: float | None
-    layer_unit: LayerUnit | None
-    monitor: str | None
-    mode: Mode
-    patience: int
-    min_delta: float
-    max_epochs: int | None
-    restore_best: bool
-    l2_sp: float | None
-    l2_sp_beta: float | None
-    save_trainable_only: bool | None
-
-
+@document_options
 class FinetuningStrategy(BaseFinetuning):
     """Freeze modules before training and unfreeze them on a schedule.
 
-    Args:
-        attr_names: Attribute(s) of the LightningModule to freeze when it has no
-            ``modules_to_freeze()`` method. Dotted paths such as ``"encoder.backbone"`` work.
-        train_bn: Keep the affine parameters of BatchNorm layers in frozen modules trainable
-            (Flash's and Lightning's default). With ``False`` they stay frozen, also after an unfreeze.
-        bn_eval: Put the BatchNorm layers of frozen modules in eval mode, so that they normalise
-            with their running statistics and do not update them, until they are unfrozen.
-        lr: Learning rate of an unfrozen param group. ``None`` (default) uses group 0's current lr
-            divided by ``initial_denom_lr``.
-        initial_denom_lr: Divisor used when ``lr`` is ``None`` (default 10, as in Lightning).
-        optimizer_index: With several optimizers, the one that receives unfrozen parameters.
-        preregister_groups: Give every phase its param groups (lr 0) when the optimizer is built,
-            instead of adding groups when phases start. Needed by DeepSpeed, whose optimizer cannot
-            take new groups. Under DeepSpeed the pending parameters keep ``requires_grad=True`` and
-            their gradients are zeroed until their phase starts.
-        cache_features: Until the first phase starts, compute each training sample's features
-            once and reuse them in later epochs (see :mod:`finetune_strategies.core.feature_cache`).
-            Needs the frozen modules fully frozen (``train_bn=False``), BatchNorm in eval mode
-            (``bn_eval=True``), no active dropout and a deterministic training transform; refuses
-            otherwise. The cache is dropped when the first phase starts.
-        cache_max_bytes: Memory bound of the feature cache (default 2 GiB).
-        layer_lr_decay: Layer-wise learning-rate decay in (0, 1]: every layer a phase unfreezes gets
-            its own param group, with lr ``phase_lr * layer_lr_decay ** k``, ``k`` counting the layers
-            from the top layer of the backbone (``k = 0``). ``None`` (default): one group per phase.
-        layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
-            :mod:`finetune_strategies.model.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
-            ``"param_modules"`` for ``unfreeze_milestones``.
-        monitor: End every stage when this validation metric plateaus, instead of waiting for the next
-            phase's epoch, which then only says when it starts at the latest (see
-            :mod:`finetune_strategies.core.triggers`). ``None`` (default): phases start at their epochs.
-        mode: ``"min"`` or ``"max"``: whether a lower or a higher ``monitor`` is better.
-        patience: How many validation runs without improvement end a stage.
-        min_delta: The least change of ``monitor`` that counts as an improvement.
-        max_epochs: The most epochs a stage may run before the next phase starts.
-        restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
-            ending stage's best validation (default True).
-        l2_sp: L2-SP's ``alpha``: add ``alpha / 2 * ||w - w0||^2`` over the frozen (pretrained) modules'
-            parameters that train, ``w0`` being their weights at the fit's start (see
-            :mod:`finetune_strategies.core.l2_sp`). Keeps one copy of those weights. ``None``: off.
-        l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
-            that train (the head).
-        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
-            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
-            (see :mod:`finetune_strategies.checkpointing.trainable_only`). ``None`` uses the strategy's default: on for
-            ``lora``, off for the others.
+    Its keyword options are :class:`~finetune_strategies.core.options.StrategyOptions`; the ``Args`` section
+    that documents them is appended to this docstring from :data:`~finetune_strategies.core.options.OPTION_DOCS`.
     """
 
     metadata_example: ClassVar[str] = ""

@@ -23,7 +23,8 @@ import lightning.pytorch as pl
 from torch import nn
 from typing_extensions import Unpack
 
-from finetune_strategies.core.callback import FinetuningStrategy, StrategyOptions
+from finetune_strategies.core.callback import FinetuningStrategy
+from finetune_strategies.core.options import StrategyOptions
 from finetune_strategies.core.schedule import Phase, bind_phases, parse_phases
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.model.layers import LayerUnit
