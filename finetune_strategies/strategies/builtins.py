@@ -67,6 +67,10 @@ class FreezeUnfreeze(FinetuningStrategy):
 
     With ``monitor``, the backbone unfreezes when the metric plateaus, at ``unfreeze_epoch`` at the
     latest (``None``: no limit).
+
+    Args:
+        unfreeze_epoch: The epoch (from 0) at which the backbone unfreezes, the latest one with ``monitor``.
+            ``None``: whenever the metric plateaus, which needs ``monitor``.
     """
 
     metadata_example = '("freeze_unfreeze", 7)'
@@ -106,6 +110,11 @@ class LPFT(FreezeUnfreeze):
     pass ``cache_features=False`` (``lp_ft_deepspeed`` leaves it off: DeepSpeed keeps the pending backbone
     trainable, with masked gradients). ``train_bn=False`` also keeps the BatchNorm affine parameters at their
     pretrained values after the switch; ``train_bn=True`` (with ``cache_features=False``) trains them.
+
+    Args:
+        probe_epochs: How many epochs the linear probe runs: the epoch (from 0) at which full fine-tuning
+            starts, the latest one with ``monitor``. ``None``: whenever the metric plateaus, which needs
+            ``monitor``.
     """
 
     metadata_example = '("lp_ft", 5)'
@@ -138,6 +147,11 @@ class UnfreezeMilestones(FinetuningStrategy):
     """Freeze the backbone; unfreeze its last ``num_layers`` layers at ``milestones[0]`` and the rest
     at ``milestones[1]``. What a layer is depends on ``layer_unit`` (default ``"param_modules"``, see
     :mod:`finetune_strategies.model.layers`).
+
+    Args:
+        milestones: Two epochs ``(e1, e2)`` (from 0, ``e1 < e2``): when the last ``num_layers`` layers
+            unfreeze, and when the rest of the backbone does.
+        num_layers: How many layers, counted from the top of the backbone, unfreeze at ``e1``.
     """
 
     metadata_example = '("unfreeze_milestones", ((3, 8), 2))'
@@ -182,7 +196,13 @@ class UnfreezeMilestones(FinetuningStrategy):
 class GradualUnfreeze(FinetuningStrategy):
     """ULMFiT's gradual unfreezing: from ``start_epoch``, ``layers_per_step`` more layers from the top of
     the backbone unfreeze every ``every`` epochs, until all have. With ``layer_lr_decay=1/2.6`` it is
-    ULMFiT's recipe (discriminative learning rates)."""
+    ULMFiT's recipe (discriminative learning rates).
+
+    Args:
+        start_epoch: The epoch (from 0) at which the first layers, the top ones, unfreeze.
+        every: How many epochs apart the unfreezes are.
+        layers_per_step: How many layers each unfreeze brings.
+    """
 
     metadata_example = '("gradual_unfreeze", 2)'
 
@@ -219,6 +239,10 @@ class Phases(FinetuningStrategy):
     ``lr_scheduler`` and ``reset_optimizer_state``. The strategy's own ``monitor`` options end every
     stage that has no ``until``, the stage before the first phase included. See
     :mod:`finetune_strategies.core.schedule` and :mod:`finetune_strategies.core.triggers`.
+
+    Args:
+        phases: The schedule: the phase dicts (or :class:`~finetune_strategies.core.schedule.PhaseSpec`), in
+            the order they start.
 
     Example:
         >>> Phases([{"epoch": 2, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": 5}]).phases[1].epoch
