@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from finetune_strategies.checkpointing import trainable_only
 from finetune_strategies.core import compat, distributed
@@ -166,11 +167,13 @@ class FinetuningStrategy(BaseFinetuning):
         """The schedule: which modules become trainable at which epoch. Built-ins override this."""
         return []
 
+    @override
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze the modules found by :meth:`find_modules_to_freeze`."""
         for _, module in self.find_modules_to_freeze(pl_module):
             self._bn.freeze(module)
 
+    @override
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         """Start, in order, every phase that is due at ``epoch`` and has not started (a mid-epoch resume
         has): its epoch has come, or the stage before it ended on its plateau trigger. A plateau-ended
@@ -205,9 +208,25 @@ class FinetuningStrategy(BaseFinetuning):
         return self._layers
 
     # ------------------------------------------------------------------ helpers for subclasses
-    filter_on_optimizer = staticmethod(not_in_optimizer)
-    unfreeze_and_add_param_group = staticmethod(compat.unfreeze_and_add_param_group)
-    unfreeze_and_extend_param_group = staticmethod(compat.unfreeze_and_extend_param_group)
+    @staticmethod
+    @override
+    def filter_on_optimizer(optimizer: Optimizer, params: Iterable[Any]) -> list[Any]:
+        """See :func:`~finetune_strategies.core.groups.not_in_optimizer` (by identity, not by value)."""
+        return not_in_optimizer(optimizer, params)
+
+    @staticmethod
+    @override
+    def unfreeze_and_add_param_group(
+        modules: compat.Modules,
+        optimizer: Optimizer,
+        lr: float | None = None,
+        initial_denom_lr: float = 10.0,
+        train_bn: bool = True,
+    ) -> None:
+        """See :func:`~finetune_strategies.core.compat.unfreeze_and_add_param_group` (static, as in Lightning)."""
+        compat.unfreeze_and_add_param_group(modules, optimizer, lr, initial_denom_lr, train_bn)
+
+    unfreeze_and_extend_param_group = staticmethod(compat.unfreeze_and_extend_param_group)  # Flash's; not Lightning's
 
     def thaw(self, modules: Iterable[nn.Module], train_bn: bool) -> None:
         """Make the modules' own parameters trainable, and remember them so that a resume does it again."""
@@ -346,6 +365,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._groups.remove_masks()
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
             self._undo_on_load = trainable_only.complete_on_load(pl_module)  # a checkpoint may leave weights out
@@ -387,6 +407,7 @@ class FinetuningStrategy(BaseFinetuning):
             self._hook = OptimizerHook(on_built)
             self._hook.install(pl_module)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hook.remove()
         if not 0 <= self.optimizer_index < len(trainer.optimizers):
@@ -410,6 +431,7 @@ class FinetuningStrategy(BaseFinetuning):
         if with_scheduler:  # a resumed run: Lightning loads the saved scheduler state into this one next
             self._install_scheduler(phases[with_scheduler[-1]], trainer.optimizers[self.optimizer_index])
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
         # on_fit_start, and every strategy has restored it by now.
@@ -437,6 +459,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._replay_unfreezes(trainer.lightning_module)
         BaseFinetuning.on_fit_start(self, trainer, trainer.lightning_module)  # the saved groups, by parameter name
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
         self.advance(pl_module, trainer.current_epoch, optimizer)
@@ -448,6 +471,7 @@ class FinetuningStrategy(BaseFinetuning):
             names = {id(p): n for n, p in pl_module.named_parameters()}
             self._internal_optimizer_metadata[self.optimizer_index] = group_layout(optimizer, names)
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
@@ -455,10 +479,12 @@ class FinetuningStrategy(BaseFinetuning):
         if not self._progress.finished:
             hold_early_stopping(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._progress.finished:
             hold_early_stopping(trainer)
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -466,22 +492,26 @@ class FinetuningStrategy(BaseFinetuning):
         if self.cache_features:
             self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._cache.batch_end()
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
         self._undo_on_load()
         distributed.remove_load_hook(trainer)
         self.finish()
 
+    @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -489,11 +519,13 @@ class FinetuningStrategy(BaseFinetuning):
         trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
         self._checkpoints.save(pl_module, checkpoint, trainable)
 
+    @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         self._checkpoints.restore(checkpoint)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         progress = self._progress.state_dict()
         return StrategyState(
@@ -507,6 +539,7 @@ class FinetuningStrategy(BaseFinetuning):
             l2_sp_start=self._l2sp.state_dict(),
         ).to_dict()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         state = StrategyState.from_dict(state_dict)

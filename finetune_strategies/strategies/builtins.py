@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from torch import nn
-from typing_extensions import Unpack
+from typing_extensions import Unpack, override
 
 from finetune_strategies.core.callback import FinetuningStrategy
 from finetune_strategies.core.options import StrategyOptions
@@ -46,9 +46,11 @@ class NoFreeze(FinetuningStrategy):
 
     freezes: ClassVar[bool] = False
 
+    @override
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze nothing."""
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         if self.layer_lr_decay is None:
             return []
@@ -87,9 +89,11 @@ class FreezeUnfreeze(FinetuningStrategy):
         self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch(name, unfreeze_epoch)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"unfreeze_epoch": metadata}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         roots = self.find_modules_to_freeze(pl_module)
         return [Phase(self.unfreeze_epoch, _label(roots), tuple(m for _, m in roots))] if roots else []
@@ -133,6 +137,7 @@ class LPFT(FreezeUnfreeze):
         super().__init__(probe_epochs, **settings)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"probe_epochs": metadata}
 
@@ -170,6 +175,7 @@ class UnfreezeMilestones(FinetuningStrategy):
         self.num_layers = check_positive_int("num_layers", num_layers)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         if not isinstance(metadata, (tuple, list)) or len(metadata) != 2 or not isinstance(metadata[0], (tuple, list)):
             raise StrategySpecTypeError(
@@ -177,6 +183,7 @@ class UnfreezeMilestones(FinetuningStrategy):
             )
         return {"milestones": tuple(metadata[0]), "num_layers": metadata[1]}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         layers = self.backbone_layers(pl_module)
         if self.num_layers > len(layers):
@@ -219,9 +226,11 @@ class GradualUnfreeze(FinetuningStrategy):
         self.layers_per_step = check_positive_int("layers_per_step", layers_per_step)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"start_epoch": metadata}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         from_top = self.backbone_layers(pl_module)[::-1]
         steps = [from_top[i : i + self.layers_per_step] for i in range(0, len(from_top), self.layers_per_step)]
@@ -263,9 +272,11 @@ class Phases(FinetuningStrategy):
                 )
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"phases": metadata}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         return bind_phases(self.phases, pl_module, self.find_modules_to_freeze(pl_module))
 
