@@ -35,6 +35,7 @@ from typing_extensions import override
 
 from finetune_strategies.checkpointing import trainable_only
 from finetune_strategies.core import compat, distributed
+from finetune_strategies.core.compat import Modules
 from finetune_strategies.core.feature_cache import CacheSession, CacheStats
 from finetune_strategies.core.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
 from finetune_strategies.core.l2_sp import L2SP
@@ -217,7 +218,7 @@ class FinetuningStrategy(BaseFinetuning):
     @staticmethod
     @override
     def unfreeze_and_add_param_group(
-        modules: compat.Modules,
+        modules: Modules,
         optimizer: Optimizer,
         lr: float | None = None,
         initial_denom_lr: float = 10.0,
