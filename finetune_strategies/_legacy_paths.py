@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from typing_extensions import override
+
 PACKAGE = "finetune_strategies"
 
 MOVED: dict[str, str] = {
@@ -62,6 +64,7 @@ MOVED: dict[str, str] = {
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Answers ``import finetune_strategies.<old path>`` with the module at its new path."""
 
+    @override  # declared by typeshed's ABC, not by the runtime one
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -73,11 +76,13 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def __init__(self) -> None:
         self._own_specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
 
+    @override
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         module = importlib.import_module(f"{PACKAGE}.{MOVED[spec.name.removeprefix(PACKAGE + '.')]}")
         self._own_specs[module.__name__] = module.__spec__
         return module
 
+    @override  # declared by typeshed's ABC, not by the runtime one
     def exec_module(self, module: ModuleType) -> None:
         """The module ran when it was imported at its new path; the import system has just given it the old
         path's spec, so it gets its own back."""

@@ -26,6 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.connectors import callback_connector, checkpoint_connector
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from finetune_strategies.errors import ConfigurationError
 
@@ -149,7 +150,7 @@ def with_subcommand_arguments(cli_class: type[T]) -> type[T]:
         self.add_subcommand_arguments(parser, subcommand)
         return parser
 
-    cli_class._prepare_subcommand_parser = prepare  # type: ignore[attr-defined]
+    cli_class._prepare_subcommand_parser = override(prepare)  # type: ignore[attr-defined]
     return cli_class
 
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.checkpointing.checkpoint_io import use_safe_checkpoint_io
@@ -90,6 +91,7 @@ class Trainer(pl.Trainer):
             model, strategy, max_epochs=self.max_epochs, steps_per_epoch=steps_per_epoch, **strategy_options
         )
 
+    @override
     def fit(
         self,
         model: pl.LightningModule,

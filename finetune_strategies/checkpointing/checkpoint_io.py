@@ -27,6 +27,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+from typing_extensions import override
 
 from finetune_strategies.checkpointing.weights import torch_load
 from finetune_strategies.errors import CheckpointError
@@ -76,6 +77,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.weights_only = weights_only
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)  # Lightning's errors, remote files
@@ -83,6 +85,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         with atomic_write(path) as handle:
             torch.save(checkpoint, handle)
 
+    @override
     def load_checkpoint(
         self, path: Any, map_location: Callable[..., Any] | Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
+from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.cli.exit_status import (
@@ -201,10 +202,12 @@ class FinetuneCLI(LightningCLI):
         self.only_subcommand = subcommand
         super().__init__(*args, **kwargs)
 
+    @override
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]  # Lightning calls self.subcommands()
         every = {**LightningCLI.subcommands(), "explain": {"model", "strategy"}}
         return {name: skip for name, skip in every.items() if self.only_subcommand in (None, name)}
 
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
             super().parse_arguments(parser, args)
@@ -240,6 +243,7 @@ class FinetuneCLI(LightningCLI):
                 "--output", type=Path, default=Path("predictions.csv"), help="CSV file for the predictions."
             )
 
+    @override
     def instantiate_classes(self) -> None:
         with as_usage_errors():
             if self.subcommand == "explain":
@@ -256,6 +260,7 @@ class FinetuneCLI(LightningCLI):
             config["model"]["labels"] = config["model"]["labels"] or data.labels
         config["data"] = Namespace()  # type: ignore[no-untyped-call]  # an empty data module: nothing is read
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand == "explain":  # the plan's trainer only counts epochs: run it on any machine, quietly
             kwargs = {**EXPLAIN_TRAINER, **kwargs}

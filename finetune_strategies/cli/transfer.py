@@ -34,6 +34,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
+from typing_extensions import override
 
 from finetune_strategies.cli.exit_status import USAGE_ERROR, as_usage_errors, report
 from finetune_strategies.cli.yaml_dump import use_round_trip_yaml
@@ -113,6 +114,7 @@ def _extend_path(argv: list[str]) -> None:
 class _ProgressHandler(logging.Handler):
     """Prints the runner's log lines to the current ``sys.stderr``."""
 
+    @override
     def emit(self, record: logging.LogRecord) -> None:
         print(f"[transfer] {record.getMessage()}", file=sys.stderr)
 

@@ -5,7 +5,8 @@
 through these modules.
 """
 
-from finetune_strategies.core.callback import FinetuningStrategy, FlashBaseFinetuning, StrategyOptions
+from finetune_strategies.core.callback import FinetuningStrategy, FlashBaseFinetuning
+from finetune_strategies.core.options import StrategyOptions
 from finetune_strategies.core.schedule import Phase, PhaseSpec
 
 __all__ = ["FinetuningStrategy", "FlashBaseFinetuning", "Phase", "PhaseSpec", "StrategyOptions"]

@@ -4,6 +4,7 @@
 list of :class:`~finetune_strategies.core.schedule.Phase` that :meth:`FinetuningStrategy.unfreeze_phases`
 returns; each built-in is a short preset of it. The callback composes:
 
+* :mod:`~finetune_strategies.core.options` - the keyword options every strategy takes, and their help;
 * :mod:`~finetune_strategies.model.batchnorm` - freezing, thawing, and the BatchNorm policy;
 * :mod:`~finetune_strategies.core.groups` - the param groups each phase brings (named, layer-wise lr decay,
   pre-registered for DeepSpeed), with :mod:`~finetune_strategies.core.lr_schedulers` teaching every LR
@@ -20,7 +21,7 @@ returns; each built-in is a short preset of it. The callback composes:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -30,9 +31,11 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from finetune_strategies.checkpointing import trainable_only
 from finetune_strategies.core import compat, distributed
+from finetune_strategies.core.compat import Modules
 from finetune_strategies.core.feature_cache import CacheSession, CacheStats
 from finetune_strategies.core.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
 from finetune_strategies.core.l2_sp import L2SP
@@ -43,6 +46,8 @@ from finetune_strategies.core.lr_schedulers import (
     schedulers_of,
     teach_schedulers,
 )
+from finetune_strategies.core.options import StrategyOptions as StrategyOptions  # its 0.2 home
+from finetune_strategies.core.options import document_options
 from finetune_strategies.core.progress import ScheduleProgress
 from finetune_strategies.core.schedule import Phase, check_decay, check_order
 from finetune_strategies.core.state import StrategyState, group_layout
@@ -65,79 +70,12 @@ from finetune_strategies.validation import (
 )
 
 
-class StrategyOptions(TypedDict, total=False):
-    """Keyword options that every strategy accepts (see :class:`FinetuningStrategy`)."""
-
-    attr_names: str | Sequence[str]
-    train_bn: bool
-    bn_eval: bool
-    lr: float | None
-    initial_denom_lr: float
-    optimizer_index: int
-    preregister_groups: bool
-    cache_features: bool
-    cache_max_bytes: int
-    layer_lr_decay: float | None
-    layer_unit: LayerUnit | None
-    monitor: str | None
-    mode: Mode
-    patience: int
-    min_delta: float
-    max_epochs: int | None
-    restore_best: bool
-    l2_sp: float | None
-    l2_sp_beta: float | None
-    save_trainable_only: bool | None
-
-
+@document_options
 class FinetuningStrategy(BaseFinetuning):
     """Freeze modules before training and unfreeze them on a schedule.
 
-    Args:
-        attr_names: Attribute(s) of the LightningModule to freeze when it has no
-            ``modules_to_freeze()`` method. Dotted paths such as ``"encoder.backbone"`` work.
-        train_bn: Keep the affine parameters of BatchNorm layers in frozen modules trainable
-            (Flash's and Lightning's default). With ``False`` they stay frozen, also after an unfreeze.
-        bn_eval: Put the BatchNorm layers of frozen modules in eval mode, so that they normalise
-            with their running statistics and do not update them, until they are unfrozen.
-        lr: Learning rate of an unfrozen param group. ``None`` (default) uses group 0's current lr
-            divided by ``initial_denom_lr``.
-        initial_denom_lr: Divisor used when ``lr`` is ``None`` (default 10, as in Lightning).
-        optimizer_index: With several optimizers, the one that receives unfrozen parameters.
-        preregister_groups: Give every phase its param groups (lr 0) when the optimizer is built,
-            instead of adding groups when phases start. Needed by DeepSpeed, whose optimizer cannot
-            take new groups. Under DeepSpeed the pending parameters keep ``requires_grad=True`` and
-            their gradients are zeroed until their phase starts.
-        cache_features: Until the first phase starts, compute each training sample's features
-            once and reuse them in later epochs (see :mod:`finetune_strategies.core.feature_cache`).
-            Needs the frozen modules fully frozen (``train_bn=False``), BatchNorm in eval mode
-            (``bn_eval=True``), no active dropout and a deterministic training transform; refuses
-            otherwise. The cache is dropped when the first phase starts.
-        cache_max_bytes: Memory bound of the feature cache (default 2 GiB).
-        layer_lr_decay: Layer-wise learning-rate decay in (0, 1]: every layer a phase unfreezes gets
-            its own param group, with lr ``phase_lr * layer_lr_decay ** k``, ``k`` counting the layers
-            from the top layer of the backbone (``k = 0``). ``None`` (default): one group per phase.
-        layer_unit: What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see
-            :mod:`finetune_strategies.model.layers`). ``None`` uses the strategy's default: ``"blocks"``, or
-            ``"param_modules"`` for ``unfreeze_milestones``.
-        monitor: End every stage when this validation metric plateaus, instead of waiting for the next
-            phase's epoch, which then only says when it starts at the latest (see
-            :mod:`finetune_strategies.core.triggers`). ``None`` (default): phases start at their epochs.
-        mode: ``"min"`` or ``"max"``: whether a lower or a higher ``monitor`` is better.
-        patience: How many validation runs without improvement end a stage.
-        min_delta: The least change of ``monitor`` that counts as an improvement.
-        max_epochs: The most epochs a stage may run before the next phase starts.
-        restore_best: Before the next phase unfreezes anything, put back the weights and buffers of the
-            ending stage's best validation (default True).
-        l2_sp: L2-SP's ``alpha``: add ``alpha / 2 * ||w - w0||^2`` over the frozen (pretrained) modules'
-            parameters that train, ``w0`` being their weights at the fit's start (see
-            :mod:`finetune_strategies.core.l2_sp`). Keeps one copy of those weights. ``None``: off.
-        l2_sp_beta: With ``l2_sp``, also add plain L2, ``beta / 2 * ||w||^2``, over the other parameters
-            that train (the head).
-        save_trainable_only: Checkpoints keep only the parameters that are or were trainable, plus a
-            SHA-256 fingerprint of the frozen ones, which loading rebuilds from the model as constructed
-            (see :mod:`finetune_strategies.checkpointing.trainable_only`). ``None`` uses the strategy's default: on for
-            ``lora``, off for the others.
+    Its keyword options are :class:`~finetune_strategies.core.options.StrategyOptions`; the ``Args`` section
+    that documents them is appended to this docstring from :data:`~finetune_strategies.core.options.OPTION_DOCS`.
     """
 
     metadata_example: ClassVar[str] = ""
@@ -230,11 +168,13 @@ class FinetuningStrategy(BaseFinetuning):
         """The schedule: which modules become trainable at which epoch. Built-ins override this."""
         return []
 
+    @override
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze the modules found by :meth:`find_modules_to_freeze`."""
         for _, module in self.find_modules_to_freeze(pl_module):
             self._bn.freeze(module)
 
+    @override
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         """Start, in order, every phase that is due at ``epoch`` and has not started (a mid-epoch resume
         has): its epoch has come, or the stage before it ended on its plateau trigger. A plateau-ended
@@ -269,9 +209,25 @@ class FinetuningStrategy(BaseFinetuning):
         return self._layers
 
     # ------------------------------------------------------------------ helpers for subclasses
-    filter_on_optimizer = staticmethod(not_in_optimizer)
-    unfreeze_and_add_param_group = staticmethod(compat.unfreeze_and_add_param_group)
-    unfreeze_and_extend_param_group = staticmethod(compat.unfreeze_and_extend_param_group)
+    @staticmethod
+    @override
+    def filter_on_optimizer(optimizer: Optimizer, params: Iterable[Any]) -> list[Any]:
+        """See :func:`~finetune_strategies.core.groups.not_in_optimizer` (by identity, not by value)."""
+        return not_in_optimizer(optimizer, params)
+
+    @staticmethod
+    @override
+    def unfreeze_and_add_param_group(
+        modules: Modules,
+        optimizer: Optimizer,
+        lr: float | None = None,
+        initial_denom_lr: float = 10.0,
+        train_bn: bool = True,
+    ) -> None:
+        """See :func:`~finetune_strategies.core.compat.unfreeze_and_add_param_group` (static, as in Lightning)."""
+        compat.unfreeze_and_add_param_group(modules, optimizer, lr, initial_denom_lr, train_bn)
+
+    unfreeze_and_extend_param_group = staticmethod(compat.unfreeze_and_extend_param_group)  # Flash's; not Lightning's
 
     def thaw(self, modules: Iterable[nn.Module], train_bn: bool) -> None:
         """Make the modules' own parameters trainable, and remember them so that a resume does it again."""
@@ -410,6 +366,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._groups.remove_masks()
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":  # validate / test / predict, e.g. after a fit: keep what the fit recorded
             self._undo_on_load = trainable_only.complete_on_load(pl_module)  # a checkpoint may leave weights out
@@ -451,6 +408,7 @@ class FinetuningStrategy(BaseFinetuning):
             self._hook = OptimizerHook(on_built)
             self._hook.install(pl_module)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hook.remove()
         if not 0 <= self.optimizer_index < len(trainer.optimizers):
@@ -474,6 +432,7 @@ class FinetuningStrategy(BaseFinetuning):
         if with_scheduler:  # a resumed run: Lightning loads the saved scheduler state into this one next
             self._install_scheduler(phases[with_scheduler[-1]], trainer.optimizers[self.optimizer_index])
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replay a resumed run's unfreezes here: DeepSpeed restores callback state only after
         # on_fit_start, and every strategy has restored it by now.
@@ -501,6 +460,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._replay_unfreezes(trainer.lightning_module)
         BaseFinetuning.on_fit_start(self, trainer, trainer.lightning_module)  # the saved groups, by parameter name
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
         self.advance(pl_module, trainer.current_epoch, optimizer)
@@ -512,6 +472,7 @@ class FinetuningStrategy(BaseFinetuning):
             names = {id(p): n for n, p in pl_module.named_parameters()}
             self._internal_optimizer_metadata[self.optimizer_index] = group_layout(optimizer, names)
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
@@ -519,10 +480,12 @@ class FinetuningStrategy(BaseFinetuning):
         if not self._progress.finished:
             hold_early_stopping(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._progress.finished:
             hold_early_stopping(trainer)
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -530,22 +493,26 @@ class FinetuningStrategy(BaseFinetuning):
         if self.cache_features:
             self._cache.batch_start()  # after the BatchNorm layers were put in eval mode above
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._cache.batch_end()
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
         self._undo_on_load()
         distributed.remove_load_hook(trainer)
         self.finish()
 
+    @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -553,11 +520,13 @@ class FinetuningStrategy(BaseFinetuning):
         trainable = self.save_trainable_only and not isinstance(trainer.strategy, DeepSpeedStrategy)
         self._checkpoints.save(pl_module, checkpoint, trainable)
 
+    @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         self._checkpoints.restore(checkpoint)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         progress = self._progress.state_dict()
         return StrategyState(
@@ -571,6 +540,7 @@ class FinetuningStrategy(BaseFinetuning):
             l2_sp_start=self._l2sp.state_dict(),
         ).to_dict()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         state = StrategyState.from_dict(state_dict)

@@ -34,6 +34,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
+from typing_extensions import override
 
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
 from finetune_strategies.image.weight_files import read_weights, save_weights
@@ -247,10 +248,12 @@ class _EpochRecorder(TrainableMonitor):
         self.advance = advance
         self.val_acc: list[float] = []
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self.val_acc.append(float(trainer.callback_metrics["val_acc"]))
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.advance()
 

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
-from typing_extensions import Unpack
+from typing_extensions import Unpack, override
 
 from finetune_strategies.errors import ImageDataError
 from finetune_strategies.image.backbones import imagenet_data_config
@@ -354,6 +354,7 @@ class ImageClassificationData(pl.LightningDataModule):
             evaluation = evaluation or default_eval
         return train, evaluation
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         splits = self._checked_splits()
         train_transform, eval_transform = self.transforms()
@@ -384,14 +385,18 @@ class ImageClassificationData(pl.LightningDataModule):
         """Whether the data module holds samples for ``stage`` (train, val, test or predict)."""
         return self._checked_splits()[stage] is not None
 
+    @override
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> Any:
         return self._loader("val") if self.has("val") else []
 
+    @override
     def test_dataloader(self) -> DataLoader[Any]:
         return self._loader("test")
 
+    @override
     def predict_dataloader(self) -> DataLoader[Any]:
         return self._loader("predict")

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.checkpointing.trainable_only import complete_checkpoint, record_adapters
@@ -117,6 +118,7 @@ class ImageClassifier(pl.LightningModule):
         out: torch.Tensor = self.backbone(images)
         return out.flatten(1) if out.ndim > 2 else out
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.head(self.features(images)))
 
@@ -138,10 +140,12 @@ class ImageClassifier(pl.LightningModule):
         classifier) into the plain architecture. Adapters are merged in first (:meth:`plain_backbone`)."""
         return save_weights(self.plain_backbone(), path)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""
         record_adapters(self, checkpoint)
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild what a checkpoint that keeps only trained weights left out (see
         :mod:`finetune_strategies.checkpointing.trainable_only`), so that ``load_from_checkpoint`` reads it."""
@@ -158,15 +162,19 @@ class ImageClassifier(pl.LightningModule):
         self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_acc)
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return torch.softmax(self(images), dim=-1)
@@ -187,6 +195,7 @@ class ImageClassifier(pl.LightningModule):
         spec = {"class_path": self.scheduler_name, "init_args": init_args, **lightning}
         return parse_scheduler(spec, "scheduler", error=ModelConfigError, default_monitor="val_loss")
 
+    @override
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:

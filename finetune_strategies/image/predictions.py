@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from typing_extensions import override
 
 
 class PredictionsCSVWriter(BasePredictionWriter):
@@ -26,9 +27,11 @@ class PredictionsCSVWriter(BasePredictionWriter):
         self.output = Path(output)
         self._rows: list[tuple[int, torch.Tensor]] = []
 
+    @override
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows = []
 
+    @override
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
@@ -44,6 +47,7 @@ class PredictionsCSVWriter(BasePredictionWriter):
         indices = list(batch_indices) if batch_indices else list(range(start, start + len(probs)))
         self._rows.extend(zip(indices, probs, strict=True))
 
+    @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         path = self.output
         if trainer.world_size > 1:

@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
 from finetune_strategies.core import distributed
 from finetune_strategies.core.start_weights import StartWeights, pretrained_roots
@@ -65,6 +66,7 @@ class DriftMonitor(pl.Callback):
         self.layers: list[Layer] = []
         self.history: list[dict[str, float]] = []
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             distributed.refuse_engines(
@@ -77,6 +79,7 @@ class DriftMonitor(pl.Callback):
             )
             self.start, self.history = StartWeights(), []
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         roots = pretrained_roots(trainer, pl_module, self.attr_names)
         strategy = next((c for c in trainer.callbacks if hasattr(c, "backbone_layers")), None)  # type: ignore[attr-defined]
@@ -86,6 +89,7 @@ class DriftMonitor(pl.Callback):
             self.layers = list_layers(roots, self.layer_unit or "blocks")
         self.start.take(pl_module, roots, type(self).__name__, resumed=trainer.ckpt_path is not None)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         drift = layer_drift(pl_module, self.layers, self.start)
         self.history.append(drift)
@@ -93,9 +97,11 @@ class DriftMonitor(pl.Callback):
             for name, value in drift.items():
                 pl_module.log(f"drift/{name}", value, on_step=False, on_epoch=True)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start.state_dict(), "history": [dict(h) for h in self.history]}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.start.load_state_dict(state_dict.get("start"), type(self).__name__)
         self.history = [dict(h) for h in state_dict.get("history", [])]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import lightning.pytorch as pl
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
 
 from finetune_strategies.core.distributed import numel
 
@@ -88,9 +89,11 @@ class TrainableMonitor(pl.Callback):
             transitions=transitions,
         )
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.records = []
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
     ) -> None:

@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
+from typing_extensions import override
 
 from finetune_strategies.core import distributed
 from finetune_strategies.core.start_weights import StartWeights, pretrained_roots
@@ -237,6 +238,7 @@ class WiSEFT(pl.Callback):
         self.start = StartWeights(buffers=True)
         self.result: WiSEFTResult | None = None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             distributed.refuse_engines(
@@ -250,10 +252,12 @@ class WiSEFT(pl.Callback):
             self.start = StartWeights(buffers=True)
             self.result = None
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         roots = pretrained_roots(trainer, pl_module, self.attr_names)
         self.start.take(pl_module, roots, type(self).__name__, resumed=trainer.ckpt_path is not None)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or not self.start.taken:
             return
@@ -279,8 +283,10 @@ class WiSEFT(pl.Callback):
         finally:  # the fit's own teardown follows, as a fit's
             trainer.state.fn, trainer.state.status, trainer.state.stage = state
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"theta0": self.start.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.start.load_state_dict(state_dict.get("theta0"), type(self).__name__)

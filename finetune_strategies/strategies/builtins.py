@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from torch import nn
-from typing_extensions import Unpack
+from typing_extensions import Unpack, override
 
-from finetune_strategies.core.callback import FinetuningStrategy, StrategyOptions
+from finetune_strategies.core.callback import FinetuningStrategy
+from finetune_strategies.core.options import StrategyOptions
 from finetune_strategies.core.schedule import Phase, bind_phases, parse_phases
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.model.layers import LayerUnit
@@ -45,9 +46,11 @@ class NoFreeze(FinetuningStrategy):
 
     freezes: ClassVar[bool] = False
 
+    @override
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze nothing."""
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         if self.layer_lr_decay is None:
             return []
@@ -66,6 +69,10 @@ class FreezeUnfreeze(FinetuningStrategy):
 
     With ``monitor``, the backbone unfreezes when the metric plateaus, at ``unfreeze_epoch`` at the
     latest (``None``: no limit).
+
+    Args:
+        unfreeze_epoch: The epoch (from 0) at which the backbone unfreezes, the latest one with ``monitor``.
+            ``None``: whenever the metric plateaus, which needs ``monitor``.
     """
 
     metadata_example = '("freeze_unfreeze", 7)'
@@ -82,9 +89,11 @@ class FreezeUnfreeze(FinetuningStrategy):
         self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch(name, unfreeze_epoch)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"unfreeze_epoch": metadata}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         roots = self.find_modules_to_freeze(pl_module)
         return [Phase(self.unfreeze_epoch, _label(roots), tuple(m for _, m in roots))] if roots else []
@@ -105,6 +114,11 @@ class LPFT(FreezeUnfreeze):
     pass ``cache_features=False`` (``lp_ft_deepspeed`` leaves it off: DeepSpeed keeps the pending backbone
     trainable, with masked gradients). ``train_bn=False`` also keeps the BatchNorm affine parameters at their
     pretrained values after the switch; ``train_bn=True`` (with ``cache_features=False``) trains them.
+
+    Args:
+        probe_epochs: How many epochs the linear probe runs: the epoch (from 0) at which full fine-tuning
+            starts, the latest one with ``monitor``. ``None``: whenever the metric plateaus, which needs
+            ``monitor``.
     """
 
     metadata_example = '("lp_ft", 5)'
@@ -123,6 +137,7 @@ class LPFT(FreezeUnfreeze):
         super().__init__(probe_epochs, **settings)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"probe_epochs": metadata}
 
@@ -137,6 +152,11 @@ class UnfreezeMilestones(FinetuningStrategy):
     """Freeze the backbone; unfreeze its last ``num_layers`` layers at ``milestones[0]`` and the rest
     at ``milestones[1]``. What a layer is depends on ``layer_unit`` (default ``"param_modules"``, see
     :mod:`finetune_strategies.model.layers`).
+
+    Args:
+        milestones: Two epochs ``(e1, e2)`` (from 0, ``e1 < e2``): when the last ``num_layers`` layers
+            unfreeze, and when the rest of the backbone does.
+        num_layers: How many layers, counted from the top of the backbone, unfreeze at ``e1``.
     """
 
     metadata_example = '("unfreeze_milestones", ((3, 8), 2))'
@@ -155,6 +175,7 @@ class UnfreezeMilestones(FinetuningStrategy):
         self.num_layers = check_positive_int("num_layers", num_layers)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         if not isinstance(metadata, (tuple, list)) or len(metadata) != 2 or not isinstance(metadata[0], (tuple, list)):
             raise StrategySpecTypeError(
@@ -162,6 +183,7 @@ class UnfreezeMilestones(FinetuningStrategy):
             )
         return {"milestones": tuple(metadata[0]), "num_layers": metadata[1]}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         layers = self.backbone_layers(pl_module)
         if self.num_layers > len(layers):
@@ -181,7 +203,13 @@ class UnfreezeMilestones(FinetuningStrategy):
 class GradualUnfreeze(FinetuningStrategy):
     """ULMFiT's gradual unfreezing: from ``start_epoch``, ``layers_per_step`` more layers from the top of
     the backbone unfreeze every ``every`` epochs, until all have. With ``layer_lr_decay=1/2.6`` it is
-    ULMFiT's recipe (discriminative learning rates)."""
+    ULMFiT's recipe (discriminative learning rates).
+
+    Args:
+        start_epoch: The epoch (from 0) at which the first layers, the top ones, unfreeze.
+        every: How many epochs apart the unfreezes are.
+        layers_per_step: How many layers each unfreeze brings.
+    """
 
     metadata_example = '("gradual_unfreeze", 2)'
 
@@ -198,9 +226,11 @@ class GradualUnfreeze(FinetuningStrategy):
         self.layers_per_step = check_positive_int("layers_per_step", layers_per_step)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"start_epoch": metadata}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         from_top = self.backbone_layers(pl_module)[::-1]
         steps = [from_top[i : i + self.layers_per_step] for i in range(0, len(from_top), self.layers_per_step)]
@@ -218,6 +248,10 @@ class Phases(FinetuningStrategy):
     ``lr_scheduler`` and ``reset_optimizer_state``. The strategy's own ``monitor`` options end every
     stage that has no ``until``, the stage before the first phase included. See
     :mod:`finetune_strategies.core.schedule` and :mod:`finetune_strategies.core.triggers`.
+
+    Args:
+        phases: The schedule: the phase dicts (or :class:`~finetune_strategies.core.schedule.PhaseSpec`), in
+            the order they start.
 
     Example:
         >>> Phases([{"epoch": 2, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": 5}]).phases[1].epoch
@@ -238,9 +272,11 @@ class Phases(FinetuningStrategy):
                 )
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         return {"phases": metadata}
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         return bind_phases(self.phases, pl_module, self.find_modules_to_freeze(pl_module))
 

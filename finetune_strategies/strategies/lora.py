@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from torch import nn
-from typing_extensions import Unpack
+from typing_extensions import Unpack, override
 
-from finetune_strategies.core.callback import FinetuningStrategy, StrategyOptions
+from finetune_strategies.core.callback import FinetuningStrategy
+from finetune_strategies.core.options import StrategyOptions
 from finetune_strategies.core.schedule import Phase
 from finetune_strategies.errors import AdapterError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.model.adapters import (
@@ -148,6 +149,7 @@ class Lora(FinetuningStrategy):
         self.unfreeze_epoch = None if unfreeze_epoch is None else check_epoch("unfreeze_epoch", unfreeze_epoch)
 
     @classmethod
+    @override
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
         """``("lora", 8)`` is the rank; ``("lora", {"r": 8, "alpha": 16})`` any keywords."""
         if metadata is None:
@@ -249,10 +251,12 @@ class Lora(FinetuningStrategy):
         return list({id(m): m for m in adapters}.values()), base
 
     # ------------------------------------------------------------------ the schedule
+    @override
     def prepare(self, pl_module: pl.LightningModule) -> None:
         self.attach_adapters(pl_module)
         super().prepare(pl_module)
 
+    @override
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Freeze the backbone; then what peft made trainable (the adapters, and biases if its config asks)
         and the ``modules_to_save`` train again."""
@@ -264,6 +268,7 @@ class Lora(FinetuningStrategy):
         for _, module in self.saved_modules(pl_module):
             module.requires_grad_(True)
 
+    @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         adapters, base = self.trained_modules(pl_module)
         phases = [Phase(0, ADAPTER_PHASE, tuple(adapters), (Layer(ADAPTER_PHASE, tuple(adapters)),))]

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import yaml
 from lightning.pytorch.callbacks import BaseFinetuning
 
-from finetune_strategies.core.callback import FinetuningStrategy, StrategyOptions
+from finetune_strategies.core.callback import FinetuningStrategy
+from finetune_strategies.core.options import StrategyOptions
 from finetune_strategies.errors import StrategySpecError, StrategySpecTypeError
 from finetune_strategies.validation import did_you_mean
 

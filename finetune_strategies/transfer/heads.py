@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from finetune_strategies.errors import TransferConfigError
 from finetune_strategies.validation import did_you_mean
@@ -34,6 +35,7 @@ class SummedHeads(nn.Module):
         self.pretrained = pretrained
         self.new = nn.ModuleList(new or [])
 
+    @override
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         output = self.pretrained(*args, **kwargs)
         for head in self.new:

@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
+from typing_extensions import override
 
 from finetune_strategies.errors import TransferConfigError
 
@@ -103,16 +104,20 @@ class ReplayDataModule(pl.LightningDataModule):
         for hook in _DELEGATED:
             setattr(self, hook, getattr(datamodule, hook))
 
+    @override
     def prepare_data(self) -> None:
         self.datamodule.prepare_data()
 
+    @override
     def setup(self, stage: str) -> None:
         self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
 
+    @override
     def teardown(self, stage: str) -> None:
         self.datamodule.teardown(stage)
 
+    @override
     def train_dataloader(self) -> DataLoader[Any]:
         loader = self.datamodule.train_dataloader()
         name = type(self.datamodule).__name__
@@ -138,8 +143,10 @@ class ReplayDataModule(pl.LightningDataModule):
             persistent_workers=loader.persistent_workers,
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return self.datamodule.state_dict()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.datamodule.load_state_dict(state_dict)

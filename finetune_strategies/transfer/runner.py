@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
 
 from finetune_strategies.checkpointing.weights import torch_load
 from finetune_strategies.core.callback import FinetuningStrategy
@@ -83,6 +84,7 @@ class _StageMonitor(TrainableMonitor):
         self.param_names: list[str] = []
         self.optimizer_class = ""
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = self.measure(trainer, pl_module)
         self.trainable, self.frozen = start.trainable_params, start.frozen_params
@@ -99,6 +101,7 @@ class _StageMonitor(TrainableMonitor):
             f"training {self.trainable:,} of {self.trainable + self.frozen:,} parameters{kept}."
         )
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[0]
         names = {id(p): n for n, p in pl_module.named_parameters()}
@@ -106,6 +109,7 @@ class _StageMonitor(TrainableMonitor):
         self.optimizer_class = type(optimizer).__name__
         self.memory = OptimizerMemory.capture(optimizer, names)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # how the checkpoint's optimizer state is numbered, for a resumed stage that keeps it
         return {"param_names": self.param_names, "optimizer_class": self.optimizer_class}
