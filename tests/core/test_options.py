@@ -17,7 +17,7 @@ import docstring_parser
 import pytest
 
 from finetune_strategies import FinetuningStrategy, StrategyOptions, available_strategies
-from finetune_strategies.cli.main import main
+from finetune_strategies.cli.app import main
 from finetune_strategies.core.options import OPTION_DOCS
 from finetune_strategies.strategies.registry import registered_factory
 
