@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import interval_text, markdown_table, target_value
-from benchmarks.targets import Target
+from benchmarks.results import Target, interval_text, markdown_table, target_value
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ default for an unfrozen group. Three measurements:
   taking turns after every step (:class:`~benchmarks.lockstep.Lockstep`), so the k-th step of one is
   measured next to the k-th step of the other under the same machine load; the rounds alternate
   which goes first. Per phase: the median of the per-pair ratios FTS / ours with the speed suite's
-  95% interval (:func:`~benchmarks.pairing.median_interval`: rounds, then pairs, resampled). The window of a
+  95% interval (:func:`~benchmarks.stats.median_interval`: rounds, then pairs, resampled). The window of a
   step is the one of the speed suite (first callback's ``on_train_batch_start`` to the last's
   ``on_train_batch_end``), on the workload of :mod:`benchmarks.workload`.
 * **Optimizer-state bytes** after the unfreeze (at the end of fit): the tensors in ``optimizer.state``.
@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.config import SMOKE, BenchConfig
-from benchmarks.lightning_runs import quiet_lightning
 from benchmarks.lockstep import Lockstep
 from benchmarks.measure import OptimizerState
-from benchmarks.pairing import median_interval
+from benchmarks.stats import median_interval
+from benchmarks.training import quiet_lightning
 from benchmarks.workload import BenchModel, make_loader
 from finetune_strategies import resolve_strategy
 
@@ -206,7 +206,7 @@ def _speed_body(peer: str, config: BenchConfig, record: PeerRun, root: Path) -> 
 
 def paired_ratio(fts: Sequence[Sequence[float]], ours: Sequence[Sequence[float]]) -> dict[str, Any]:
     """Per round, the step pairs' ratios fts / ours; their median and its interval
-    (:func:`benchmarks.pairing.median_interval`: rounds, then pairs within them, resampled)."""
+    (:func:`benchmarks.stats.median_interval`: rounds, then pairs within them, resampled)."""
     rounds = [[f / o for f, o in zip(a, b, strict=True)] for a, b in zip(fts, ours, strict=True)]
     interval = median_interval(rounds)
     return {
@@ -356,7 +356,7 @@ def run_fts_peer(out: Path, smoke: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "fts_version": version,
-        "config": config.as_dict(),
+        "config": asdict(config),
         "speed": measure_speed(config),
         "ddp": launch_ddp(out),
     }

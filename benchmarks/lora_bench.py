@@ -36,10 +36,17 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.lightning_runs import quiet_lightning
-from benchmarks.machine import describe, load_average
-from benchmarks.measure import NOT_STARTED, Instruments, OptimizerState, Started, Summary
-from benchmarks.targets import Target
+from benchmarks.measure import (
+    NOT_STARTED,
+    Instruments,
+    OptimizerState,
+    Started,
+    Summary,
+    describe_machine,
+    load_average,
+)
+from benchmarks.results import Target
+from benchmarks.training import quiet_lightning
 from finetune_strategies import Trainer
 from finetune_strategies.strategies.registry import StrategySpec
 
@@ -230,7 +237,7 @@ def run_bench(out: Path, config: LoraBenchConfig, device: torch.device) -> dict[
     """Run every variant for ``config.rounds`` rounds, taking turns; write the JSON and markdown files."""
     quiet_lightning()
     tools = Instruments.for_device(device)
-    machine = describe(device)
+    machine = describe_machine(device)
     results = {name: VariantResult(name) for name in VARIANTS}
     for _ in range(config.rounds):
         for name, spec in VARIANTS.items():

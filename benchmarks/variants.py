@@ -10,7 +10,7 @@ from typing import Literal
 
 from lightning.pytorch.callbacks import BackboneFinetuning, Callback
 
-from benchmarks.pairing import Comparison
+from benchmarks.stats import Comparison
 from benchmarks.workload import Backbone
 from finetune_strategies import resolve_strategy
 
