@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from benchmarks.config import BenchConfig
-from benchmarks.lockstep import Body, HandOver, Lockstep
+from benchmarks.lockstep import HandOver, run_ring
 from benchmarks.measure import NOT_STARTED, Clock, Instruments, Sample
 from benchmarks.results import MIB, Target, evidence, markdown_table, paired_target
 from benchmarks.stats import Comparison, PairedComparison
@@ -53,7 +53,7 @@ class EpochClock(FitClock):
         self.epochs: list[Sample] = []
         self._started = NOT_STARTED
 
-    def epoch_start(self, trainer: pl.Trainer) -> None:
+    def epoch_start(self, epoch: int) -> None:
         self._started = self.tools.start()
 
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -102,15 +102,10 @@ class CacheSuite:
         self.paired = [PairedComparison(CACHE_COMPARISON, self.clock, self.config.quiet_share)]
 
     def run_round(self, reverse: bool) -> None:
-        fits: dict[bool, CacheFit] = {}
+        def run(cached: bool, hand_over: HandOver) -> CacheFit:
+            return fit_cache(cached, self.config, self.tools, hand_over)
 
-        def body(cached: bool) -> Body:
-            def run(hand_over: HandOver) -> None:
-                fits[cached] = fit_cache(cached, self.config, self.tools, hand_over)
-
-            return run
-
-        Lockstep(2).run([body(c) for c in ((True, False) if reverse else (False, True))])
+        fits = run_ring((True, False) if reverse else (False, True), run)
         for cached, fit in fits.items():
             self.epochs[cached].append(fit.epochs)
         self.paired[0].add_round(fits[False].epochs[1:], fits[True].epochs[1:])

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
 from benchmarks.config import BenchConfig
 from benchmarks.measure import Clock, Instruments
@@ -29,6 +30,9 @@ HandOver = Callable[[], None]
 
 Body = Callable[[HandOver], None]
 """One run: it receives its ``hand_over`` and calls it wherever it lets the others work."""
+
+K = TypeVar("K")
+R = TypeVar("R")
 
 
 class Lockstep:
@@ -84,6 +88,20 @@ class Lockstep:
             raise errors[0]
 
 
+def run_ring(keys: Sequence[K], run: Callable[[K, HandOver], R]) -> dict[K, R]:
+    """``run(key, hand_over)`` for every key, in one lockstep ring in the order of ``keys``; the results by key."""
+    results: dict[K, R] = {}
+
+    def body(key: K) -> Body:
+        def work(hand_over: HandOver) -> None:
+            results[key] = run(key, hand_over)
+
+        return work
+
+    Lockstep(len(keys)).run([body(key) for key in keys])
+    return results
+
+
 @dataclass
 class SessionSuite:
     """The rounds of one session and the comparisons they feed (a :class:`benchmarks.stats.PairedSuite`)."""
@@ -93,25 +111,16 @@ class SessionSuite:
     paired: list[PairedComparison]
     config: BenchConfig
     tools: Instruments
-    orders: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return f"session {self.session.name} ({len(self.session.keys)} variants)"
 
     def run_round(self, reverse: bool) -> None:
-        order = self.session.keys[::-1] if reverse else self.session.keys
-        records: dict[str, VariantRecord] = {}
+        def run(key: str, hand_over: HandOver) -> VariantRecord:
+            return run_variant(self.variants[key], self.config, self.tools, self.session.epochs[key], hand_over)
 
-        def body(key: str) -> Body:
-            def run(hand_over: HandOver) -> None:
-                variant = self.variants[key]
-                records[key] = run_variant(variant, self.config, self.tools, self.session.epochs[key], hand_over)
-
-            return run
-
-        Lockstep(len(order)).run([body(key) for key in order])
-        self.orders.append(order)
+        records = run_ring(self.session.keys[::-1] if reverse else self.session.keys, run)
         for paired in self.paired:
             c = paired.comparison
             paired.add_round(records[c.a].phase(c.phase).samples, records[c.b].phase(c.b_phase).samples)

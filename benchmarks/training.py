@@ -74,13 +74,13 @@ class FitClock:
         """The callback to put first and the one to put last."""
         return _FirstCallback(self), _LastCallback(self)
 
-    def epoch_start(self, trainer: pl.Trainer) -> None:
+    def epoch_start(self, epoch: int) -> None:
         pass
 
     def batch_start(self) -> None:
         pass
 
-    def batch_end(self, trainer: pl.Trainer, batch_idx: int) -> None:
+    def batch_end(self, epoch: int, batch_idx: int) -> None:
         pass
 
     def epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -92,7 +92,7 @@ class _FirstCallback(Callback):
         self.clock = clock
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.clock.epoch_start(trainer)
+        self.clock.epoch_start(trainer.current_epoch)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -107,7 +107,7 @@ class _LastCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.clock.batch_end(trainer, batch_idx)
+        self.clock.batch_end(trainer.current_epoch, batch_idx)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.clock.epoch_end(trainer, pl_module)
@@ -127,9 +127,9 @@ class StepClock(FitClock):
         self._started: Started = NOT_STARTED
         self._last: Sample | None = None  # the previous measured step of this epoch, awaiting its period
 
-    def epoch_start(self, trainer: pl.Trainer) -> None:
-        if trainer.current_epoch >= len(self.phases):
-            raise RuntimeError(f"epoch {trainer.current_epoch} has no phase; the variant defines {len(self.phases)}.")
+    def epoch_start(self, epoch: int) -> None:
+        if epoch >= len(self.phases):
+            raise RuntimeError(f"epoch {epoch} has no phase; the variant defines {len(self.phases)}.")
         self.tools.memory.reset()
         self._last = None  # a period never spans two epochs
 
@@ -139,11 +139,11 @@ class StepClock(FitClock):
             self._last.period_s = started.wall - self._started.wall
         self._started = started
 
-    def batch_end(self, trainer: pl.Trainer, batch_idx: int) -> None:
+    def batch_end(self, epoch: int, batch_idx: int) -> None:
         sample = self.tools.stop(self._started)
         self._last = sample if batch_idx >= self.warmup else None
         if self._last is not None:
-            self.phases[trainer.current_epoch].samples.append(self._last)
+            self.phases[epoch].samples.append(self._last)
         if self.hand_over is not None:
             self.hand_over()
 
@@ -208,14 +208,10 @@ def run_minimal(
     optimizer = make_optimizer(params, config.lr)
     batches = iter(make_loader(config, config.steps_per_epoch, backbone=variant.backbone))
     record = PhaseRecord(mode, variant.floors[0], config.quiet_share, start_bytes=tools.memory.start_bytes)
-    last: Sample | None = None
-    previous = 0.0
+    clock = StepClock([record], config.warmup, tools, hand_over)  # timed as a Lightning fit's steps are
     for index in range(config.steps_per_epoch):
         x, y = (t.to(device) for t in next(batches))
-        started = tools.start()
-        if last is not None and hand_over is None:  # in a ring, other runs' steps come between
-            last.period_s = started.wall - previous
-        previous = started.wall
+        clock.batch_start()
         optimizer.zero_grad(set_to_none=True)
         if mode == "frozen":
             with torch.no_grad():
@@ -225,12 +221,7 @@ def run_minimal(
             logits = model(x)
         torch.autograd.backward(nn.functional.cross_entropy(logits, y))
         optimizer.step()
-        sample = tools.stop(started)
-        last = sample if index >= config.warmup else None
-        if last is not None:
-            record.samples.append(last)
-        if hand_over is not None:
-            hand_over()
+        clock.batch_end(0, index)
     record.optimizer = OptimizerState.of(optimizer)
     record.trainable_params = sum(p.numel() for p in params)
     record.peak_bytes = tools.memory.peak()
