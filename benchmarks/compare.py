@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results import Target, interval_text, markdown_table, target_value
+from benchmarks.results import Target, interval_text, markdown_table, target_texts
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Run:
 def _cell(target: Target | None) -> list[str]:
     if target is None:
         return ["-", "-", "absent"]
-    return [target_value(target), interval_text(target.low, target.high, target.direction), f"**{target.verdict}**"]
+    return [target_texts(target)[0], interval_text(target.low, target.high, target.direction), f"**{target.verdict}**"]
 
 
 def side_by_side(a: Run, b: Run) -> tuple[list[str], int]:

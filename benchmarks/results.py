@@ -187,35 +187,21 @@ def interval_text(low: float | None, high: float | None, direction: str) -> str:
     return f"{ratio_text(low, direction)}-{ratio_text(high, direction)}"
 
 
-def target_value(target: Target) -> str:
+def target_texts(target: Target) -> tuple[str, str]:
+    """The value and the goal of ``target`` as the tables print them."""
     if "bytes" in target.name:
-        return f"{target.value:,.0f} B"
+        return f"{target.value:,.0f} B", "= 0 B"
     if "1e-5" in target.name:
-        return f"{target.value:.1e}"
-    return ratio_text(target.value, target.direction)
-
-
-def _goal_text(target: Target) -> str:
-    if "bytes" in target.name:
-        return "= 0 B"
-    if "1e-5" in target.name:
-        return "<= 1e-05"
-    return f"{target.direction} {target.goal:.2f}x"
+        return f"{target.value:.1e}", "<= 1e-05"
+    return ratio_text(target.value, target.direction), f"{target.direction} {target.goal:.2f}x"
 
 
 def targets_table(targets: list[Target]) -> list[str]:
-    rows = [
-        [
-            t.name,
-            t.measured,
-            target_value(t),
-            interval_text(t.low, t.high, t.direction),
-            _goal_text(t),
-            t.evidence or "exact",
-            f"**{t.verdict}**",
-        ]
-        for t in targets
-    ]
+    rows = []
+    for t in targets:
+        value, goal = target_texts(t)
+        interval = interval_text(t.low, t.high, t.direction)
+        rows.append([t.name, t.measured, value, interval, goal, t.evidence or "exact", f"**{t.verdict}**"])
     header = ["target", "measured", "median ratio / value", "95% interval", "goal", "evidence", "verdict"]
     return markdown_table(header, rows)
 

@@ -1,13 +1,9 @@
-"""The statistics of a paired comparison: pair ratios, the interval of their median, the verdict, the rule that
-adds rounds, and replays of recorded rounds through that rule.
+"""The statistics of a paired comparison: pair ratios, the two-stage bootstrap interval of their median, the
+verdict, the stopping rule that adds rounds, and replays of recorded rounds through that rule.
 
-Variants run in lockstep (:mod:`benchmarks.lockstep`), so step ``i`` of one and step ``i`` of another form a
-*pair* measured under the same load; a *round* is one lockstep run of fresh models. The statistic is the
-median of the pooled pair ratios; its interval is a two-stage bootstrap (rounds, then each drawn round's
-pairs), on logarithms and with a fixed seed, because pairs of one round share that round's memory and load
-and are not independent. A goal ``ratio <= goal`` is *pass* when the interval's upper end meets it, *miss*
-when its lower end exceeds it, *inconclusive* otherwise (mirrored for ``>=``). docs/benchmarks.md explains
-each choice.
+A *pair* is step ``i`` of two variants run in lockstep (:mod:`benchmarks.lockstep`); a *round* is one lockstep
+run of fresh models. Pairs of one round share its memory and load, so the interval resamples whole rounds,
+then pairs within them (docs/benchmarks.md explains each choice).
 """
 
 from __future__ import annotations
