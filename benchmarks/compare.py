@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import interval_text, markdown_table, target_value
-from benchmarks.targets import Target
+from benchmarks.results import Target, interval_text, markdown_table, target_texts
 
 
 @dataclass(frozen=True)
@@ -48,26 +47,22 @@ class Run:
 def _cell(target: Target | None) -> list[str]:
     if target is None:
         return ["-", "-", "absent"]
-    return [target_value(target), interval_text(target.low, target.high, target.direction), f"**{target.verdict}**"]
+    return [target_texts(target)[0], interval_text(target.low, target.high, target.direction), f"**{target.verdict}**"]
 
 
-def disagreements(a: Run, b: Run) -> list[tuple[str, str]]:
-    """The targets whose verdicts differ, or that only one run has."""
-    keys = list(a.targets) + [k for k in b.targets if k not in a.targets]
-    return [k for k in keys if k not in a.targets or k not in b.targets or a.targets[k].verdict != b.targets[k].verdict]
-
-
-def side_by_side(a: Run, b: Run) -> list[str]:
-    """The Markdown table: one row per target, each run's value, interval and verdict, and whether they agree."""
-    differ = set(disagreements(a, b))
-    rows = []
+def side_by_side(a: Run, b: Run) -> tuple[list[str], int]:
+    """The Markdown table (one row per target: each run's value, interval and verdict, and whether the verdicts
+    agree), and how many targets differ in verdict or are in one run only."""
+    rows, differ = [], 0
     for key in list(a.targets) + [k for k in b.targets if k not in a.targets]:
         row_a, row_b = a.targets.get(key), b.targets.get(key)
-        rows.append([*key, *_cell(row_a), *_cell(row_b), "**no**" if key in differ else "yes"])
+        same = row_a is not None and row_b is not None and row_a.verdict == row_b.verdict
+        differ += not same
+        rows.append([*key, *_cell(row_a), *_cell(row_b), "yes" if same else "**no**"])
     header = ["target", "measured"]
     for label in (a.label, b.label):
         header += [f"{label}: ratio / value", f"{label}: 95% interval", f"{label}: verdict"]
-    return markdown_table([*header, "same verdict"], rows)
+    return markdown_table([*header, "same verdict"], rows), differ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("b", type=Path, help="the second run's benchmarks.json")
     args = parser.parse_args(argv)
     a, b = Run.load("run A", args.a), Run.load("run B", args.b)
-    differ = disagreements(a, b)
-    print("\n".join([f"- {a.summary()}", f"- {b.summary()}", "", *side_by_side(a, b)]))
+    table, differ = side_by_side(a, b)
+    print("\n".join([f"- {a.summary()}", f"- {b.summary()}", "", *table]))
     print(
-        f"\n{len(differ)} of {len(set(a.targets) | set(b.targets))} targets differ in verdict."
+        f"\n{differ} of {len(set(a.targets) | set(b.targets))} targets differ in verdict."
         if differ
         else "\nEvery target has the same verdict in both runs."
     )

@@ -2,42 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to run.
+    """What to run; every field is a flag of ``python -m benchmarks.run`` (see docs/benchmarks.md).
 
     Args:
-        model: timm model name of the backbone (its classifier is removed; ``head`` is a Linear).
-        image_size: Height and width of the synthetic images.
-        vit_model: timm ViT of the per-layer-groups comparison, built for ``vit_image_size`` images.
-        vit_image_size: Height and width of that comparison's images.
-        batch_size: Samples per step.
-        num_classes: Classes of the synthetic labels (the head's outputs).
+        model, image_size: timm backbone (its classifier removed; the head is a Linear) and its image size.
+        vit_model, vit_image_size: the timm ViT of the per-layer-groups comparison and the size it is built for.
+        batch_size, num_classes: Samples per step; classes of the synthetic labels.
         warmup: Steps discarded at the start of every phase (allocation, kernel selection, optimizer state).
         steps: Measured steps per phase: per round in a paired comparison, and in the run of each variant alone.
-        rounds: Rounds of every paired comparison at least (a round trains fresh models in lockstep,
-            see :mod:`benchmarks.sessions`). Rounds alternate the order of the variants in the ring.
-        max_rounds: Rounds at most: while a judged target is inconclusive, its comparison gets two
-            more rounds (one in each order), up to this many.
+        rounds, max_rounds: Rounds of every paired comparison at least and at most (see
+            :func:`benchmarks.stats.run_rounds`).
         lr: Learning rate of the head's AdamW; unfrozen backbone groups get the strategy's share of it.
-        cache_batches: Batches per epoch in the cache benchmark.
-        cache_epochs: Frozen epochs per round in the cache benchmark (the first fills the cache).
-        threads: ``torch.set_num_threads`` value; 0 keeps torch's default. One by default: with two threads on
-            a shared machine, every time slice a neighbour takes from one thread leaves the other spinning
-            at the next barrier, which multiplies the step's time and CPU time by a varying factor.
-        clock: What the paired comparisons judge: ``"cpu"`` (the process's CPU time per step: none of the
-            time spent waiting for a core that a neighbour holds), ``"wall"``, or ``"auto"`` (CPU time on
-            the CPU, wall time on CUDA, where the work is the device's). Both are reported.
+        cache_batches, cache_epochs: Batches per epoch and frozen epochs per round of the cache suite (the
+            first epoch fills the cache).
+        threads: ``torch.set_num_threads``; 0 keeps torch's default. With two threads on a shared machine, a
+            neighbour's time slice taken from one thread leaves the other waiting at the next barrier.
+        clock: What the paired comparisons judge: ``"cpu"`` (the process's CPU time per step), ``"wall"``, or
+            ``"auto"`` (CPU time on the CPU, wall time on CUDA). Both are reported.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
         seed: Seed of the weights, data and data order.
-        quiet_share: A step (or cache epoch) counts as quiet when other processes used at most this
-            share of the machine's CPU during it; a round's pairs are reduced to those quiet on both
-            sides when there are enough of them (see :func:`benchmarks.pairing.usable`).
-        budget_s: No extra round starts later than this many seconds after the first round (bounds the runtime).
+        quiet_share: A step counts as quiet when other processes used at most this share of the machine's
+            CPU during it (see :func:`benchmarks.stats.usable`).
+        budget_s: No extra round starts later than this many seconds after the first round.
     """
 
     model: str = "resnet18"
@@ -89,9 +80,6 @@ class BenchConfig:
     def steps_per_epoch(self) -> int:
         """Batches in one epoch of the speed benchmark: warm-up plus measured steps."""
         return self.warmup + self.steps
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 SMOKE = BenchConfig(

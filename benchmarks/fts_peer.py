@@ -3,32 +3,20 @@
     python -m benchmarks.fts_peer --out results/          # the speed suite's workload, 2 gloo ranks
     python -m benchmarks.fts_peer --out results/ --smoke  # tiny sizes, every code path, seconds
 
-The schedule: the head alone in epoch 0, the whole backbone from epoch 1, no validation loop. FTS
-(``pip install 'finetune-strategies[peers]'``) gets it as an explicit schedule, ended by epoch only::
+The head alone in epoch 0, the backbone from epoch 1 at ``LR`` (group 0's lr / 10, ours' default), no
+validation. FTS (``pip install 'finetune-strategies[peers]'``) gets an explicit schedule ended by epoch only
+(``epoch_transitions_only=True, restore_best=False``; phase 0 ``head\\..*``, phase 1 the backbone's parameters
+outside BatchNorm by name, :func:`backbone_without_batchnorm`) and the ``FTSCheckpoint`` it insists on, told to
+keep nothing; ours is ``resolve_strategy(("freeze_unfreeze", 1), train_bn=False, lr=LR)``. Both train the same
+parameters in every epoch and let BatchNorm update its running statistics. Three measurements:
 
-    FinetuningScheduler(ft_schedule={0: {"params": ["head\\..*"], "max_transition_epoch": 1},
-                                     1: {"params": BACKBONE_NON_BN, "lr": LR, "max_transition_epoch": EPOCHS}},
-                        epoch_transitions_only=True, restore_best=False)
-    FTSCheckpoint(dirpath=TMP, save_top_k=0, save_last=False)  # FTS requires one; nothing to restore
-
-and ours is ``resolve_strategy(("freeze_unfreeze", 1), train_bn=False, lr=LR)``. ``BACKBONE_NON_BN`` lists
-the backbone's parameters outside BatchNorm layers by name (:func:`backbone_without_batchnorm`), the
-set ours unfreezes with ``train_bn=False``, so both train the same parameters in every epoch. In both,
-BatchNorm stays in train mode and updates its running statistics (FTS's default
-``frozen_bn_track_running_stats``; our default ``bn_eval=False``). ``LR`` is group 0's lr / 10, ours'
-default for an unfrozen group. Three measurements:
-
-* **Step time per phase, paired.** Both trainings run in one process, each in its own thread,
-  taking turns after every step (:class:`~benchmarks.lockstep.Lockstep`), so the k-th step of one is
-  measured next to the k-th step of the other under the same machine load; the rounds alternate
-  which goes first. Per phase: the median of the per-pair ratios FTS / ours with the speed suite's
-  95% interval (:func:`~benchmarks.pairing.median_interval`: rounds, then pairs, resampled). The window of a
-  step is the one of the speed suite (first callback's ``on_train_batch_start`` to the last's
-  ``on_train_batch_end``), on the workload of :mod:`benchmarks.workload`.
-* **Optimizer-state bytes** after the unfreeze (at the end of fit): the tensors in ``optimizer.state``.
-* **Cross-rank weights under DDP**: 2 CPU ranks (gloo), a small MLP, the backbone unfrozen at epoch
-  1 of 3 at lr 0.05; after every epoch, the largest absolute difference of the backbone's (and the
-  head's) weights between the ranks. Launched as ``python -m benchmarks.fts_peer ddp --out DIR``.
+* **Step time per phase, paired**: both fits in one lockstep ring (:mod:`benchmarks.lockstep`), timed as in
+  the speed suite (:class:`benchmarks.training.StepClock`), rounds alternating which goes first; the median of
+  the pair ratios FTS / ours with the speed suite's interval (:func:`benchmarks.stats.median_interval`).
+* **Optimizer-state bytes** after the unfreeze.
+* **Cross-rank weights under DDP**: 2 CPU ranks (gloo), a small MLP, the backbone unfrozen at epoch 1 of 3 at
+  lr 0.05; after every epoch, the largest absolute difference of the backbone's (and the head's) weights
+  between the ranks (``python -m benchmarks.fts_peer ddp --out DIR`` runs this part alone).
 
 Writes ``fts_peer.json`` and ``fts_peer.md`` to ``--out``.
 """
@@ -38,17 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
@@ -57,11 +44,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.config import SMOKE, BenchConfig
-from benchmarks.lightning_runs import quiet_lightning
-from benchmarks.lockstep import Lockstep
-from benchmarks.measure import OptimizerState
-from benchmarks.pairing import median_interval
-from benchmarks.workload import BenchModel, make_loader
+from benchmarks.lockstep import HandOver, run_ring
+from benchmarks.measure import Instruments
+from benchmarks.results import PhaseRecord
+from benchmarks.stats import median_interval
+from benchmarks.training import fit_timed, quiet_lightning, trainer_options
+from benchmarks.workload import BenchModel
 from finetune_strategies import resolve_strategy
 
 PEERS = ("ours", "fts")
@@ -92,10 +80,12 @@ def backbone_without_batchnorm(model: nn.Module) -> list[str]:
     ]
 
 
-def fts_callback(model: nn.Module, backbone_lr: float, root: Path, epochs: int) -> Callback:
-    """FTS with the two-phase schedule, transitions by epoch only (so the last phase needs an epoch too:
-    the run's ``epochs``), no checkpoint restored between phases."""
-    from finetuning_scheduler import FinetuningScheduler
+def peer_callbacks(peer: str, model: nn.Module, backbone_lr: float, root: Path, epochs: int) -> list[Callback]:
+    """The fine-tuning callbacks of ``peer``: ours, or FTS (transitions by epoch only, so its last phase needs
+    an end epoch too: the fit's ``epochs``) with the checkpoint callback it insists on, keeping nothing."""
+    if peer == "ours":
+        return [resolve_strategy(("freeze_unfreeze", UNFREEZE_EPOCH), train_bn=False, lr=backbone_lr)]
+    from finetuning_scheduler import FinetuningScheduler, FTSCheckpoint
 
     schedule = {
         0: {"params": [r"head\..*"], "max_transition_epoch": UNFREEZE_EPOCH},
@@ -104,109 +94,28 @@ def fts_callback(model: nn.Module, backbone_lr: float, root: Path, epochs: int) 
     fts: Callback = FinetuningScheduler(  # typed here: FTS may be absent where mypy runs
         ft_schedule=schedule, epoch_transitions_only=True, restore_best=False, log_dir=str(root)
     )
-    return fts
-
-
-def fts_checkpoint(root: Path) -> Callback:
-    """The checkpoint callback FTS insists on, told to keep nothing (there is nothing to restore)."""
-    from finetuning_scheduler import FTSCheckpoint
-
     checkpoint: Callback = FTSCheckpoint(dirpath=str(root), save_top_k=0, save_last=False)
-    return checkpoint
+    return [fts, checkpoint]
 
 
-def ours_callback(backbone_lr: float) -> Callback:
-    """Our ``freeze_unfreeze`` with the same schedule and BatchNorm handling as the FTS run."""
-    return resolve_strategy(("freeze_unfreeze", UNFREEZE_EPOCH), train_bn=False, lr=backbone_lr)
+def peer_options(peer: str, root: Path) -> dict[str, Any]:
+    """Trainer options of a peer's fit: no validation; checkpointing on for FTS, which requires its callback."""
+    return {"enable_checkpointing": peer == "fts", "limit_val_batches": 0, "default_root_dir": str(root)}
 
 
-def peer_trainer(
-    peer: str, model: nn.Module, backbone_lr: float, root: Path, callbacks: Sequence[Callback], **options: Any
-) -> pl.Trainer:
-    """A Trainer for ``peer`` ("ours" or "fts") with its fine-tuning callback(s) for ``model`` after
-    ``callbacks[:-1]`` and before ``callbacks[-1]``; no logger, progress bar or validation."""
-    options = {"max_epochs": len(PHASES), **options}
-    tuning: list[Callback] = [ours_callback(backbone_lr)]
-    if peer == "fts":
-        tuning = [fts_callback(model, backbone_lr, root, options["max_epochs"]), fts_checkpoint(root)]
-    return pl.Trainer(
-        accelerator="cpu",
-        callbacks=[*callbacks[:-1], *tuning, *callbacks[-1:]],
-        logger=False,
-        enable_checkpointing=peer == "fts",  # FTS requires its FTSCheckpoint
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=str(root),
-        **options,
-    )
-
-
-@dataclass
-class PeerRun:
-    """One training's record: step seconds per phase, trainable parameters per epoch, optimizer state."""
-
-    steps: dict[str, list[float]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
-    trainable: list[int] = field(default_factory=list)
-    optimizer: dict[str, int] = field(default_factory=dict)
-
-
-class _ClockStart(Callback):
-    def __init__(self) -> None:
-        self.started = 0.0
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self.started = time.perf_counter()
-
-
-class _ClockStop(Callback):
-    """Stops the clock after every other callback's hooks, records, then hands the turn over."""
-
-    def __init__(self, start: _ClockStart, record: PeerRun, warmup: int, hand_over: Callable[[], None]) -> None:
-        self.start = start
-        self.record = record
-        self.warmup = warmup
-        self.hand_over = hand_over
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if batch_idx == 0:  # after every strategy's epoch-start hooks: what trains in this phase
-            self.record.trainable.append(sum(p.numel() for p in pl_module.parameters() if p.requires_grad))
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        seconds = time.perf_counter() - self.start.started
-        if batch_idx >= self.warmup:
-            self.record.steps[PHASES[trainer.current_epoch]].append(seconds)
-        self.hand_over()
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = OptimizerState.of(trainer.optimizers[0])
-        self.record.optimizer = {
-            "bytes": state.total_bytes,
-            "frozen_bytes": state.frozen_bytes,
-            "param_groups": state.param_groups,
-            "params": state.params,
-        }
-
-
-def _speed_body(peer: str, config: BenchConfig, record: PeerRun, root: Path) -> Callable[[Callable[[], None]], None]:
-    def body(hand_over: Callable[[], None]) -> None:
-        model = BenchModel(config)
-        start = _ClockStart()
-        stop = _ClockStop(start, record, config.warmup, hand_over)
-        trainer = peer_trainer(peer, model, config.lr / 10, root / peer, [start, stop], devices=1)
-        trainer.fit(model, make_loader(config, config.steps_per_epoch, shuffle=True))
-
-    return body
+def fit_peer(peer: str, config: BenchConfig, tools: Instruments, hand_over: HandOver, root: Path) -> list[PhaseRecord]:
+    """One fit of ``peer`` in a lockstep ring, timed as the speed suite's fits are; its phases."""
+    phases = [PhaseRecord(phase, None, 1.0) for phase in PHASES]
+    model = BenchModel(config)
+    callbacks = peer_callbacks(peer, model, config.lr / 10, root / peer, len(PHASES))
+    options = peer_options(peer, root / peer)
+    fit_timed(config, tools, callbacks, phases, hand_over=hand_over, model=model, shuffle=True, **options)
+    return phases
 
 
 def paired_ratio(fts: Sequence[Sequence[float]], ours: Sequence[Sequence[float]]) -> dict[str, Any]:
     """Per round, the step pairs' ratios fts / ours; their median and its interval
-    (:func:`benchmarks.pairing.median_interval`: rounds, then pairs within them, resampled)."""
+    (:func:`benchmarks.stats.median_interval`: rounds, then pairs within them, resampled)."""
     rounds = [[f / o for f, o in zip(a, b, strict=True)] for a, b in zip(fts, ours, strict=True)]
     interval = median_interval(rounds)
     return {
@@ -214,8 +123,8 @@ def paired_ratio(fts: Sequence[Sequence[float]], ours: Sequence[Sequence[float]]
         "ratio": interval.median,
         "low": interval.low,
         "high": interval.high,
-        "fts_ms": 1e3 * float(np.median([t for r in fts for t in r])),
-        "ours_ms": 1e3 * float(np.median([t for r in ours for t in r])),
+        "fts_ms": 1e3 * statistics.median([t for r in fts for t in r]),
+        "ours_ms": 1e3 * statistics.median([t for r in ours for t in r]),
     }
 
 
@@ -224,21 +133,33 @@ def measure_speed(config: BenchConfig) -> dict[str, Any]:
     quiet_lightning()
     if config.threads:
         torch.set_num_threads(config.threads)
-    rounds: list[dict[str, PeerRun]] = []
+    tools = Instruments.for_device(torch.device("cpu"))
+    rounds: list[dict[str, list[PhaseRecord]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(config.rounds):
             order = PEERS if round_index % 2 == 0 else PEERS[::-1]
-            records = {peer: PeerRun() for peer in PEERS}
-            Lockstep(len(order)).run([_speed_body(peer, config, records[peer], Path(tmp)) for peer in order])
+            records = run_ring(order, lambda peer, hand_over: fit_peer(peer, config, tools, hand_over, Path(tmp)))
             rounds.append(records)
+
+    def steps(peer: str, phase: int) -> list[list[float]]:
+        return [[sample.step_s for sample in r[peer][phase].samples] for r in rounds]
+
     last = rounds[-1]
     return {
-        "phases": {
-            phase: paired_ratio([r["fts"].steps[phase] for r in rounds], [r["ours"].steps[phase] for r in rounds])
-            for phase in PHASES
-        },
-        "trainable": {peer: last[peer].trainable for peer in PEERS},
-        "optimizer": {peer: last[peer].optimizer for peer in PEERS},
+        "phases": {phase: paired_ratio(steps("fts", i), steps("ours", i)) for i, phase in enumerate(PHASES)},
+        "trainable": {peer: [phase.trainable_params for phase in last[peer]] for peer in PEERS},
+        "optimizer": {peer: _optimizer_json(last[peer][-1]) for peer in PEERS},
+    }
+
+
+def _optimizer_json(phase: PhaseRecord) -> dict[str, int]:
+    state = phase.optimizer
+    assert state is not None, "recorded at the end of every epoch"
+    return {
+        "bytes": state.total_bytes,
+        "frozen_bytes": state.frozen_bytes,
+        "param_groups": state.param_groups,
+        "params": state.params,
     }
 
 
@@ -286,10 +207,10 @@ def measure_ddp(out: Path, samples: int = 128, batch: int = 8) -> None:
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for peer in PEERS:
-            diff = RankDiff()
-            options = {"devices": DDP_WORLD, "strategy": "ddp", "max_epochs": DDP_EPOCHS}
-            model = DdpNet()
-            trainer = peer_trainer(peer, model, DDP_LR, Path(tmp) / peer, [diff], **options)
+            diff, model, root = RankDiff(), DdpNet(), Path(tmp) / peer
+            callbacks = [*peer_callbacks(peer, model, DDP_LR, root, DDP_EPOCHS), diff]
+            options = {"devices": DDP_WORLD, "strategy": "ddp", **peer_options(peer, root)}
+            trainer = pl.Trainer(**trainer_options(torch.device("cpu"), DDP_EPOCHS, callbacks, **options))
             trainer.fit(model, DataLoader(data, batch_size=batch, shuffle=True))
             result[peer] = diff.epochs
     if dist.get_rank() == 0:
@@ -356,7 +277,7 @@ def run_fts_peer(out: Path, smoke: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "fts_version": version,
-        "config": config.as_dict(),
+        "config": asdict(config),
         "speed": measure_speed(config),
         "ddp": launch_ddp(out),
     }

@@ -29,17 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-import timm
 import torch
-from lightning.pytorch.callbacks import Callback
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.lightning_runs import quiet_lightning
-from benchmarks.machine import describe, load_average
-from benchmarks.measure import NOT_STARTED, Instruments, OptimizerState, Started, Summary
-from benchmarks.targets import Target
+from benchmarks.config import BenchConfig
+from benchmarks.measure import Instruments, Summary, describe_machine, load_average
+from benchmarks.results import PhaseRecord, Target
+from benchmarks.training import StepClock, quiet_lightning, trainer_options
+from benchmarks.workload import BenchModel, make_loader
 from finetune_strategies import Trainer
 from finetune_strategies.strategies.registry import StrategySpec
 
@@ -69,30 +65,17 @@ class LoraBenchConfig:
     def smoke(cls) -> LoraBenchConfig:
         return cls(image_size=32, depth=2, batch_size=4, steps=3, warmup=1, rounds=1)
 
-
-class Classifier(pl.LightningModule):
-    """The backbone with a linear head; AdamW over the parameters that require grad."""
-
-    def __init__(self, config: LoraBenchConfig) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        kwargs: dict[str, Any] = {"img_size": config.image_size}
-        if config.depth is not None:
-            kwargs["depth"] = config.depth
-        self.backbone = timm.create_model(config.model, pretrained=False, num_classes=0, **kwargs)
-        features = self.backbone.num_features
-        assert isinstance(features, int), "a timm model gives its feature width as `num_features`"
-        self.head = nn.Linear(features, config.classes)
-        self.lr = config.lr
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.head(self.backbone(images)))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+    def workload(self) -> BenchConfig:
+        """The speed suite's workload (:class:`benchmarks.workload.BenchModel`, seed 0) at these sizes."""
+        return BenchConfig(
+            vit_model=self.model,
+            vit_image_size=self.image_size,
+            batch_size=self.batch_size,
+            num_classes=self.classes,
+            warmup=self.warmup,
+            steps=self.steps,
+            lr=self.lr,
+        )
 
 
 @dataclass
@@ -116,56 +99,21 @@ class VariantResult:
         return data
 
 
-class _Meter(Callback):
-    """Step times after the warmup, and peak memory over the training steps."""
-
-    def __init__(self, tools: Instruments, warmup: int, result: VariantResult) -> None:
-        self.tools, self.warmup, self.result = tools, warmup, result
-        self.started: Started = NOT_STARTED
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.tools.memory.reset()
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, index: int) -> None:
-        self.started = self.tools.start()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, index: int
-    ) -> None:
-        sample = self.tools.stop(self.started)
-        if index >= self.warmup:
-            self.result.step_s.append(sample.step_s)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.result.peak_bytes.append(self.tools.memory.peak() - self.tools.memory.start_bytes)
-
-
-def data(config: LoraBenchConfig) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(0)
-    n = config.batch_size * config.steps
-    images = torch.randn(n, 3, config.image_size, config.image_size, generator=generator)
-    labels = torch.randint(0, config.classes, (n,), generator=generator)
-    return DataLoader(TensorDataset(images, labels), batch_size=config.batch_size)
-
-
 def run_variant(spec: StrategySpec, config: LoraBenchConfig, tools: Instruments, result: VariantResult) -> None:
     """One round of a variant: a fresh model, one epoch of ``config.steps`` steps, then a checkpoint."""
     tools.memory.begin_variant()
-    model = Classifier(config)
-    trainer = Trainer(
-        accelerator="gpu" if tools.device.type == "cuda" else "cpu",
-        devices=1,
-        max_epochs=1,
-        callbacks=[_Meter(tools, config.warmup, result)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.finetune(model, data(config), strategy=spec)
+    workload, options = config.workload(), {} if config.depth is None else {"depth": config.depth}
+    model = BenchModel(workload, "vit", **options)
+    phase = PhaseRecord("train", None, 1.0)
+    callbacks = list(StepClock([phase], config.warmup, tools).callbacks())
+    trainer = Trainer(**trainer_options(tools.device, 1, callbacks))
+    trainer.finetune(model, make_loader(workload, config.steps, backbone="vit"), strategy=spec)
+    assert phase.optimizer is not None, "recorded at the end of the epoch"
+    result.step_s += [sample.step_s for sample in phase.samples]
+    result.peak_bytes.append(phase.peak_bytes - tools.memory.start_bytes)
     result.params = sum(p.numel() for p in model.parameters())
     result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result.optimizer_bytes = OptimizerState.of(trainer.optimizers[0]).total_bytes
+    result.optimizer_bytes = phase.optimizer.total_bytes
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "last.ckpt"
         started = time.perf_counter()
@@ -230,7 +178,7 @@ def run_bench(out: Path, config: LoraBenchConfig, device: torch.device) -> dict[
     """Run every variant for ``config.rounds`` rounds, taking turns; write the JSON and markdown files."""
     quiet_lightning()
     tools = Instruments.for_device(device)
-    machine = describe(device)
+    machine = describe_machine(device)
     results = {name: VariantResult(name) for name in VARIANTS}
     for _ in range(config.rounds):
         for name, spec in VARIANTS.items():

@@ -1,23 +1,32 @@
-"""Measuring tools shared by every variant: summary statistics, peak memory, optimizer state."""
+"""Measuring tools: timed samples and their summaries, the CPU meter, peak memory, optimizer state, and a
+description of the machine they ran on."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import gc
-import math
 import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
+import lightning
+import timm
 import torch
 
 T = TypeVar("T")
+
+Clock = Literal["cpu", "wall"]
+"""What a step's time is: ``wall`` (``time.perf_counter``) or ``cpu`` (this process's CPU time,
+``time.process_time``: every thread of the process, none of the time it waited for a core)."""
 
 
 def quiet_or_all(items: Sequence[T], is_quiet: Callable[[T], bool], minimum: int) -> tuple[list[T], bool]:
@@ -40,20 +49,14 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-Clock = Literal["cpu", "wall"]
-"""What a step's time is: ``wall`` (``time.perf_counter``) or ``cpu`` (this process's CPU time,
-``time.process_time``: every thread of the process, none of the time it waited for a core)."""
-
-
 @dataclass
 class Sample:
-    """One measured step.
+    """One measured step (or epoch).
 
-    ``step_s`` runs from having the batch on the device to the optimizer step done, by the wall clock;
-    ``cpu_s`` is the CPU time this process used meanwhile; ``period_s`` from one batch in hand to the
-    next (adding data loading and the loop's bookkeeping; ``None`` for an epoch's last step, or in a
-    lockstep ring); ``others`` is the share of the machine's CPU that other processes used during the
-    step (``None`` where it cannot be read).
+    ``step_s``: from the batch on the device to the optimizer step done, by the wall clock; ``cpu_s``: the CPU
+    time this process used meanwhile; ``period_s``: from one batch in hand to the next (``None`` for an
+    epoch's last step, or in a lockstep ring); ``others``: the share of the machine's CPU that other
+    processes used meanwhile (``None`` where it cannot be read).
     """
 
     step_s: float
@@ -66,7 +69,6 @@ class Sample:
         return self.others is None or self.others <= threshold
 
     def seconds(self, clock: Clock) -> float:
-        """The step's time by ``clock``."""
         if clock == "wall":
             return self.step_s
         if self.cpu_s is None:
@@ -89,26 +91,8 @@ class Summary:
     @classmethod
     def of_seconds(cls, values: Sequence[float]) -> Summary:
         ms = [v * 1e3 for v in values]
-        return cls(
-            n=len(ms),
-            median=statistics.median(ms),
-            p10=quantile(ms, 0.1),
-            p90=quantile(ms, 0.9),
-            q1=quantile(ms, 0.25),
-            q3=quantile(ms, 0.75),
-            mean=statistics.fmean(ms),
-        )
-
-    @property
-    def median_se(self) -> float:
-        """Standard error of the median, estimated from the IQR (normal approximation)."""
-        return 0.93 * (self.q3 - self.q1) / math.sqrt(max(self.n, 1))
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that a clock read after it sees it done."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        p10, q1, q3, p90 = (quantile(ms, q) for q in (0.1, 0.25, 0.75, 0.9))
+        return cls(len(ms), statistics.median(ms), p10, p90, q1, q3, statistics.fmean(ms))
 
 
 @dataclass(frozen=True)
@@ -123,10 +107,9 @@ class CpuReading:
 class CpuMeter:
     """How much of the machine's CPU *other* processes used between two readings.
 
-    On a shared machine a step can be slowed by someone else's work; this is how such steps are
-    recognised. Reads ``/proc/stat`` (busy = all but idle and iowait, steal included) and
-    ``/proc/self/stat`` (this process's user + system time, all threads). Where those files do not
-    exist, :meth:`read` returns ``None`` and every step counts as quiet.
+    Reads ``/proc/stat`` (busy = all but idle and iowait, steal included) and ``/proc/self/stat`` (this
+    process's user + system time, all threads). Where those do not exist, :meth:`read` returns ``None`` and
+    every step counts as quiet.
     """
 
     def __init__(self) -> None:
@@ -165,44 +148,41 @@ def _glibc_function(name: str) -> Any:
     return getattr(ctypes.CDLL(path), name, None) if path else None
 
 
-def _release_freed_memory() -> None:
-    """Give memory freed by earlier variants back to the OS, so it does not count as theirs."""
+def release_freed_memory() -> None:
+    """Give memory freed earlier back to the OS, so that it does not count as what comes next."""
     gc.collect()
     trim = _glibc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
 def single_malloc_arena() -> bool:
     """Make every thread of this process allocate from glibc's one main arena; True when that took effect.
 
-    By default glibc gives each new thread its own arena. Runs in a lockstep ring each have a thread,
-    and arenas with different histories fault in pages at different rates: measured on a shared
-    2-core VM, two identical minimal loops in two threads differed by 5.3% (standard deviation over
-    10 rounds of their paired median ratio) with an arena each, and by 1.1% with one shared arena
-    (0.7% with both in one thread). Only one run works at a time, so the shared arena is never
-    contended. Call it before starting the threads.
+    By default each thread gets an arena of its own, and arenas with different histories fault pages in at
+    different rates: two identical minimal loops in two lockstep threads differed by 5.3% (standard deviation
+    of their paired median ratio over 10 rounds) with an arena each, 1.1% with one shared arena. Only one
+    lockstep run works at a time, so the arena is never contended. Call it before starting the threads.
     """
     mallopt = _glibc_function("mallopt")
-    return mallopt is not None and mallopt(M_ARENA_MAX, 1) == 1
+    m_arena_max = -8  # glibc's mallopt parameter
+    return mallopt is not None and mallopt(m_arena_max, 1) == 1
 
 
-def _proc_status_kib(field: str) -> int | None:
+def proc_status_bytes(field: str) -> int | None:
+    """``VmRSS``, ``VmHWM`` (the peak since the last reset) or another size field of ``/proc/self/status``."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
                 if line.startswith(field + ":"):
-                    return int(line.split()[1])
+                    return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+def reset_peak_rss() -> bool:
+    """Restart ``VmHWM`` from the current resident size (Linux >= 4.0); False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
@@ -214,9 +194,9 @@ def _reset_peak_rss() -> bool:
 class PeakMemory:
     """Peak memory between :meth:`reset` and :meth:`peak`.
 
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's peak resident set size, read from
-    ``/proc/self/status`` (VmHWM) after resetting it through ``/proc/self/clear_refs``; where that is
-    unavailable, ``resource.getrusage`` gives the peak over the whole process (``scope`` says which).
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak resident set size (``VmHWM``, reset through
+    ``/proc/self/clear_refs``); where that is unavailable, ``resource.getrusage`` gives the peak over the
+    whole process (``scope`` says which).
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -231,12 +211,11 @@ class PeakMemory:
     def current(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.memory_allocated(self.device))
-        rss = _proc_status_kib("VmRSS")
-        return rss * 1024 if rss is not None else 0
+        return proc_status_bytes("VmRSS") or 0
 
     def begin_variant(self) -> None:
         """Free what earlier variants left behind and remember the memory in use now."""
-        _release_freed_memory()
+        release_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.start_bytes = self.current()
@@ -245,16 +224,15 @@ class PeakMemory:
     def reset(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif not _reset_peak_rss() or _proc_status_kib("VmHWM") is None:
+        elif not reset_peak_rss() or proc_status_bytes("VmHWM") is None:
             self.scope = "process"
 
     def peak(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
-        if self.scope == "phase":
-            hwm = _proc_status_kib("VmHWM")
-            if hwm is not None:
-                return hwm * 1024
+        hwm = proc_status_bytes("VmHWM") if self.scope == "phase" else None
+        if hwm is not None:
+            return hwm
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
@@ -278,13 +256,19 @@ class OptimizerState:
             if isinstance(param, torch.Tensor) and not param.requires_grad:
                 frozen += size
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        return cls(
-            total_bytes=total,
-            frozen_bytes=frozen,
-            param_groups=len(optimizer.param_groups),
-            params=len(params),
-            frozen_params=sum(1 for p in params if not p.requires_grad),
-        )
+        frozen_params = sum(1 for p in params if not p.requires_grad)
+        return cls(total, frozen, len(optimizer.param_groups), len(params), frozen_params)
+
+
+class Started(NamedTuple):
+    """Where a timed window began: the CPU meter's reading, this process's CPU time and the wall clock."""
+
+    reading: CpuReading | None
+    cpu: float
+    wall: float
+
+
+NOT_STARTED = Started(None, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -299,26 +283,66 @@ class Instruments:
     def for_device(cls, device: torch.device) -> Instruments:
         return cls(device, PeakMemory(device), CpuMeter())
 
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":  # a clock read after this sees the queued device work done
+            torch.cuda.synchronize(self.device)
+
     def start(self) -> Started:
         """Read the CPU meter, then the clocks (so the meter's cost is outside the window)."""
         reading = self.cpu.read()
-        synchronize(self.device)
+        self._synchronize()
         return Started(reading, time.process_time(), time.perf_counter())
 
     def stop(self, started: Started) -> Sample:
         """The window since ``started``, and what other processes used of the CPU meanwhile."""
-        synchronize(self.device)
+        self._synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
         others = self.cpu.others_share(started.reading, self.cpu.read())
         return Sample(wall - started.wall, others, cpu_s=cpu - started.cpu)
 
 
-class Started(NamedTuple):
-    """Where a timed window began: the CPU meter's reading, this process's CPU time and the wall clock."""
+def _first_field(path: str, prefix: str) -> str | None:
+    """The text after ``:`` on the first line of ``path`` that starts with ``prefix``."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(prefix)), None)
 
-    reading: CpuReading | None
-    cpu: float
-    wall: float
+
+def _git_commit() -> str | None:
+    command = ["git", "rev-parse", "--short", "HEAD"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
 
 
-NOT_STARTED = Started(None, 0.0, 0.0)
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    """CPU, cores, memory, accelerator, library versions, torch threads and the load average now."""
+    cpu, memory = _first_field("/proc/cpuinfo", "model name"), _first_field("/proc/meminfo", "MemTotal:")
+    return {
+        "cpu": cpu if cpu is not None else platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_bytes": int(memory.split()[0]) * 1024 if memory else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "load_average_start": load_average(),
+        "git_commit": _git_commit(),
+    }

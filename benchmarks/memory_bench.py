@@ -21,12 +21,8 @@ The printed table gives each figure for both engines and their ratio, FSDP2 / DD
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -40,6 +36,8 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from benchmarks.measure import proc_status_bytes, release_freed_memory, reset_peak_rss
 
 ENGINES = ("ddp", "fsdp2")
 PHASES = ("frozen", "unfrozen")
@@ -91,18 +89,10 @@ def local_bytes(tensor: torch.Tensor) -> int:
     return local.numel() * local.element_size()
 
 
-def rss_bytes(field: str) -> int:
-    """``VmRSS`` or ``VmHWM`` (the peak since the last reset) of this process, in bytes."""
-    found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    return int(found.group(1)) * 1024 if found else 0
-
-
 def reset_peak() -> None:
     """Return freed memory to the system and restart the ``VmHWM`` peak from the current resident size."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: the peak still resets
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
+    release_freed_memory()
+    reset_peak_rss()
 
 
 class MemoryProbe(pl.Callback):
@@ -127,7 +117,7 @@ class MemoryProbe(pl.Callback):
         self.current["optimizer_state_bytes"] = max(self.current["optimizer_state_bytes"], held)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        peak = rss_bytes("VmHWM")
+        peak = proc_status_bytes("VmHWM") or 0
         self.current.update(
             param_bytes=sum(local_bytes(p) for p in pl_module.parameters()),
             peak_rss_bytes=peak,
@@ -144,7 +134,7 @@ def worker(engine: str, size: dict[str, int], out: Path) -> None:
     strategy: Any = (
         "ddp" if engine == "ddp" else ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1)
     )
-    runtime = rss_bytes("VmRSS")
+    runtime = proc_status_bytes("VmRSS") or 0
     probe = MemoryProbe(runtime)
     trainer = Trainer(
         accelerator="cpu",

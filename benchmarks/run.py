@@ -1,10 +1,9 @@
 """``python -m benchmarks.run --out results/``: measure, judge the targets, write JSON and Markdown.
 
-Suites run in one process, one after another: ``speed`` (every variant of
-:mod:`benchmarks.variants` once alone, then the paired comparisons in lockstep sessions, see
-:mod:`benchmarks.sessions`), ``cache`` (:mod:`benchmarks.cache_bench`, paired the same way, its
-rounds interleaved with the sessions') and ``quality`` (:mod:`benchmarks.transfer_quality`, which
-writes its own ``transfer_quality.*`` files).
+Suites run in one process: ``speed`` (every variant of :mod:`benchmarks.variants` once alone, then the
+paired comparisons in lockstep sessions, :mod:`benchmarks.lockstep`), ``cache`` (:mod:`benchmarks.cache_bench`,
+its rounds interleaved with the sessions') and ``quality`` (:mod:`benchmarks.transfer_quality`, which writes its
+own ``transfer_quality.*`` files).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,13 @@ import torch
 
 from benchmarks.cache_bench import CacheSuite
 from benchmarks.config import SMOKE, BenchConfig
-from benchmarks.lightning_runs import quiet_lightning
-from benchmarks.machine import describe, load_average
-from benchmarks.measure import Clock, Instruments, single_malloc_arena
-from benchmarks.records import VariantRecord
-from benchmarks.report import Results, write
-from benchmarks.sessions import Log, PairedSuite, run_rounds, run_variant, speed_suites
-from benchmarks.targets import evaluate
+from benchmarks.lockstep import speed_suites
+from benchmarks.measure import Clock, Instruments, describe_machine, load_average, single_malloc_arena
+from benchmarks.results import Results, evaluate
+from benchmarks.stats import Log, PairedSuite, run_rounds
+from benchmarks.training import quiet_lightning, run_alone
 from benchmarks.transfer_quality import run_quality
-from benchmarks.variants import Variant, comparisons, variants
+from benchmarks.variants import comparisons, variants
 
 SUITES = ("speed", "cache", "quality")
 """Suites in the order they run; ``--suites`` picks a subset."""
@@ -42,18 +39,6 @@ def _logger(started: float) -> Log:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     return log
-
-
-def run_alone(
-    all_variants: Sequence[Variant], config: BenchConfig, tools: Instruments, log: Log
-) -> dict[str, VariantRecord]:
-    """Every variant once, by itself, all its phases: memory, optimizer state and absolute step times."""
-    records = {}
-    for variant in all_variants:
-        if variant.alone:
-            log(f"alone: {variant.key}")
-            records[variant.key] = run_variant(variant, config, tools)
-    return records
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     tools = Instruments.for_device(device)
-    machine = describe(device)
+    machine = describe_machine(device)
     all_variants = variants()
     by_key = {v.key: v for v in all_variants}
     alone = run_alone(all_variants, config, tools, log) if "speed" in args.suites else {}
@@ -131,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "benchmarks.run", *argv]),
         "smoke": args.smoke,
         "suites": args.suites,
-        "config": config.as_dict(),
+        "config": asdict(config),
         "machine": machine,
         "memory_kind": tools.memory.kind,
         "memory_scope": tools.memory.scope,
@@ -141,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": rounds,
         "total_seconds": time.perf_counter() - started,
     }
-    json_path, md_path = write(args.out, Results(result, alone, paired, targets, cache, by_key))
+    json_path, md_path = Results(result, alone, paired, targets, cache, by_key).write(args.out)
     if "quality" in args.suites:
         run_quality(args.out, args.smoke)
         print(f"wrote {args.out / 'transfer_quality.md'}")

@@ -6,24 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 from lightning.pytorch.callbacks import BackboneFinetuning, Callback
 
-from benchmarks.pairing import Comparison
+from benchmarks.stats import Comparison
 from benchmarks.workload import Backbone
 from finetune_strategies import resolve_strategy
 
 MinimalMode = Literal["frozen", "frozen_bn", "full"]
 
-FLOOR_OF_MODE: dict[MinimalMode, str] = {
-    "frozen": "minimal.frozen",
-    "frozen_bn": "minimal.frozen_bn",
-    "full": "minimal.full",
-}
-
 UNFREEZE_EPOCH = 1
-HEAD_ONLY = {"train_bn": False, "bn_eval": True}  # nothing in the backbone trains while frozen
+HEAD_ONLY: dict[str, Any] = {"train_bn": False, "bn_eval": True}  # nothing in the backbone trains while frozen
+HEAD_ONLY_TEXT = "train_bn=False, bn_eval=True"
 ULMFIT_DECAY = 1 / 2.6  # ULMFiT's discriminative learning rates
 PHASES = [{"epoch": UNFREEZE_EPOCH, "modules": ["backbone.layer4"], "lr": 1e-4}, {"epoch": UNFREEZE_EPOCH + 1}]
 
@@ -32,10 +28,10 @@ PHASES = [{"epoch": UNFREEZE_EPOCH, "modules": ["backbone.layer4"], "lr": 1e-4},
 class Variant:
     """One row group of the table.
 
-    ``phases`` names what trains in each epoch (one phase per epoch); ``floors`` gives, per phase, the
-    minimal-loop variant that does the same math, or ``None``. A minimal-loop variant has a ``mode``;
-    a Lightning variant has ``callback`` (``None`` inside means plain ``fit``). ``alone`` is False for
-    a variant that only exists to be paired (the minimal loop's second copy).
+    ``phases`` names what trains in each epoch (one phase per epoch). A minimal-loop variant has a ``mode``; a
+    Lightning variant has ``callback`` (``None`` inside means plain ``fit``). ``bn_trains``: BatchNorm's affine
+    parameters train in the frozen phase. ``alone`` is False for a variant that only exists to be paired (the
+    minimal loop's second copy).
     """
 
     key: str
@@ -43,71 +39,67 @@ class Variant:
     group: Literal["minimal", "lightning", "ours"]
     settings: str
     phases: tuple[str, ...]
-    floors: tuple[str | None, ...]
     mode: MinimalMode | None = None
     callback: Callable[[], Callback | None] | None = None
     backbone: Backbone = "cnn"
+    bn_trains: bool = False
     alone: bool = True
 
-
-def _minimal(mode: MinimalMode, settings: str, key: str | None = None, label: str = "minimal PyTorch loop") -> Variant:
-    return Variant(
-        key or FLOOR_OF_MODE[mode],
-        label,
-        "minimal",
-        settings,
-        (mode,),
-        (FLOOR_OF_MODE[mode],),
-        mode=mode,
-        alone=key is None,
-    )
+    @property
+    def floors(self) -> tuple[str | None, ...]:
+        """Per phase, the key of the minimal-loop variant doing the same math, or None (none does; no minimal
+        loop runs the ViT)."""
+        frozen = "frozen_bn" if self.bn_trains else "frozen"
+        modes = {"frozen": frozen, "frozen_bn": "frozen_bn", "unfrozen": "full", "full": "full"}
+        if self.backbone == "vit":
+            return (None,) * len(self.phases)
+        return tuple(f"minimal.{modes[p]}" if p in modes else None for p in self.phases)
 
 
-def _backbone_finetuning() -> Callback:
-    # Lightning's defaults except the unfreeze epoch; train_bn=True is its default.
-    return BackboneFinetuning(unfreeze_backbone_at_epoch=UNFREEZE_EPOCH, train_bn=True, verbose=False)
+def _minimal(mode: MinimalMode, settings: str, copy: bool = False) -> Variant:
+    key, label = f"minimal.{mode}" + (".copy" if copy else ""), "minimal PyTorch loop" + (", copy" if copy else "")
+    return Variant(key, label, "minimal", settings, (mode,), mode=mode, alone=not copy)
 
 
 def _ours(
     key: str,
-    label: str,
     settings: str,
     phases: tuple[str, ...],
-    floors: tuple[str | None, ...],
-    make: Callable[[], Callback],
+    spec: str | tuple[str, Any],
     backbone: Backbone = "cnn",
+    bn_trains: bool = False,
+    **options: Any,
 ) -> Variant:
-    return Variant(f"ours.{key}", label, "ours", settings, phases, floors, callback=make, backbone=backbone)
+    """This library's ``spec`` (with ``options``), labelled by its strategy name."""
+    label = spec if isinstance(spec, str) else spec[0]
+    make = partial(resolve_strategy, spec, **options)
+    return Variant(
+        f"ours.{key}", label, "ours", settings, phases, callback=make, backbone=backbone, bn_trains=bn_trains
+    )
 
 
 def _gradual(decay: float | None) -> Variant:
     """``gradual_unfreeze`` from epoch 1, one timm block per epoch; with ``decay``, per-layer lrs (ULMFiT)."""
-    options = {**HEAD_ONLY, "layer_lr_decay": decay}
     return _ours(
         "gradual_unfreeze" + ("" if decay is None else ".layer_lr_decay"),
-        "gradual_unfreeze",
         f"start_epoch={UNFREEZE_EPOCH}, one timm block per epoch"
         + ("" if decay is None else f", layer_lr_decay=1/{1 / decay:.1f} (ULMFiT)")
-        + ", train_bn=False, bn_eval=True",
+        + f", {HEAD_ONLY_TEXT}",
         ("frozen", "top block"),
-        (FLOOR_OF_MODE["frozen"], None),
-        lambda: resolve_strategy(("gradual_unfreeze", UNFREEZE_EPOCH), **options),
+        ("gradual_unfreeze", UNFREEZE_EPOCH),
+        layer_lr_decay=decay,
+        **HEAD_ONLY,
     )
 
 
 def variants() -> list[Variant]:
     """Every variant, baselines first."""
-    frozen, frozen_bn, full = (FLOOR_OF_MODE[m] for m in ("frozen", "frozen_bn", "full"))
-    head_only = "train_bn=False, bn_eval=True"
+    two_phases, unfreeze = ("frozen", "unfrozen"), ("freeze_unfreeze", UNFREEZE_EPOCH)
+    deepspeed = ("freeze_unfreeze_deepspeed", UNFREEZE_EPOCH)
     milestones = ("unfreeze_milestones", ((UNFREEZE_EPOCH, UNFREEZE_EPOCH + 1), 2))
     return [
         _minimal("frozen", "backbone in eval mode under no_grad; head forward, backward, step"),
-        _minimal(
-            "frozen",
-            "a second copy of the frozen loop, paired with the first: the calibration",
-            key="minimal.frozen.copy",
-            label="minimal PyTorch loop, copy",
-        ),
+        _minimal("frozen", "a second copy of the frozen loop, paired with the first: the calibration", copy=True),
         _minimal("frozen_bn", "backbone frozen but BatchNorm affine trains (train_bn=True): backward through it"),
         _minimal("full", "everything trains"),
         Variant(
@@ -116,7 +108,6 @@ def variants() -> list[Variant]:
             "lightning",
             "everything trains",
             ("full",),
-            (full,),
             callback=lambda: None,
         ),
         Variant(
@@ -124,80 +115,66 @@ def variants() -> list[Variant]:
             "Lightning BackboneFinetuning",
             "lightning",
             f"unfreeze_backbone_at_epoch={UNFREEZE_EPOCH}, train_bn=True",
-            ("frozen", "unfrozen"),
-            (frozen_bn, full),
-            callback=_backbone_finetuning,
+            two_phases,
+            # Lightning's defaults except the unfreeze epoch; train_bn=True is its default.
+            callback=lambda: BackboneFinetuning(
+                unfreeze_backbone_at_epoch=UNFREEZE_EPOCH, train_bn=True, verbose=False
+            ),
+            bn_trains=True,
         ),
-        _ours("no_freeze", "no_freeze", "defaults", ("full",), (full,), lambda: resolve_strategy("no_freeze")),
-        _ours("freeze", "freeze", head_only, ("frozen",), (frozen,), lambda: resolve_strategy("freeze", **HEAD_ONLY)),
+        _ours("no_freeze", "defaults", ("full",), "no_freeze"),
+        _ours("freeze", HEAD_ONLY_TEXT, ("frozen",), "freeze", **HEAD_ONLY),
         _ours(
             "freeze_unfreeze.train_bn",
-            "freeze_unfreeze",
             f"unfreeze_epoch={UNFREEZE_EPOCH}, train_bn=True (as BackboneFinetuning)",
-            ("frozen", "unfrozen"),
-            (frozen_bn, full),
-            lambda: resolve_strategy(("freeze_unfreeze", UNFREEZE_EPOCH)),
+            two_phases,
+            unfreeze,
+            bn_trains=True,
         ),
         _ours(
-            "freeze_unfreeze",
-            "freeze_unfreeze",
-            f"unfreeze_epoch={UNFREEZE_EPOCH}, {head_only}",
-            ("frozen", "unfrozen"),
-            (frozen, full),
-            lambda: resolve_strategy(("freeze_unfreeze", UNFREEZE_EPOCH), **HEAD_ONLY),
+            "freeze_unfreeze", f"unfreeze_epoch={UNFREEZE_EPOCH}, {HEAD_ONLY_TEXT}", two_phases, unfreeze, **HEAD_ONLY
         ),
         _ours(
             "unfreeze_milestones",
-            "unfreeze_milestones",
-            f"milestones=({UNFREEZE_EPOCH}, {UNFREEZE_EPOCH + 1}), 2 timm blocks, {head_only}",
+            f"milestones=({UNFREEZE_EPOCH}, {UNFREEZE_EPOCH + 1}), 2 timm blocks, {HEAD_ONLY_TEXT}",
             ("frozen", "partial", "unfrozen"),
-            (frozen, None, full),
-            lambda: resolve_strategy(milestones, layer_unit="blocks", **HEAD_ONLY),
+            milestones,
+            layer_unit="blocks",
+            **HEAD_ONLY,
         ),
         _gradual(None),
         _gradual(ULMFIT_DECAY),
         _ours(
             "phases",
-            "phases",
-            f"layer4 at epoch {UNFREEZE_EPOCH} (lr 1e-4), the rest at {UNFREEZE_EPOCH + 1}, {head_only}",
+            f"layer4 at epoch {UNFREEZE_EPOCH} (lr 1e-4), the rest at {UNFREEZE_EPOCH + 1}, {HEAD_ONLY_TEXT}",
             ("frozen", "layer4", "unfrozen"),
-            (frozen, None, full),
-            lambda: resolve_strategy(("phases", PHASES), **HEAD_ONLY),
+            ("phases", PHASES),
+            **HEAD_ONLY,
         ),
         _ours(
             "freeze_unfreeze_deepspeed",
-            "freeze_unfreeze_deepspeed",
-            f"unfreeze_epoch={UNFREEZE_EPOCH}, {head_only}, groups pre-registered (lr 0)",
-            ("frozen", "unfrozen"),
-            (frozen, full),
-            lambda: resolve_strategy(("freeze_unfreeze_deepspeed", UNFREEZE_EPOCH), **HEAD_ONLY),
+            f"unfreeze_epoch={UNFREEZE_EPOCH}, {HEAD_ONLY_TEXT}, groups pre-registered (lr 0)",
+            two_phases,
+            deepspeed,
+            **HEAD_ONLY,
         ),
         _ours(
             "freeze_unfreeze_deepspeed.layer_lr_decay",
-            "freeze_unfreeze_deepspeed",
-            f"unfreeze_epoch={UNFREEZE_EPOCH}, layer_lr_decay=0.8, {head_only}, one group per timm block "
+            f"unfreeze_epoch={UNFREEZE_EPOCH}, layer_lr_decay=0.8, {HEAD_ONLY_TEXT}, one group per timm block "
             "pre-registered (lr 0)",
-            ("frozen", "unfrozen"),
-            (frozen, full),
-            lambda: resolve_strategy(("freeze_unfreeze_deepspeed", UNFREEZE_EPOCH), layer_lr_decay=0.8, **HEAD_ONLY),
+            two_phases,
+            deepspeed,
+            layer_lr_decay=0.8,
+            **HEAD_ONLY,
         ),
-        _ours(
-            "vit.no_freeze",
-            "no_freeze",
-            "ViT, one param group",
-            ("full",),
-            (None,),
-            lambda: resolve_strategy("no_freeze"),
-            backbone="vit",
-        ),
+        _ours("vit.no_freeze", "ViT, one param group", ("full",), "no_freeze", backbone="vit"),
         _ours(
             "vit.no_freeze.layer_lr_decay",
-            "no_freeze",
             "ViT, layer_lr_decay=1.0: one param group per timm block (same lrs, same math)",
             ("full",),
-            (None,),
-            lambda: resolve_strategy("no_freeze", layer_lr_decay=1.0),
+            "no_freeze",
             backbone="vit",
+            layer_lr_decay=1.0,
         ),
     ]
 

@@ -29,18 +29,21 @@ def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimiz
 
 
 class BenchModel(pl.LightningModule):
-    """``backbone`` (timm, pooled features) and ``head`` (Linear). No logging in ``training_step``:
-    the benchmark measures the strategies, not Lightning's metric logging."""
+    """``backbone`` (timm, pooled features; ``timm_options`` such as ``depth`` go to ``timm.create_model``) and
+    ``head`` (Linear). No logging in ``training_step``: the benchmark measures the strategies, not Lightning's
+    metric logging."""
 
-    def __init__(self, config: BenchConfig, backbone: Backbone = "cnn") -> None:
+    def __init__(self, config: BenchConfig, backbone: Backbone = "cnn", **timm_options: Any) -> None:
         super().__init__()
         torch.manual_seed(config.seed)
         self.backbone: nn.Module
         if backbone == "vit":  # a ViT's position embedding is sized for its images
             size = config.vit_image_size
-            self.backbone = timm.create_model(config.vit_model, pretrained=False, num_classes=0, img_size=size)
+            self.backbone = timm.create_model(
+                config.vit_model, pretrained=False, num_classes=0, img_size=size, **timm_options
+            )
         else:
-            self.backbone = timm.create_model(config.model, pretrained=False, num_classes=0)
+            self.backbone = timm.create_model(config.model, pretrained=False, num_classes=0, **timm_options)
         features = self.backbone.num_features
         assert isinstance(features, int), "a timm model gives its feature width as `num_features`"
         self.head = nn.Linear(features, config.num_classes)

@@ -22,20 +22,20 @@ from benchmarks.compare import main as compare_main  # noqa: E402
 from benchmarks.config import SMOKE, BenchConfig  # noqa: E402
 from benchmarks.lockstep import HandOver, Lockstep  # noqa: E402
 from benchmarks.measure import Sample  # noqa: E402
-from benchmarks.pairing import (  # noqa: E402
+from benchmarks.replay import load_pools  # noqa: E402
+from benchmarks.replay import main as replay_main  # noqa: E402
+from benchmarks.results import Target, paired_json  # noqa: E402
+from benchmarks.stats import (  # noqa: E402
     Comparison,
     Pair,
     PairedComparison,
     judge,
     median_interval,
     pair_up,
+    replay,
+    run_rounds,
     usable,
 )
-from benchmarks.replay import load_pools, replay  # noqa: E402
-from benchmarks.replay import main as replay_main  # noqa: E402
-from benchmarks.report import paired_json  # noqa: E402
-from benchmarks.sessions import run_rounds  # noqa: E402
-from benchmarks.targets import Target  # noqa: E402
 from benchmarks.variants import comparisons, group_sessions, variants  # noqa: E402
 
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
 from benchmarks.measure import CpuMeter, Sample  # noqa: E402
-from benchmarks.records import quiet  # noqa: E402
+from benchmarks.results import quiet  # noqa: E402
 from benchmarks.run import parse_args  # noqa: E402
 from benchmarks.transfer_quality import settings  # noqa: E402
 from benchmarks.variants import comparisons, variants  # noqa: E402
