@@ -361,9 +361,21 @@ def lightning_main(args: list[str]) -> int:
     return 0
 
 
-def _transfer(args: list[str]) -> int:
-    from finetune_strategies.cli.transfer import transfer_main  # imported when used: the runner is large
+TRANSFER_MODULE = "finetune_strategies.cli.transfer"
 
+
+def _transfer(args: list[str]) -> int:
+    try:  # imported when used: the runner is large
+        from finetune_strategies.cli.transfer import transfer_main
+    except ModuleNotFoundError as error:
+        if error.name != TRANSFER_MODULE:
+            raise
+        print(
+            f"{PROG} transfer: staged transfer learning is not available in this installation "
+            f"({TRANSFER_MODULE} is missing).",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     return transfer_main(args)
 
 
