@@ -73,7 +73,7 @@ def test_fit_with_flags_and_a_registered_strategy_name(data, tmp_path):
     assert len(state["optimizer_states"][0]["param_groups"]) == 2
     assert state["hyper_parameters"]["labels"] == ["ants", "bees"]  # linked from the data
     assert state["hyper_parameters"]["num_classes"] == 2
-    config = yaml.safe_load((checkpoint.parents[2] / "config.yaml").read_text())
+    config = yaml.safe_load((checkpoint.parents[1] / "config.yaml").read_text())
     assert config["strategy"]["class_path"].endswith("FreezeUnfreeze")
     assert config["strategy"]["init_args"]["unfreeze_epoch"] == 1
 
