@@ -103,19 +103,15 @@ class UsageError(FinetuningError, ValueError):
     model, data, strategy or trainer rejected when the CLI built them. The CLI exits with status 2."""
 
 
-def pip_line(extra: str) -> str:
-    """The command that installs ``extra``: ``pip install "finetune-strategies[demo]"``."""
-    return f'pip install "finetune-strategies[{extra}]"'
-
-
 def require(module: str, extra: str, *, what: str, package: str | None = None) -> ModuleType:
     """Import ``module`` of the optional ``extra``, or raise a :class:`MissingDependencyError` that names
-    the pip line installing it. ``what`` (the feature) starts the message; ``package`` is the
-    distribution's name where it differs from the module's (``scikit-learn`` for ``sklearn.datasets``)."""
+    the line installing it (``pip install "finetune-strategies[demo]"``). ``what`` (the feature) starts
+    the message; ``package`` is the distribution's name where it differs from the module's
+    (``scikit-learn`` for ``sklearn.datasets``)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
         raise MissingDependencyError(
             f"{what} needs {package or module}, from the [{extra}] extra of finetune-strategies: "
-            f"{pip_line(extra)} ({type(error).__name__}: {error})"
+            f'pip install "finetune-strategies[{extra}]" ({type(error).__name__}: {error})'
         ) from None

@@ -45,7 +45,7 @@ from finetune_strategies.trainer import Trainer
 
 # The [demo] extra, imported with the demo so that a missing part fails before anything trains.
 sklearn_datasets = require("sklearn.datasets", "demo", what="The demo", package="scikit-learn")
-require("matplotlib", "demo", what="The demo's plots")
+require("matplotlib", "demo", what="The demo")  # its plots
 
 # Digits must not be flipped: mild crops only.
 AUGMENT: dict[str, Any] = {"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.8, 1.25), "color_jitter": 0.0}
