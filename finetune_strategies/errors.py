@@ -1,10 +1,13 @@
-"""Exceptions raised by finetune-strategies.
+"""Exceptions raised by finetune-strategies, and :func:`require`, the one import of an optional extra.
 
 Every error subclasses a built-in exception (``ValueError``, ``TypeError``, ``AttributeError``,
 ``RuntimeError``) so that callers who do not know this library can still catch it.
 """
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 
 class FinetuningError(Exception):
@@ -98,3 +101,17 @@ class FrozenWeightsError(CheckpointError):
 class UsageError(FinetuningError, ValueError):
     """A command line or config file that cannot run as given: a missing setting, or a value that the
     model, data, strategy or trainer rejected when the CLI built them. The CLI exits with status 2."""
+
+
+def require(module: str, extra: str, *, what: str, package: str | None = None) -> ModuleType:
+    """Import ``module`` of the optional ``extra``, or raise a :class:`MissingDependencyError` that names
+    the line installing it (``pip install "finetune-strategies[demo]"``). ``what`` (the feature) starts
+    the message; ``package`` is the distribution's name where it differs from the module's
+    (``scikit-learn`` for ``sklearn.datasets``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"{what} needs {package or module}, from the [{extra}] extra of finetune-strategies: "
+            f'pip install "finetune-strategies[{extra}]" ({type(error).__name__}: {error})'
+        ) from None

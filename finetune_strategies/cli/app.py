@@ -78,6 +78,7 @@ subcommands:
   explain    Show what trains, epoch by epoch, and the param groups' lrs, before training;
              takes fit's arguments and config files (--trainer.max_epochs is required).
   demo       Few-shot fine-tuning on scikit-learn's digits with every strategy; no download.
+             Needs the demo extra: pip install "finetune-strategies[demo]".
   transfer   Staged transfer learning.
 
 Run `{PROG} <subcommand> --help` for the options of a subcommand, and
@@ -373,7 +374,8 @@ def transfer_main(args: list[str]) -> int:
 
 
 def _demo(args: list[str]) -> int:
-    from finetune_strategies.cli.demo import demo_main  # needs the [demo] extra
+    # Without the [demo] extra this import raises MissingDependencyError, which main() reports (status 2).
+    from finetune_strategies.cli.demo import demo_main
 
     return demo_main(args)
 

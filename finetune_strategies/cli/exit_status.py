@@ -4,7 +4,8 @@
 * 1: the run failed: data unreadable during training, pretrained weights that cannot be fetched or
   do not fit, a checkpoint that cannot resume, a transfer stage that did not finish.
 * 2: a usage error, as in argparse: an unknown subcommand, option or strategy, a value of the wrong
-  type, an unreadable config file, or a value that is wrong for its setting.
+  type, an unreadable config file, a value that is wrong for its setting, or a command or strategy
+  whose optional extra is not installed (the message names the ``pip install`` line).
 
 A value is wrong for its setting when a class of :data:`USAGE_ERRORS` says so (at any time: a
 selector that matches no module is found when the fit sets up), or when the model, data, strategy
@@ -24,6 +25,7 @@ from finetune_strategies.errors import (
     BackboneError,
     CheckpointError,
     FinetuningError,
+    MissingDependencyError,
     MissingPathError,
     ModelConfigError,
     PretrainedWeightsError,
@@ -50,6 +52,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     UnknownBackboneError,
     BackboneError,
     MissingPathError,
+    MissingDependencyError,  # an extra to install: the setup, not the run, is wrong
     MisconfigurationException,  # Lightning's own "this Trainer setting cannot work"
 )
 """Errors that always mean the command line or config is wrong."""

@@ -1,4 +1,8 @@
-"""The built-in demo: few-shot fine-tuning on scikit-learn's digits with every strategy (the [demo] extra)."""
+"""The built-in demo: few-shot fine-tuning on scikit-learn's digits with every strategy.
+
+It needs the ``demo`` extra (scikit-learn, matplotlib): without it, importing this package raises
+:class:`~finetune_strategies.errors.MissingDependencyError` naming ``pip install "finetune-strategies[demo]"``.
+"""
 
 from typing import Any
 

@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from typing_extensions import override
 
+from finetune_strategies.errors import require
 from finetune_strategies.image import ImageClassificationData, ImageClassifier
 from finetune_strategies.image.weight_files import read_weights, save_weights
 from finetune_strategies.recipes.drift import DriftMonitor
@@ -43,6 +43,10 @@ from finetune_strategies.recipes.monitor import TrainableMonitor
 from finetune_strategies.recipes.wise_ft import wise_ft
 from finetune_strategies.strategies.registry import StrategySpec
 from finetune_strategies.trainer import Trainer
+
+# The [demo] extra, imported with the demo so that a missing part fails before anything trains.
+sklearn_datasets = require("sklearn.datasets", "demo", what="The demo", package="scikit-learn")
+require("matplotlib", "demo", what="The demo")  # its plots
 
 # Digits must not be flipped: mild crops only.
 AUGMENT: dict[str, Any] = {"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.8, 1.25), "color_jitter": 0.0}
@@ -270,7 +274,7 @@ class _EpochRecorder(TrainableMonitor):
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as uint8 images (0..255) and their classes."""
-    data = load_digits()
+    data = sklearn_datasets.load_digits()
     images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
     return images, data.target.astype(int)
 

@@ -13,12 +13,11 @@ This module is the one place that talks to peft:
 * :func:`merge_adapters` folds every adapter into its base layer (peft's merge) and removes the wrappers,
   leaving the model's original module names.
 
-peft is an optional extra: ``pip install 'finetune-strategies[peft]'``.
+peft is an optional extra: ``pip install "finetune-strategies[peft]"``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,11 +28,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from finetune_strategies.errors import AdapterError, MissingDependencyError, SelectorError
+from finetune_strategies.errors import AdapterError, SelectorError, require
 from finetune_strategies.model.selectors import is_inside, outermost, resolve_selector
 from finetune_strategies.validation import did_you_mean
 
-PEFT_EXTRA = "pip install 'finetune-strategies[peft]'"
 ADAPTER_NAME = "default"
 _MARK = "_finetune_strategies_adapter"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -42,14 +40,9 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def require_peft(what: str = "LoRA") -> ModuleType:
-    """The ``peft`` module, or a :class:`MissingDependencyError` that names the extra to install."""
-    try:
-        return importlib.import_module("peft")
-    except ImportError as error:
-        raise MissingDependencyError(
-            f"{what} needs the `peft` library, an optional extra of finetune-strategies: {PEFT_EXTRA} "
-            f"({type(error).__name__}: {error})."
-        ) from None
+    """The ``peft`` module, or a :class:`~finetune_strategies.errors.MissingDependencyError` that names
+    the extra to install."""
+    return require("peft", "peft", what=what)
 
 
 # ---------------------------------------------------------------------------------- which layers

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from finetune_strategies.core import distributed
 from finetune_strategies.core.start_weights import StartWeights, pretrained_roots
-from finetune_strategies.errors import StrategySpecError
+from finetune_strategies.errors import StrategySpecError, require
 from finetune_strategies.model.batchnorm import own_parameters
 from finetune_strategies.model.layers import LAYER_UNITS, Layer, LayerUnit, list_layers
 from finetune_strategies.validation import check_bool, check_names
@@ -111,9 +111,9 @@ def plot_drift(
     runs: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *, title: str = "Drift per layer"
 ) -> Path:
     """Draw each run's drift on a log scale: per layer after the last epoch (left), and the mean over the
-    layers per epoch (right). ``runs`` maps a run's name to its history (:attr:`DriftMonitor.history`)."""
-    import matplotlib
-
+    layers per epoch (right). ``runs`` maps a run's name to its history (:attr:`DriftMonitor.history`).
+    Needs matplotlib (the ``demo`` extra)."""
+    matplotlib = require("matplotlib", "demo", what="plot_drift")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

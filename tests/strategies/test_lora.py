@@ -396,7 +396,7 @@ def test_modules_to_save_outside_the_backbone_or_also_adapted_is_refused() -> No
 
 def test_without_peft_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "peft", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'finetune-strategies\[peft\]'"):
+    with pytest.raises(MissingDependencyError, match=r'pip install "finetune-strategies\[peft\]"'):
         resolve_strategy("lora")
     with pytest.raises(ImportError):  # an ImportError for callers who do not know this library
         resolve_strategy("lora")
