@@ -10,12 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The core: strategies, resolution, anchor fixes, schedules, resume and checkpoints, safe loading,
-# DDP, the soak's short form, transfer learning and the CLI.
+# DDP, the soak's short form, transfer learning, the CLI, the layout, 0.1's files, the options and @override.
 CORE_TESTS=(
   tests/strategies/test_strategies.py tests/strategies/test_resolution.py tests/core/test_anchor_fixes.py tests/core/test_schedules.py
   tests/core/test_compat.py tests/model/test_layers.py tests/test_trainer.py tests/checkpointing/test_checkpoints.py
   tests/checkpointing/test_kill_resume.py tests/checkpointing/test_safe_loading.py tests/checkpointing/test_weights.py tests/distributed/test_ddp.py
   tests/core/test_soak.py tests/transfer/test_transfer_runner.py tests/cli/test_cli.py
+  tests/test_layout.py tests/test_legacy_files.py tests/core/test_options.py tests/test_overrides.py
 )
 # The demo extra (scikit-learn, matplotlib): the demo, plot_drift, and the errors without the extra.
 DEMO_TESTS=(tests/demo/test_demo.py tests/recipes/test_drift.py tests/test_extras.py)

@@ -15,9 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from finetune_strategies.cli.main import main
 
 from finetune_strategies import MissingDependencyError, plot_drift, resolve_strategy
+from finetune_strategies.cli.app import main
 from finetune_strategies.errors import require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,10 +94,10 @@ def test_core_imports_and_cli_run_without_scikit_learn(tmp_path) -> None:
         sys.modules["sklearn"] = None
         import finetune_strategies
         assert finetune_strategies.__file__.startswith(sys.argv[1]), finetune_strategies.__file__
-        import finetune_strategies.checkpointing, finetune_strategies.cli.main, finetune_strategies.core
+        import finetune_strategies.checkpointing, finetune_strategies.cli.app, finetune_strategies.core
         import finetune_strategies.image, finetune_strategies.model, finetune_strategies.recipes
         import finetune_strategies.strategies, finetune_strategies.transfer
-        from finetune_strategies.cli.main import main
+        from finetune_strategies.cli.app import main
         assert main(["--help"]) == 0
         sys.exit(main(["demo"]))
         """
