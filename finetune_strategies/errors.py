@@ -103,6 +103,11 @@ class UsageError(FinetuningError, ValueError):
     model, data, strategy or trainer rejected when the CLI built them. The CLI exits with status 2."""
 
 
+def install_line(extra: str) -> str:
+    """The pip line that installs finetune-strategies with ``extra``."""
+    return f'pip install "finetune-strategies[{extra}]"'
+
+
 def require(module: str, extra: str, *, what: str, package: str | None = None) -> ModuleType:
     """Import ``module`` of the optional ``extra``, or raise a :class:`MissingDependencyError` that names
     the line installing it (``pip install "finetune-strategies[demo]"``). ``what`` (the feature) starts
@@ -113,5 +118,5 @@ def require(module: str, extra: str, *, what: str, package: str | None = None) -
     except ImportError as error:
         raise MissingDependencyError(
             f"{what} needs {package or module}, from the [{extra}] extra of finetune-strategies: "
-            f'pip install "finetune-strategies[{extra}]" ({type(error).__name__}: {error})'
+            f"{install_line(extra)} ({type(error).__name__}: {error})"
         ) from None

@@ -368,9 +368,9 @@ def lightning_main(args: list[str]) -> int:
 
 def transfer_main(args: list[str]) -> int:
     """Run ``finetune-strategies transfer``."""
-    from finetune_strategies.cli import transfer  # imported when used: the runner is large
+    from finetune_strategies.cli.transfer import transfer_main as run_transfer  # imported when used: it is large
 
-    return transfer.transfer_main(args)
+    return run_transfer(args)
 
 
 def _demo(args: list[str]) -> int:

@@ -28,11 +28,12 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from finetune_strategies.errors import AdapterError, SelectorError, require
+from finetune_strategies.errors import AdapterError, SelectorError, install_line, require
 from finetune_strategies.model.selectors import is_inside, outermost, resolve_selector
 from finetune_strategies.validation import did_you_mean
 
 ADAPTER_NAME = "default"
+PEFT_EXTRA = install_line("peft")
 _MARK = "_finetune_strategies_adapter"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _SHOWN = 8
