@@ -20,8 +20,10 @@ from finetune_strategies.errors import (
     StrategySpecTypeError,
 )
 from finetune_strategies.model import (
+    Anatomy,
     Layer,
     LayerUnit,
+    find_anatomy,
     list_layers,
     name_parameters,
     resolve_selector,
@@ -63,6 +65,7 @@ __version__ = "0.2.0"
 __all__ = [
     "LPFT",
     "AdapterError",
+    "Anatomy",
     "CheckpointError",
     "ConfigurationError",
     "DriftMonitor",
@@ -102,6 +105,7 @@ __all__ = [
     "available_strategies",
     "complete_checkpoint",
     "describe_schedule",
+    "find_anatomy",
     "list_layers",
     "merge_adapters",
     "name_parameters",

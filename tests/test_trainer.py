@@ -62,7 +62,7 @@ class NoBackbone(TinyClassifier):
 
 
 def test_missing_backbone_names_class_and_attribute() -> None:
-    with pytest.raises(MissingModuleError, match="NoBackbone has no module attribute `backbone` to freeze"):
+    with pytest.raises(MissingModuleError, match="Cannot tell which modules of NoBackbone are the pretrained backbone"):
         make_trainer(1).finetune(NoBackbone(), loader(), strategy="freeze")
 
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -60,7 +60,7 @@ from finetune_strategies.errors import (
 )
 from finetune_strategies.model.batchnorm import BatchNormPolicy, own_parameters
 from finetune_strategies.model.layers import LAYER_UNITS, Layer, LayerUnit, list_layers, name_parameters
-from finetune_strategies.model.roots import frozen_roots
+from finetune_strategies.model.roots import FrozenModules, check_frozen, find_frozen
 from finetune_strategies.validation import (
     check_bool,
     check_names,
@@ -107,7 +107,7 @@ class FinetuningStrategy(BaseFinetuning):
 
     def __init__(
         self,
-        attr_names: str | Sequence[str] = "backbone",
+        attr_names: str | Sequence[str] | None = None,
         train_bn: bool = True,
         *,
         bn_eval: bool = False,
@@ -130,7 +130,7 @@ class FinetuningStrategy(BaseFinetuning):
         save_trainable_only: bool | None = None,
     ) -> None:
         super().__init__()
-        self.attr_names = check_names("attr_names", attr_names)
+        self.attr_names = None if attr_names is None else check_names("attr_names", attr_names)
         self.train_bn = check_bool("train_bn", train_bn)
         self.bn_eval = check_bool("bn_eval", bn_eval)
         self.lr = None if lr is None else check_positive_float("lr", lr)
@@ -170,9 +170,12 @@ class FinetuningStrategy(BaseFinetuning):
 
     @override
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        """Freeze the modules found by :meth:`find_modules_to_freeze`."""
-        for _, module in self.find_modules_to_freeze(pl_module):
+        """Freeze the modules found by :meth:`find_frozen`; a head inside them keeps training."""
+        frozen = self.find_frozen(pl_module)
+        for _, module in frozen.roots:
             self._bn.freeze(module)
+        for _, module in frozen.head:
+            self._bn.keep(module)
 
     @override
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
@@ -187,25 +190,33 @@ class FinetuningStrategy(BaseFinetuning):
             self.start_phase(index, optimizer)
             self._progress.record(index, epoch, reason, type(self).__name__)
 
-    def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
-        """``pl_module.modules_to_freeze()`` if defined, else the modules named by ``attr_names``.
+    def find_frozen(self, pl_module: pl.LightningModule) -> FrozenModules:
+        """What the strategy freezes (:func:`~finetune_strategies.model.roots.find_frozen`): the model's
+        ``modules_to_freeze()``, else ``attr_names``, else its ``backbone``, else the backbone of the model
+        it holds (:func:`~finetune_strategies.model.anatomy.find_anatomy`), whose head keeps training.
 
         ``modules_to_freeze()`` may return ``None`` (Flash's default): nothing is frozen, with a warning.
         """
-        roots = frozen_roots(pl_module, self.attr_names)
-        if roots is None and not self._warned_nothing_to_freeze:
+        frozen = find_frozen(pl_module, self.attr_names)
+        if frozen is None and not self._warned_nothing_to_freeze:
             self._warned_nothing_to_freeze = True
             rank_zero_warn(
                 f"{type(pl_module).__name__}.modules_to_freeze() returned None: {type(self).__name__} has nothing "
                 "to freeze, so the whole model trains from the start."
             )
-        return roots or []
+        return frozen or FrozenModules((), found_by="modules_to_freeze() returned None")
+
+    def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` of the frozen modules (:meth:`find_frozen`), as Flash's callbacks expect."""
+        return list(self.find_frozen(pl_module).roots)
 
     def backbone_layers(self, pl_module: pl.LightningModule) -> list[Layer]:
-        """The layers of the frozen modules, bottom to top, in the strategy's ``layer_unit``."""
+        """The layers of the frozen modules, bottom to top, in the strategy's ``layer_unit`` (a head
+        inside them left out)."""
         if self._layers is None:
             unit = self.layer_unit or self.default_layer_unit
-            self._layers = list_layers(self.find_modules_to_freeze(pl_module), unit)
+            frozen = self.find_frozen(pl_module)
+            self._layers = list_layers(frozen.roots, unit, leave_out=[m for _, m in frozen.head])
         return self._layers
 
     # ------------------------------------------------------------------ helpers for subclasses
@@ -318,6 +329,20 @@ class FinetuningStrategy(BaseFinetuning):
             p._replace(after=plateau) if p.after is None and plateau else p for p in self.unfreeze_phases(pl_module)
         ]
         check_order(phases, type(self).__name__)
+        if self.freezes:
+            frozen = self.find_frozen(pl_module)
+            if frozen.anatomy is not None:
+                rank_zero_info(f"{type(self).__name__}: {frozen.describe()}")
+            first = [m for p in phases if p.epoch == 0 and p.after is None for m in p.thawed_modules()]
+            at_start = own_parameters(first, True)
+            check_frozen(pl_module, frozen, at_start, type(self).__name__)
+            if self.cache_features and frozen.head:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: cache_features caches what the frozen modules output, but the head "
+                    f"{', '.join(f'`{n}`' for n, _ in frozen.head)} trains inside `{frozen.names[0]}`, so that output "
+                    "changes every step. Give the LightningModule the headless model as its `backbone` (timm: "
+                    "num_classes=0) and a head beside it, or name modules whose output the head takes in attr_names."
+                )
         self._progress.phases = phases
         self.plan_param_groups(pl_module)
         if self.layer_lr_decay is not None and not self._groups.plans:
@@ -425,7 +450,7 @@ class FinetuningStrategy(BaseFinetuning):
             )
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
         if self._l2sp.active:
-            self._l2sp.begin(trainer, pl_module, self.find_modules_to_freeze(pl_module))
+            self._l2sp.begin(trainer, pl_module, self.find_frozen(pl_module))
         self._lr_configs = trainer.lr_scheduler_configs
         phases = self._progress.phases
         with_scheduler = [i for i in sorted(self._progress.started) if phases[i].lr_scheduler is not None]

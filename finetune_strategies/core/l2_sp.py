@@ -20,7 +20,7 @@ verified against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import lightning.pytorch as pl
 import torch
@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 from finetune_strategies.core import distributed
 from finetune_strategies.core.start_weights import StartWeights
 from finetune_strategies.errors import StrategySpecError
+from finetune_strategies.model.roots import FrozenModules
 from finetune_strategies.validation import check_positive_float
 
 
@@ -70,10 +71,10 @@ class L2SP:
                 engines=(engine,),
             )
 
-    def begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule, roots: Sequence[tuple[str, nn.Module]]) -> None:
+    def begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: FrozenModules) -> None:
         """At the fit's start: copy ``w0`` (unless a checkpoint brought it) and sort the parameters."""
-        self.start.take(pl_module, roots, "l2_sp", resumed=trainer.ckpt_path is not None)
-        pretrained = {id(p) for _, root in roots for p in root.parameters()}
+        self.start.take(pl_module, frozen, "l2_sp", resumed=trainer.ckpt_path is not None)
+        pretrained = {id(p) for p in frozen.parameters()}
         self._names = {id(p): n for n, p in pl_module.named_parameters() if id(p) in pretrained}
         self._head = {id(p) for p in pl_module.parameters() if id(p) not in pretrained}
         count = sum(t.numel() for t in self.start.tensors.values())

@@ -23,7 +23,7 @@ from finetune_strategies.model.layers import LayerUnit
 class StrategyOptions(TypedDict, total=False):
     """Keyword options that every strategy accepts; each one's help is in :data:`OPTION_DOCS`."""
 
-    attr_names: str | Sequence[str]
+    attr_names: str | Sequence[str] | None
     train_bn: bool
     bn_eval: bool
     lr: float | None
@@ -57,9 +57,11 @@ class OptionDoc(NamedTuple):
 OPTION_DOCS: Final[Mapping[str, OptionDoc]] = MappingProxyType(
     {
         "attr_names": OptionDoc(
-            '"backbone"',
-            "Attribute(s) of the LightningModule to freeze when it has no ``modules_to_freeze()`` method. Dotted "
-            'paths such as ``"encoder.backbone"`` work.',
+            "None",
+            "The module(s) to freeze when the LightningModule has no ``modules_to_freeze()`` method: module "
+            'selectors (names, dotted paths, globs, ``"net[:-1]"`` slices, ``"re:"`` patterns). ``None``: its '
+            "``backbone`` attribute, else the backbone of the one timm, torchvision or transformers model it "
+            "holds, whose head keeps training (see the any-model page).",
         ),
         "train_bn": OptionDoc(
             "True",

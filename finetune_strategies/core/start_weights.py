@@ -31,28 +31,38 @@ from torch import nn
 
 from finetune_strategies.core import distributed
 from finetune_strategies.errors import ConfigurationError, MissingModuleError
-from finetune_strategies.model.roots import frozen_roots
+from finetune_strategies.model.roots import FrozenModules, find_frozen
+
+
+def pretrained_modules(
+    trainer: pl.Trainer | None, pl_module: pl.LightningModule, attr_names: Sequence[str] | None = None
+) -> FrozenModules:
+    """The pretrained modules of ``pl_module``: ``attr_names`` if given, else what the trainer's
+    fine-tuning strategy freezes, else what a strategy would (:func:`~finetune_strategies.model.roots.find_frozen`)."""
+    frozen: FrozenModules | None = None
+    if attr_names is None and trainer is not None:
+        strategies = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning)]  # type: ignore[attr-defined]
+        ours = getattr(strategies[0], "find_frozen", None) if strategies else None
+        flash = getattr(strategies[0], "find_modules_to_freeze", None) if strategies else None
+        if callable(ours):
+            frozen = ours(pl_module)
+        elif callable(flash):
+            frozen = FrozenModules(tuple(flash(pl_module)), found_by=type(strategies[0]).__name__)
+    if frozen is None:
+        frozen = find_frozen(pl_module, attr_names)
+    if frozen is None or not frozen.roots:
+        raise MissingModuleError(
+            f"{type(pl_module).__name__} names no pretrained module (modules_to_freeze() returned None), so there "
+            "are no start weights to compare with. Name them with attr_names=[...]."
+        )
+    return frozen
 
 
 def pretrained_roots(
     trainer: pl.Trainer | None, pl_module: pl.LightningModule, attr_names: Sequence[str] | None = None
 ) -> list[tuple[str, nn.Module]]:
-    """The pretrained modules of ``pl_module``: ``attr_names`` if given, else what the trainer's
-    fine-tuning strategy freezes, else ``backbone``."""
-    roots: list[tuple[str, nn.Module]] | None = None
-    if attr_names is None and trainer is not None:
-        strategies = [c for c in trainer.callbacks if isinstance(c, BaseFinetuning)]  # type: ignore[attr-defined]
-        find = getattr(strategies[0], "find_modules_to_freeze", None) if strategies else None
-        if callable(find):
-            roots = find(pl_module)
-    if roots is None:
-        roots = frozen_roots(pl_module, tuple(attr_names or ("backbone",)))
-    if not roots:
-        raise MissingModuleError(
-            f"{type(pl_module).__name__} names no pretrained module (modules_to_freeze() returned None), so there "
-            "are no start weights to compare with. Name them with attr_names=[...]."
-        )
-    return roots
+    """``(name, module)`` of the pretrained modules (:func:`pretrained_modules`), 0.1's form."""
+    return list(pretrained_modules(trainer, pl_module, attr_names).roots)
 
 
 class StartWeights:
@@ -77,13 +87,12 @@ class StartWeights:
         local = (t.to_local() if distributed.is_shard(t) else t for t in self.tensors.values())  # type: ignore[attr-defined]
         return sum(t.numel() * t.element_size() for t in local)
 
-    def take(
-        self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]], owner: str, *, resumed: bool = False
-    ) -> None:
-        """Copy the roots' weights now, unless a checkpoint's copy was loaded. A ``resumed`` fit whose
+    def take(self, pl_module: nn.Module, pretrained: FrozenModules, owner: str, *, resumed: bool = False) -> None:
+        """Copy the pretrained modules' weights now (a head inside them left out), unless a checkpoint's
+        copy was loaded. A ``resumed`` fit whose
         checkpoint had no copy (written without ``owner``) takes the resumed weights, with a warning."""
         if self.taken:
-            self.check_matches(pl_module, roots, owner)
+            self.check_matches(pl_module, pretrained, owner)
             return
         if resumed:
             rank_zero_warn(
@@ -91,15 +100,15 @@ class StartWeights:
                 f"{owner}), so the weights it resumes with count as the start weights."
             )
         with torch.no_grad():
-            self.tensors = {name: tensor.detach().clone() for name, tensor in self.live(pl_module, roots)}
+            self.tensors = {name: tensor.detach().clone() for name, tensor in self.live(pl_module, pretrained)}
 
-    def live(self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(name, tensor)`` of the roots' current parameters (and floating-point buffers), by their
-        names in ``pl_module``."""
-        params = {id(p) for _, root in roots for p in root.parameters()}
+    def live(self, pl_module: nn.Module, pretrained: FrozenModules) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` of the pretrained modules' current parameters (and floating-point buffers),
+        by their names in ``pl_module``."""
+        params = {id(p) for p in pretrained.parameters()}
         yield from ((n, p) for n, p in pl_module.named_parameters() if id(p) in params)
         if self.buffers:
-            owned = {id(b) for _, root in roots for b in root.buffers()}
+            owned = {id(b) for m in pretrained.buffers() for b in m.buffers(recurse=False)}
             yield from ((n, b) for n, b in pl_module.named_buffers() if id(b) in owned and b.is_floating_point())
 
     def get(self, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -123,10 +132,10 @@ class StartWeights:
             raise ConfigurationError(f"{owner}: the checkpoint's start weights hold non-tensors for {bad[:3]}.")
         self.tensors = dict(state)
 
-    def check_matches(self, pl_module: nn.Module, roots: Sequence[tuple[str, nn.Module]], owner: str) -> None:
+    def check_matches(self, pl_module: nn.Module, pretrained: FrozenModules, owner: str) -> None:
         """Raise if the copy does not have the model's pretrained weights (names and shapes): a checkpoint
         of another model."""
-        live = dict(self.live(pl_module, roots))
+        live = dict(self.live(pl_module, pretrained))
         missing = sorted(set(live) - set(self.tensors))
         shapes = [n for n, t in live.items() if n in self.tensors and self.tensors[n].shape != t.shape]
         if missing or shapes:

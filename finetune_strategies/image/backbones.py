@@ -3,7 +3,7 @@
 * ``"resnet18"`` (any ``timm.list_models()`` name, with an optional ``.tag``, or ``hf-hub:...``):
   ``timm.create_model(name, pretrained=..., num_classes=0)`` gives pooled features.
 * ``"torchvision:resnet18"``: ``torchvision.models.get_model``. The classifier is found under
-  ``fc``, ``classifier``, ``heads.head`` or ``head`` (the first that exists) and its last
+  ``fc``, ``classifier``, ``heads`` or ``head`` (the first that exists) and its last
   ``nn.Linear`` is replaced by ``nn.Identity``; layers before it (VGG's MLP, ConvNeXt's norm) stay.
 * an ``nn.Module``: a timm model loses its classifier via ``reset_classifier(0)``; other modules
   are treated like torchvision models, or used whole when ``num_features`` is given.
@@ -39,10 +39,11 @@ from finetune_strategies.image.weight_files import (
     mismatch_message,
     read_weights,
 )
+from finetune_strategies.model.families import TORCHVISION_HEADS, is_timm_model
 from finetune_strategies.validation import close_matches
 
 TORCHVISION_PREFIX = "torchvision:"
-HEAD_ATTRIBUTES = ("fc", "classifier", "heads.head", "head")
+HEAD_ATTRIBUTES = TORCHVISION_HEADS
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 Pretrained = bool | str | Path
@@ -82,12 +83,6 @@ def _unknown_backbone(name: str) -> UnknownBackboneError:
     return UnknownBackboneError(
         f"Unknown backbone {name!r}.{hint} Use a timm model name (see timm.list_models('*pattern*')) "
         f"or a torchvision one as '{TORCHVISION_PREFIX}<name>' (see torchvision.models.list_models())."
-    )
-
-
-def _is_timm_model(module: nn.Module) -> bool:
-    return callable(getattr(module, "reset_classifier", None)) and isinstance(
-        getattr(module, "num_features", None), int
     )
 
 
@@ -230,7 +225,7 @@ def _module_backbone(module: nn.Module, pretrained: Pretrained, num_features: in
         )
     path = _pretrained_path(pretrained)
     target = f"backbone module {type(module).__name__}"
-    if _is_timm_model(module):
+    if is_timm_model(module):
         module.reset_classifier(0)  # type: ignore[operator]
         if path is not None:
             _load_file(module, path, target, drop=_classifier_names(module))

@@ -56,8 +56,8 @@ def thaw(modules: Iterable[nn.Module], train_bn: bool) -> None:
 class BatchNormPolicy:
     """Freezes modules the way ``train_bn`` and ``bn_eval`` ask, and undoes it when they thaw.
 
-    ``kept_trainable`` holds the BatchNorm parameters that stay trainable inside frozen modules
-    (``train_bn=True``): they train from the start, in the optimizer's own groups.
+    ``kept_trainable`` holds the parameters that stay trainable inside frozen modules, BatchNorm's
+    (``train_bn=True``) and a head's (:meth:`keep`): they train from the start, in the optimizer's own groups.
     """
 
     def __init__(self, train_bn: bool, bn_eval: bool) -> None:
@@ -83,6 +83,14 @@ class BatchNormPolicy:
                 BaseFinetuning.freeze_module(layer)
             if is_bn and self.bn_eval:
                 self.eval_layers.add(layer)  # type: ignore[arg-type]
+
+    def keep(self, module: nn.Module) -> None:
+        """Keep ``module``, inside a frozen one, training from the start with everything in it (a head)."""
+        for layer in flatten(module):
+            thaw([layer], train_bn=True)
+            self.eval_layers.discard(layer)
+            if layer not in self.kept_layers:
+                self.kept_layers.append(layer)
 
     def thaw(self, modules: Iterable[nn.Module], train_bn: bool) -> None:
         """Thaw the modules' own parameters; their BatchNorm layers leave eval mode."""

@@ -11,6 +11,8 @@
     ``timm.models.group_parameters(root, root.group_matcher(coarse=False))``: the stem (for a ViT:
     ``cls_token``, ``pos_embed``, ``patch_embed``), then each block; a final norm joins the last
     block, parameters the matcher does not know (a classifier) form a last layer.
+  - A wrapped model (``torch.compile``, DDP, a peft model: see :mod:`~finetune_strategies.model.families`)
+    is grouped as the model it holds, so a compiled timm model has the same layers as the plain one.
   - Any other module is split structurally. A *block container* is a module with at least two
     children that own parameters, all of one *block class*, each holding at least
     ``MIN_BLOCK_SIZE`` (3) modules with parameters. A block class has its own ``forward`` (so not
@@ -25,7 +27,9 @@
     ``encoder.pos_embedding``) are *loose*. With blocks, the units before the first block plus
     the loose parameters form the ``stem`` layer, each block is a layer, a unit between two blocks
     (a downsample, a patch merging) joins the next block and units after the last block (final
-    norm, classifier) join the last block, as timm does. Without blocks (an MLP) every unit is a
+    norm, classifier) join the last block, as timm does; in a Hugging Face ``transformers`` model they
+    form a last layer of their own (BERT's pooler, GPT-2's ``ln_f``, Llama's final ``norm``), so its
+    layers are the embeddings, each block, and the top. Without blocks (an MLP) every unit is a
     layer and the loose parameters, if any, form the first layer.
 
 * ``"flash_leaves"``: Flash / Lightning ``BaseFinetuning.flatten_modules`` exactly: every leaf
@@ -54,6 +58,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from finetune_strategies.errors import StrategySpecError
+from finetune_strategies.model.families import is_transformers_model, unwrap
 
 LayerUnit = Literal["param_modules", "blocks", "flash_leaves"]
 LAYER_UNITS: tuple[str, ...] = get_args(LayerUnit)
@@ -245,7 +250,8 @@ class _Structure:
         elif self.size[id(module)]:
             self.units.append((module, type(module) in self.block_classes))
 
-    def drafts(self) -> _Drafts:
+    def drafts(self, top_apart: bool = False) -> _Drafts:
+        """``top_apart``: units after the last block form a layer of their own, instead of joining it."""
         groups: list[list[nn.Parameter]] = []
         stems: frozenset[int] = frozenset()
         blocks = [i for i, (_, is_block) in enumerate(self.units) if is_block]
@@ -263,9 +269,9 @@ class _Structure:
             for block, end in zip(blocks, bounds, strict=True):
                 # the units between the previous block and this one, this block, and (last) the tail
                 group = [p for unit, _ in self.units[start : block + 1] for p in unit.parameters()]
-                if end == len(self.units):
-                    group += [p for unit, _ in self.units[block + 1 :] for p in unit.parameters()]
-                groups.append(group)
+                after = self.units[block + 1 :] if end == len(self.units) else []
+                tail = [p for unit, _ in after for p in unit.parameters()]
+                groups += [group, tail] if top_apart and tail else [group + tail]
                 start = block + 1
         layer_of: dict[int, int] = {}
         for index, group in enumerate(groups):
@@ -275,10 +281,11 @@ class _Structure:
 
 
 def _block_drafts(root: nn.Module) -> _Drafts:
-    matcher = getattr(root, "group_matcher", None)
+    _, model = unwrap(root)  # a compiled or wrapped model is grouped as the model it holds
+    matcher = getattr(model, "group_matcher", None)
     if callable(matcher):
-        return _timm_drafts(root, matcher(coarse=False))
-    return _Structure(root).drafts()
+        return _timm_drafts(model, matcher(coarse=False))
+    return _Structure(model).drafts(top_apart=is_transformers_model(model))
 
 
 # -------------------------------------------------------------------------------------- assembly
@@ -342,17 +349,21 @@ def _flash_leaf_layers(prefix: str, root: nn.Module, used: set[int]) -> list[Lay
     return layers
 
 
-def list_layers(roots: Sequence[tuple[str, nn.Module]], unit: LayerUnit = "param_modules") -> list[Layer]:
+def list_layers(
+    roots: Sequence[tuple[str, nn.Module]], unit: LayerUnit = "param_modules", *, leave_out: Iterable[nn.Module] = ()
+) -> list[Layer]:
     """List the layers of the named ``roots`` in order, counted in ``unit``.
 
     Each root's layers run bottom to top; roots follow in the order given. A module or parameter
-    reachable from several roots belongs to the first.
+    reachable from several roots belongs to the first. The modules in ``leave_out`` (a head inside a
+    root), with everything in them, are in no layer.
     """
     if unit not in LAYER_UNITS:
         raise StrategySpecError(f"layer_unit must be one of {list(LAYER_UNITS)}, got {unit!r}.")
     layers: list[Layer] = []
-    taken: set[int] = set()
-    used: set[int] = set()
+    left_out = [m for module in leave_out for m in module.modules()]
+    taken: set[int] = {id(p) for module in left_out for p in _direct(module)}
+    used: set[int] = {id(module) for module in left_out}
     for prefix, root in roots:
         if unit == "flash_leaves":
             layers.extend(_flash_leaf_layers(prefix, root, used))

@@ -19,7 +19,7 @@ from torch import nn
 from typing_extensions import override
 
 from finetune_strategies.core import distributed
-from finetune_strategies.core.start_weights import StartWeights, pretrained_roots
+from finetune_strategies.core.start_weights import StartWeights, pretrained_modules
 from finetune_strategies.errors import StrategySpecError, require
 from finetune_strategies.model.batchnorm import own_parameters
 from finetune_strategies.model.layers import LAYER_UNITS, Layer, LayerUnit, list_layers
@@ -81,13 +81,15 @@ class DriftMonitor(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        roots = pretrained_roots(trainer, pl_module, self.attr_names)
+        pretrained = pretrained_modules(trainer, pl_module, self.attr_names)
         strategy = next((c for c in trainer.callbacks if hasattr(c, "backbone_layers")), None)  # type: ignore[attr-defined]
         if strategy is not None and self.attr_names is None and self.layer_unit in (None, strategy.layer_unit):
             self.layers = strategy.backbone_layers(pl_module)
         else:
-            self.layers = list_layers(roots, self.layer_unit or "blocks")
-        self.start.take(pl_module, roots, type(self).__name__, resumed=trainer.ckpt_path is not None)
+            self.layers = list_layers(
+                pretrained.roots, self.layer_unit or "blocks", leave_out=[m for _, m in pretrained.head]
+            )
+        self.start.take(pl_module, pretrained, type(self).__name__, resumed=trainer.ckpt_path is not None)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

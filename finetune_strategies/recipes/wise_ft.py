@@ -35,7 +35,7 @@ from rich.table import Table
 from typing_extensions import override
 
 from finetune_strategies.core import distributed
-from finetune_strategies.core.start_weights import StartWeights, pretrained_roots
+from finetune_strategies.core.start_weights import StartWeights, pretrained_modules
 from finetune_strategies.core.triggers import Mode, restore
 from finetune_strategies.errors import ConfigurationError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.validation import check_names
@@ -254,8 +254,8 @@ class WiSEFT(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        roots = pretrained_roots(trainer, pl_module, self.attr_names)
-        self.start.take(pl_module, roots, type(self).__name__, resumed=trainer.ckpt_path is not None)
+        pretrained = pretrained_modules(trainer, pl_module, self.attr_names)
+        self.start.take(pl_module, pretrained, type(self).__name__, resumed=trainer.ckpt_path is not None)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -186,7 +186,8 @@ class Lora(FinetuningStrategy):
     def attach_adapters(self, pl_module: pl.LightningModule) -> None:
         """Inject the adapters into the frozen modules, unless they carry this strategy's already (a second
         fit of the same model, ``validate`` after ``fit``)."""
-        roots = self.find_modules_to_freeze(pl_module)
+        frozen = self.find_frozen(pl_module)
+        roots, head = list(frozen.roots), [name for name, _ in frozen.head]
         origins = {mark.origin for _, module in roots if (mark := mark_of(module)) is not None}
         if origins == {self.settings()}:
             return
@@ -202,13 +203,14 @@ class Lora(FinetuningStrategy):
             targets = None  # peft matches the config's own target_modules
         elif self.target_modules is not None:
             targets = resolve_targets(pl_module, roots, self.target_modules)
-        else:
-            targets = default_targets(pl_module, roots)
-        saved = [name for name, _ in self.saved_modules(pl_module)]
+        else:  # a head inside the frozen modules trains whole: no adapters in it
+            targets = [t for t in default_targets(pl_module, roots) if not is_inside(t, head)]
+        saved = [name for name, _ in self.saved_modules(pl_module)] + head
         clash = [t for t in targets or () for s in saved if t == s or t.startswith(s + ".")]
         if clash:
             raise AdapterError(
-                f"lora: {', '.join(clash)} would be both adapted and trained whole (modules_to_save); pick one."
+                f"lora: {', '.join(clash)} would be both adapted and trained whole (modules_to_save, or the "
+                "model's head); pick one."
             )
         for root, _ in roots:
             start = len(root) + 1 if root else 0
@@ -242,6 +244,7 @@ class Lora(FinetuningStrategy):
             adapters += flatten(module)
         chosen = {id(m) for m in adapters}
         unused = {id(m) for original in saved_copy_originals(pl_module) for m in original.modules()}
+        unused |= {id(m) for _, head in self.find_frozen(pl_module).head for m in head.modules()}  # trains already
         base = [
             m
             for _, root in self.find_modules_to_freeze(pl_module)

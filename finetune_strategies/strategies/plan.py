@@ -70,10 +70,14 @@ class SchedulePlan:
     strategy: str
     epochs: list[EpochPlan]
     starts: list[str] = field(default_factory=list)
+    frozen: str = ""
+    """What the strategy freezes and how it found it
+    (:meth:`~finetune_strategies.model.roots.FrozenModules.describe`)."""
 
     def table(self) -> Table:
         """A rich table: one row per epoch."""
-        caption = "\n".join(f"phase {i}, {text}" for i, text in enumerate(self.starts)) or None
+        notes = [self.frozen] if self.frozen else []
+        caption = "\n".join(notes + [f"phase {i}, {text}" for i, text in enumerate(self.starts)]) or None
         table = Table(title=f"{self.strategy}: what trains, epoch by epoch", caption=caption)
         for column in ("epoch", "starts", "trains", "trainable", "param groups (lr)"):
             table.add_column(column, justify="right" if column in ("epoch", "trainable") else "left")
@@ -89,7 +93,8 @@ class SchedulePlan:
         return table
 
     def __str__(self) -> str:
-        lines = [f"{self.strategy}:", *(f"  phase {i}, {text}" for i, text in enumerate(self.starts))]
+        lines = [f"{self.strategy}:", *([f"  {self.frozen}"] if self.frozen else [])]
+        lines += [f"  phase {i}, {text}" for i, text in enumerate(self.starts)]
         for row in self.epochs:
             groups = ", ".join(f"{g.name or f'group {g.index}'}={g.lr:.3g}" for g in row.groups)
             started = f" starts {'; '.join(row.started)};" if row.started else ""
@@ -226,11 +231,12 @@ def describe_schedule(
             epochs.append(_epoch_plan(model, callback, epoch, built, started))
             _step(callback.lr_scheduler_configs, steps_per_epoch)
         starts = [f"{phase.label}: {phase.describe_start()}" for phase in callback.schedule]
+        frozen = callback.find_frozen(model).describe() if callback.freezes else ""
     finally:
         callback.finish()
         flags.restore()
         logger.setLevel(level)
-    return SchedulePlan(type(callback).__name__, epochs, starts)
+    return SchedulePlan(type(callback).__name__, epochs, starts, frozen)
 
 
 def _started(phase: Phase) -> str:
