@@ -159,12 +159,6 @@ def check_frozen(
     frozen_ids = {id(p) for p in frozen.parameters()}
     named = list(pl_module.named_parameters(remove_duplicate=False))
     trains = [n for n, p in named if p.requires_grad and id(p) not in frozen_ids]
-    if frozen_ids and not trains and not any(True for _ in thawed_at_start):
-        raise ScheduleError(
-            f"{owner} freezes {', '.join(f'`{n}`' for n in frozen.names)}, which hold every parameter of "
-            f"{type(pl_module).__name__} that would train, so nothing trains before the first unfreeze (with "
-            f"train_bn=True, only BatchNorm's affine parameters would).{_suggestion(pl_module, frozen)}"
-        )
     by_id: dict[int, list[str]] = {}
     for name, param in named:
         by_id.setdefault(id(param), []).append(name)
@@ -182,3 +176,9 @@ def check_frozen(
                 "until it is unfrozen. Untie them (for a transformers model, tie_word_embeddings=False) if "
                 f"`{_module_of(outside[0])}` should train from the start."
             )
+    if frozen_ids and not trains and not any(True for _ in thawed_at_start):
+        raise ScheduleError(
+            f"{owner} freezes {', '.join(f'`{n}`' for n in frozen.names)}, which hold every parameter of "
+            f"{type(pl_module).__name__} that would train, so nothing trains before the first unfreeze (with "
+            f"train_bn=True, only BatchNorm's affine parameters would).{_suggestion(pl_module, frozen)}"
+        )
