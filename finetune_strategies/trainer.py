@@ -112,6 +112,26 @@ class Trainer(pl.Trainer):
         guard_resume(self)
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
+    @override
+    def validate(self, *args: Any, **kwargs: Any) -> Any:
+        """``lightning.pytorch.Trainer.validate``; a ``ckpt_path`` that keeps only what trained is completed
+        from the model's own frozen weights, on a fresh trainer too, and a damaged one raises an error
+        naming the file (see :mod:`finetune_strategies.core.resume`)."""
+        guard_resume(self)
+        return super().validate(*args, **kwargs)
+
+    @override
+    def test(self, *args: Any, **kwargs: Any) -> Any:
+        """``lightning.pytorch.Trainer.test``, with the checks and completion of :meth:`validate`."""
+        guard_resume(self)
+        return super().test(*args, **kwargs)
+
+    @override
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """``lightning.pytorch.Trainer.predict``, with the checks and completion of :meth:`validate`."""
+        guard_resume(self)
+        return super().predict(*args, **kwargs)
+
     def _use_finetuning_callback(self, callback: BaseFinetuning) -> None:
         current = cast(list[pl.Callback], self.callbacks)  # type: ignore[has-type]
         replaced = [c for c in current if isinstance(c, BaseFinetuning) and c is not callback]
