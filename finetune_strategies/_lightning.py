@@ -88,22 +88,35 @@ def intercept_resume(
     connector = private(trainer, "_checkpoint_connector")
     if getattr(connector, "_finetune_guarded", False):
         return
-    load = private(connector, "resume_start")
+    connector.resume_start = _GuardedResume(connector, private(connector, "resume_start"), before, after, on_error)
+    connector._finetune_guarded = True
 
-    def resume_start(*args: Any, **kwargs: Any) -> None:
+
+class _GuardedResume:
+    """The connector's ``resume_start`` with the checks of :func:`intercept_resume` around it; an object
+    rather than a closure, so that the trainer still pickles (``ddp_spawn`` pickles it)."""
+
+    def __init__(
+        self,
+        connector: Any,
+        load: Callable[..., None],
+        before: Callable[[Any], None],
+        after: Callable[[Any, dict[str, Any]], None],
+        on_error: Callable[[Any, Exception], Exception],
+    ) -> None:
+        self.connector, self.load, self.before, self.after, self.on_error = connector, load, before, after, on_error
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
         path = args[0] if args else kwargs.get("checkpoint_path")
         if path:
-            before(path)
+            self.before(path)
         try:
-            load(*args, **kwargs)
+            self.load(*args, **kwargs)
         except Exception as error:
-            raise on_error(path, error) from error
-        loaded = private(connector, "_loaded_checkpoint")
+            raise self.on_error(path, error) from error
+        loaded = private(self.connector, "_loaded_checkpoint")
         if path and loaded:
-            after(path, loaded)
-
-    connector.resume_start = resume_start
-    connector._finetune_guarded = True
+            self.after(path, loaded)
 
 
 # ------------------------------------------------------------------ sharded checkpoints

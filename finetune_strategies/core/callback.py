@@ -535,6 +535,7 @@ class FinetuningStrategy(BaseFinetuning):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
         self._undo_on_load()
+        self._hook, self._undo_on_load = OptimizerHook(_ignore_optimizers), _nothing  # closures do not pickle
         distributed.remove_load_hook(trainer)
         self.finish()
 
@@ -592,10 +593,18 @@ class FinetuningStrategy(BaseFinetuning):
         self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
-        self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._hook = OptimizerHook(_ignore_optimizers)
         self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
         self._checkpoints = trainable_only.TrainableOnlySession()
-        self._undo_on_load = lambda: None
+        self._undo_on_load = _nothing  # module-level functions, not lambdas: ddp_spawn pickles the callback
+
+
+def _ignore_optimizers(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
+    """The optimizer hook of a strategy with no param groups to add."""
+
+
+def _nothing() -> None:
+    """Nothing to undo."""
 
 
 FlashBaseFinetuning = FinetuningStrategy

@@ -15,6 +15,7 @@ Lightning ``Trainer`` check, on every rank, right where it loads ``ckpt_path``:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +82,20 @@ def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, 
 
 def guard_resume(trainer: pl.Trainer) -> None:
     """Make ``trainer`` run :func:`check_file` and :func:`check_contents` when it loads ``ckpt_path``."""
+    # functions and partials, not closures: ddp_spawn pickles the trainer
+    _lightning.intercept_resume(trainer, check_file, functools.partial(_after_load, trainer), _as_checkpoint_error)
 
-    def after(path: Any, loaded: dict[str, Any]) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            check_contents(trainer, path, loaded)
-        complete_checkpoint(trainer.lightning_module, loaded, f"Checkpoint {path}")
 
-    def on_error(path: Any, error: Exception) -> Exception:
-        if isinstance(error, FinetuningError):
-            return error
-        return CheckpointError(f"Could not load checkpoint {path}: {type(error).__name__}: {error}")
+def _after_load(trainer: pl.Trainer, path: Any, loaded: dict[str, Any]) -> None:
+    if trainer.state.fn == TrainerFn.FITTING:
+        check_contents(trainer, path, loaded)
+    complete_checkpoint(trainer.lightning_module, loaded, f"Checkpoint {path}")
 
-    _lightning.intercept_resume(trainer, check_file, after, on_error)
+
+def _as_checkpoint_error(path: Any, error: Exception) -> Exception:
+    if isinstance(error, FinetuningError):
+        return error
+    return CheckpointError(f"Could not load checkpoint {path}: {type(error).__name__}: {error}")
 
 
 def _show(schedule: list[list[Any]]) -> str:
