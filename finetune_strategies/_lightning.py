@@ -167,6 +167,16 @@ def with_subcommand_arguments(cli_class: type[T]) -> type[T]:
     return cli_class
 
 
+def replace_ckpt_hyperparameters(cli_class: type[T], parse: Callable[[Any], None]) -> type[T]:
+    """Make ``parse(cli)`` what a ``LightningCLI`` subclass runs, instead of Lightning's private
+    ``_parse_ckpt_path``, to read the model's hyperparameters from ``--ckpt_path`` before the classes are
+    built (Lightning's loads with ``weights_only=True`` whatever ``--weights_only`` says, and lets every
+    error through as a traceback)."""
+    private(cli_class, "_parse_ckpt_path")
+    cli_class._parse_ckpt_path = override(parse)  # type: ignore[attr-defined]
+    return cli_class
+
+
 # ------------------------------------------------------------------ the checks
 def _has_parameters(owner: Any, name: str, expected: tuple[str, ...]) -> str | None:
     found = getattr(owner, name, None)
@@ -225,6 +235,9 @@ PRIVATE_APIS: dict[str, Callable[[], str | None]] = {
         __import__("lightning.pytorch.cli", fromlist=["LightningCLI"]).LightningCLI,
         "_prepare_subcommand_parser",
         ("klass", "subcommand"),
+    ),
+    "LightningCLI._parse_ckpt_path": lambda: _has_parameters(
+        __import__("lightning.pytorch.cli", fromlist=["LightningCLI"]).LightningCLI, "_parse_ckpt_path", ()
     ),
 }
 """Each private API by name, with a check that returns what changed, or None."""
