@@ -44,6 +44,7 @@ from finetune_strategies.cli.exit_status import (
     reported_error,
 )
 from finetune_strategies.cli.yaml_dump import use_round_trip_yaml
+from finetune_strategies.core.optim import check_name_from_file
 from finetune_strategies.errors import (
     CheckpointError,
     ImageDataError,
@@ -342,6 +343,9 @@ def _parse_ckpt_hyperparameters(cli: Any) -> None:
     hparams.pop("_instantiator", None)
     if not hparams:
         return
+    source = f"the hyperparameters of checkpoint {path}"
+    for key in ("optimizer", "scheduler"):  # a checkpoint may name classes, but not make us import a module
+        check_name_from_file(hparams.get(key), f"--ckpt_path: {key}", source, error=UsageError)
     if "_class_path" in hparams:
         hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
     cli.config = cli.parser.parse_object({subcommand: {"model": hparams}}, cli.config)
