@@ -23,12 +23,18 @@ class Trainer(pl.Trainer):
     """``lightning.pytorch.Trainer`` plus :meth:`finetune` and :meth:`explain`, with crash-safe, pickle-safe
     checkpoint files.
 
-    It takes every argument of Lightning's ``Trainer``. Unless ``plugins`` has a checkpoint IO, it
+    It takes every argument of Lightning's ``Trainer``; a :class:`~finetune_strategies.Finetuner` in
+    ``callbacks`` stands for its ``.callback``. Unless ``plugins`` has a checkpoint IO, it
     writes and reads checkpoints with :class:`~finetune_strategies.checkpointing.checkpoint_io.SafeCheckpointIO`:
     atomic writes, and ``weights_only=True`` loads on every supported Lightning and torch version.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        callbacks = kwargs.get("callbacks")
+        if isinstance(callbacks, Finetuner):
+            kwargs["callbacks"] = callbacks.callback
+        elif isinstance(callbacks, (list, tuple)):  # Finetuner(...) where a callback goes: its callback
+            kwargs["callbacks"] = [c.callback if isinstance(c, Finetuner) else c for c in callbacks]
         super().__init__(*args, **kwargs)
         use_safe_checkpoint_io(self, kwargs.get("plugins"))
 
