@@ -574,6 +574,13 @@ class FinetuningStrategy(BaseFinetuning):
         differences = option_differences(state.options, self.training_options())
         if differences:  # a plain Trainer: the library's Trainer refused it before, naming the file
             raise ResumeMismatchError(describe_option_differences("The checkpoint", type(self).__name__, differences))
+        count = len(self._progress.phases)
+        wrong = [i for i in state.started_phases if not 0 <= i < count] if self._pl_module is not None else []
+        if wrong:  # a damaged or crafted state: an IndexError deep inside the resume otherwise
+            raise ResumeMismatchError(
+                f"The checkpoint's {type(self).__name__} state lists started phases {wrong}, but the schedule has "
+                f"{count} phase(s) (0 to {count - 1}). It was not written by this schedule; start a new fit."
+            )
         super().load_state_dict(state_dict)
         self._unfrozen = state.unfrozen_modules
         self._progress.load_state_dict(state.to_dict())

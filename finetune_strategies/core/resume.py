@@ -78,6 +78,13 @@ def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, 
         differences = option_differences(saved.options, ours.training_options())
         if differences:
             raise ResumeMismatchError(describe_option_differences(f"Checkpoint {path}", saved_name, differences))
+        count = len(ours.schedule)
+        wrong = [i for i in saved.started_phases if not 0 <= i < count]
+        if wrong:
+            raise ResumeMismatchError(
+                f"Checkpoint {path}: its {saved_name} state lists started phases {wrong}, but the schedule has "
+                f"{count} phase(s). It is damaged or crafted; start a new fit."
+            )
 
 
 def guard_resume(trainer: pl.Trainer) -> None:

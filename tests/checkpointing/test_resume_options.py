@@ -89,3 +89,13 @@ def test_a_plain_lightning_trainer_refuses_it_too(tmp_path: Path) -> None:
     with pytest.raises(ResumeMismatchError, match="attr_names: saved \\['backbone'\\], now \\['head'\\]"):
         trainer.fit(TinyClassifier(), loader(), ckpt_path=path)
     assert trainer.global_step == 0
+
+
+def test_a_crafted_strategy_state_is_refused_not_an_index_error(tmp_path: Path) -> None:
+    path = train(tmp_path, ("freeze_unfreeze", 1), epochs=2)
+    checkpoint = torch.load(path, weights_only=True)
+    (state,) = (s for s in checkpoint["callbacks"].values() if isinstance(s, dict) and "started_phases" in s)
+    state["started_phases"] = [0, 7]
+    torch.save(checkpoint, path)
+    message = refused(tmp_path, ("freeze_unfreeze", 1))
+    assert "started phases [7]" in message
