@@ -3,7 +3,7 @@
 import sys
 
 from finetune_strategies import _legacy_paths
-from finetune_strategies.checkpointing import complete_checkpoint
+from finetune_strategies.checkpointing import complete_checkpoint, load_from_checkpoint
 from finetune_strategies.core import FinetuningStrategy, FlashBaseFinetuning, Phase, PhaseSpec, StrategyOptions
 from finetune_strategies.errors import (
     AdapterError,
@@ -107,6 +107,7 @@ __all__ = [
     "describe_schedule",
     "find_anatomy",
     "list_layers",
+    "load_from_checkpoint",
     "merge_adapters",
     "name_parameters",
     "plot_drift",

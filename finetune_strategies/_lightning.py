@@ -88,22 +88,35 @@ def intercept_resume(
     connector = private(trainer, "_checkpoint_connector")
     if getattr(connector, "_finetune_guarded", False):
         return
-    load = private(connector, "resume_start")
+    connector.resume_start = _GuardedResume(connector, private(connector, "resume_start"), before, after, on_error)
+    connector._finetune_guarded = True
 
-    def resume_start(*args: Any, **kwargs: Any) -> None:
+
+class _GuardedResume:
+    """The connector's ``resume_start`` with the checks of :func:`intercept_resume` around it; an object
+    rather than a closure, so that the trainer still pickles (``ddp_spawn`` pickles it)."""
+
+    def __init__(
+        self,
+        connector: Any,
+        load: Callable[..., None],
+        before: Callable[[Any], None],
+        after: Callable[[Any, dict[str, Any]], None],
+        on_error: Callable[[Any, Exception], Exception],
+    ) -> None:
+        self.connector, self.load, self.before, self.after, self.on_error = connector, load, before, after, on_error
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
         path = args[0] if args else kwargs.get("checkpoint_path")
         if path:
-            before(path)
+            self.before(path)
         try:
-            load(*args, **kwargs)
+            self.load(*args, **kwargs)
         except Exception as error:
-            raise on_error(path, error) from error
-        loaded = private(connector, "_loaded_checkpoint")
+            raise self.on_error(path, error) from error
+        loaded = private(self.connector, "_loaded_checkpoint")
         if path and loaded:
-            after(path, loaded)
-
-    connector.resume_start = resume_start
-    connector._finetune_guarded = True
+            self.after(path, loaded)
 
 
 # ------------------------------------------------------------------ sharded checkpoints
@@ -151,6 +164,16 @@ def with_subcommand_arguments(cli_class: type[T]) -> type[T]:
         return parser
 
     cli_class._prepare_subcommand_parser = override(prepare)  # type: ignore[attr-defined]
+    return cli_class
+
+
+def replace_ckpt_hyperparameters(cli_class: type[T], parse: Callable[[Any], None]) -> type[T]:
+    """Make ``parse(cli)`` what a ``LightningCLI`` subclass runs, instead of Lightning's private
+    ``_parse_ckpt_path``, to read the model's hyperparameters from ``--ckpt_path`` before the classes are
+    built (Lightning's loads with ``weights_only=True`` whatever ``--weights_only`` says, and lets every
+    error through as a traceback)."""
+    private(cli_class, "_parse_ckpt_path")
+    cli_class._parse_ckpt_path = override(parse)  # type: ignore[attr-defined]
     return cli_class
 
 
@@ -212,6 +235,9 @@ PRIVATE_APIS: dict[str, Callable[[], str | None]] = {
         __import__("lightning.pytorch.cli", fromlist=["LightningCLI"]).LightningCLI,
         "_prepare_subcommand_parser",
         ("klass", "subcommand"),
+    ),
+    "LightningCLI._parse_ckpt_path": lambda: _has_parameters(
+        __import__("lightning.pytorch.cli", fromlist=["LightningCLI"]).LightningCLI, "_parse_ckpt_path", ()
     ),
 }
 """Each private API by name, with a check that returns what changed, or None."""

@@ -23,12 +23,18 @@ class Trainer(pl.Trainer):
     """``lightning.pytorch.Trainer`` plus :meth:`finetune` and :meth:`explain`, with crash-safe, pickle-safe
     checkpoint files.
 
-    It takes every argument of Lightning's ``Trainer``. Unless ``plugins`` has a checkpoint IO, it
+    It takes every argument of Lightning's ``Trainer``; a :class:`~finetune_strategies.Finetuner` in
+    ``callbacks`` stands for its ``.callback``. Unless ``plugins`` has a checkpoint IO, it
     writes and reads checkpoints with :class:`~finetune_strategies.checkpointing.checkpoint_io.SafeCheckpointIO`:
     atomic writes, and ``weights_only=True`` loads on every supported Lightning and torch version.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        callbacks = kwargs.get("callbacks")
+        if isinstance(callbacks, Finetuner):
+            kwargs["callbacks"] = callbacks.callback
+        elif isinstance(callbacks, (list, tuple)):  # Finetuner(...) where a callback goes: its callback
+            kwargs["callbacks"] = [c.callback if isinstance(c, Finetuner) else c for c in callbacks]
         super().__init__(*args, **kwargs)
         use_safe_checkpoint_io(self, kwargs.get("plugins"))
 
@@ -111,6 +117,26 @@ class Trainer(pl.Trainer):
         """
         guard_resume(self)
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    @override
+    def validate(self, *args: Any, **kwargs: Any) -> Any:
+        """``lightning.pytorch.Trainer.validate``; a ``ckpt_path`` that keeps only what trained is completed
+        from the model's own frozen weights, on a fresh trainer too, and a damaged one raises an error
+        naming the file (see :mod:`finetune_strategies.core.resume`)."""
+        guard_resume(self)
+        return super().validate(*args, **kwargs)
+
+    @override
+    def test(self, *args: Any, **kwargs: Any) -> Any:
+        """``lightning.pytorch.Trainer.test``, with the checks and completion of :meth:`validate`."""
+        guard_resume(self)
+        return super().test(*args, **kwargs)
+
+    @override
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """``lightning.pytorch.Trainer.predict``, with the checks and completion of :meth:`validate`."""
+        guard_resume(self)
+        return super().predict(*args, **kwargs)
 
     def _use_finetuning_callback(self, callback: BaseFinetuning) -> None:
         current = cast(list[pl.Callback], self.callbacks)  # type: ignore[has-type]

@@ -7,11 +7,11 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import Recorder, TinyClassifier, loader, make_trainer
+from conftest import QUIET_TRAINER, Recorder, TinyClassifier, loader, make_trainer
 from lightning.pytorch.callbacks import BackboneFinetuning
 from torch import nn
 
-from finetune_strategies import Freeze, FreezeUnfreeze, MissingModuleError, Trainer
+from finetune_strategies import ConfigurationError, Finetuner, Freeze, FreezeUnfreeze, MissingModuleError, Trainer
 
 
 def test_trainer_is_a_lightning_trainer() -> None:
@@ -95,3 +95,14 @@ def test_bad_modules_to_freeze_hook() -> None:
 
     with pytest.raises(AttributeError, match=r"modules_to_freeze\(\) must return a module"):
         make_trainer(1).finetune(Broken(), loader(), strategy="freeze")
+
+
+def test_a_finetuner_among_the_callbacks(recorder: Recorder) -> None:
+    model = TinyClassifier()
+    make_trainer(2, callbacks=[Finetuner(("freeze_unfreeze", 1)), recorder]).fit(model, loader())
+    assert not recorder.requires_grad[0]["backbone.0.weight"]  # frozen in epoch 0, as the strategy says
+    assert recorder.requires_grad[1]["backbone.0.weight"]
+    plain = pl.Trainer(max_epochs=1, callbacks=[Finetuner("freeze")], **QUIET_TRAINER)
+    with pytest.raises(ConfigurationError, match=r"Finetuner\(\.\.\.\)\.callback"):
+        plain.fit(TinyClassifier(), loader())
+    assert plain.global_step == 0

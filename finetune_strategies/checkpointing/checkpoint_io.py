@@ -43,12 +43,22 @@ TRUST_HINT = (
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Write ``path`` all at once: the block writes to ``.<name>.partial`` beside it, which is then synced
     and renamed onto ``path``. A crash at any point leaves ``path`` as it was (a killed writer may leave
-    the partial file, which the next write of the same path replaces)."""
+    the partial file, which the next write of the same path replaces). Whatever is at the partial path
+    is removed first and the file is created exclusively, so a link planted there is never followed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
+    partial.unlink(missing_ok=True)  # a killed writer's leftover, or a planted link: removed, never followed
     try:
-        with partial.open("wb") as handle:
+        # created exclusively: if anything appears at the name again before this, the write fails
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except FileExistsError:
+        raise CheckpointError(
+            f"Cannot write {target}: {partial} appeared while it was being created (another writer, or a planted "
+            "link). Nothing was written; check who else writes into this folder."
+        ) from None
+    try:
+        with open(descriptor, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -12,7 +12,8 @@ and every buffer, plus a record under :data:`RECORD_KEY`:
 * ``adapters``: the peft config of each module that carries adapters (written whenever there are
   adapters), so that a model built afresh gets the same ones.
 
-Loading one (``Trainer.fit(ckpt_path=...)``, ``validate``/``test`` with a ``ckpt_path``, or
+Loading one (``fit``, ``validate``, ``test`` or ``predict`` with a ``ckpt_path`` on the library's
+``Trainer`` or on any ``Trainer`` with a strategy among its callbacks; :func:`load_from_checkpoint`, or
 ``load_from_checkpoint`` of a module whose ``on_load_checkpoint`` calls :func:`complete_checkpoint`,
 as :class:`~finetune_strategies.image.ImageClassifier` does) rebuilds what was left out from the model
 as constructed, which must hold the same pretrained weights: :func:`complete_checkpoint` injects the
@@ -31,7 +32,8 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule
@@ -41,6 +43,7 @@ from finetune_strategies.errors import FrozenWeightsError
 from finetune_strategies.model.adapters import adapter_configs, rebuild_adapters
 
 RECORD_KEY = "finetune_strategies_trainable_only"
+M = TypeVar("M", bound=LightningModule)
 _SHOWN = 8
 
 
@@ -181,3 +184,27 @@ def complete_on_load(module: LightningModule) -> Callable[[], None]:
             del module.on_load_checkpoint
 
     return undo
+
+
+def load_from_checkpoint(cls: type[M], checkpoint_path: str | Path | IO[bytes], **kwargs: Any) -> M:
+    """``cls.load_from_checkpoint(checkpoint_path, **kwargs)`` that also reads a checkpoint which keeps
+    only what trained, for any LightningModule: it runs :func:`complete_checkpoint` before the module's
+    own ``on_load_checkpoint``. Lightning's own ``load_from_checkpoint`` of a module that does not call
+    :func:`complete_checkpoint` fails on such a file with torch's "Missing key(s) in state_dict"."""
+    own = cls.__dict__.get("on_load_checkpoint")
+    original = cls.on_load_checkpoint
+    where = f"Checkpoint {checkpoint_path}" if isinstance(checkpoint_path, str | Path) else "The checkpoint"
+
+    def on_load_checkpoint(self: LightningModule, checkpoint: dict[str, Any]) -> None:
+        complete_checkpoint(self, checkpoint, where)
+        original(self, checkpoint)
+
+    cls.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign,assignment]
+    try:
+        loaded = cls.load_from_checkpoint(checkpoint_path, **kwargs)
+    finally:
+        if own is None:
+            del cls.on_load_checkpoint
+        else:
+            cls.on_load_checkpoint = own  # type: ignore[method-assign]
+    return loaded

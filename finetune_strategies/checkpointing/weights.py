@@ -103,7 +103,12 @@ def torch_load(
     except pickle.UnpicklingError as cause:
         if not weights_only:
             raise error(f"Cannot read {source} with torch.load: {cause}") from cause
-        found = str(cause).split("WeightsUnpickler error: ")[-1].split(". ")[0]  # torch's long text, shortened
+        found = str(cause).split("WeightsUnpickler error: ")[-1].split(". ")[0].strip()  # torch's text, shortened
+        if "Unsupported global" not in found:  # not a class the file names: bytes that are no pickle at all
+            raise error(
+                f"Cannot read {source}: it is damaged or not a file torch.save wrote ({found or cause}). "
+                "weights_only=False would not help; use an intact copy of the file."
+            ) from cause
         raise error(
             f"Cannot read {source} with weights_only=True: it holds objects other than tensors ({found}), and "
             f"unpickling them would run code stored in the file. {opt_in}"

@@ -33,6 +33,9 @@ from rich.console import Console
 from typing_extensions import override
 
 from finetune_strategies import _lightning
+from finetune_strategies.checkpointing.checkpoint_io import TRUST_HINT
+from finetune_strategies.checkpointing.files import check_file
+from finetune_strategies.checkpointing.weights import torch_load
 from finetune_strategies.cli.exit_status import (
     USAGE_ERROR,
     as_usage_errors,
@@ -41,7 +44,9 @@ from finetune_strategies.cli.exit_status import (
     reported_error,
 )
 from finetune_strategies.cli.yaml_dump import use_round_trip_yaml
+from finetune_strategies.core.optim import check_name_from_file
 from finetune_strategies.errors import (
+    CheckpointError,
     ImageDataError,
     ModelConfigError,
     StrategySpecError,
@@ -275,7 +280,13 @@ class FinetuneCLI(LightningCLI):
         assert isinstance(trainer, Trainer)
         export = check_export_path(self.config["fit"].get("export"))
         try:
-            trainer.finetune(model, datamodule, strategy=strategy, ckpt_path=kwargs.get("ckpt_path"))
+            trainer.finetune(
+                model,
+                datamodule,
+                strategy=strategy,
+                ckpt_path=kwargs.get("ckpt_path"),
+                weights_only=kwargs.get("weights_only"),
+            )
         except Exception as error:
             if trainer.global_step or reported_error(error) is not None or not raised_by_lightning(error):
                 raise
@@ -299,8 +310,48 @@ class FinetuneCLI(LightningCLI):
     def predict(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
         output = Path(self.config["predict"]["output"])
         self.trainer.callbacks.append(PredictionsCSVWriter(output))  # type: ignore[attr-defined]
-        self.trainer.predict(model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False)
+        self.trainer.predict(
+            model,
+            datamodule=datamodule,
+            ckpt_path=kwargs.get("ckpt_path"),
+            weights_only=kwargs.get("weights_only"),
+            return_predictions=False,
+        )
         print(f"Predictions written to {output}")
+
+
+def _parse_ckpt_hyperparameters(cli: Any) -> None:
+    """Read the model's hyperparameters from ``--ckpt_path`` into the config, as LightningCLI does, but
+    check the file first and honour ``--weights_only``: a damaged file or one holding other objects is a
+    one-line usage error (exit status 2), and ``--weights_only false`` loads a trusted full checkpoint."""
+    subcommand = cli.config.get("subcommand")
+    if not subcommand:
+        return
+    config = cli.config[subcommand]
+    path = config.get("ckpt_path")
+    if not path or not Path(path).is_file():  # "last", "best", a remote path: the trainer resolves them
+        return
+    weights_only = config.get("weights_only") is not False
+    try:
+        check_file(path)
+        loaded = torch_load(
+            path, f"checkpoint {str(path)!r}", weights_only=weights_only, error=CheckpointError, opt_in=TRUST_HINT
+        )
+    except CheckpointError as error:
+        raise UsageError(f"--ckpt_path: {error}") from error
+    hparams = dict(loaded.get("hyper_parameters") or {}) if isinstance(loaded, dict) else {}
+    hparams.pop("_instantiator", None)
+    if not hparams:
+        return
+    source = f"the hyperparameters of checkpoint {path}"
+    for key in ("optimizer", "scheduler"):  # a checkpoint may name classes, but not make us import a module
+        check_name_from_file(hparams.get(key), f"--ckpt_path: {key}", source, error=UsageError)
+    if "_class_path" in hparams:
+        hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    cli.config = cli.parser.parse_object({subcommand: {"model": hparams}}, cli.config)
+
+
+_lightning.replace_ckpt_hyperparameters(FinetuneCLI, _parse_ckpt_hyperparameters)
 
 
 # ------------------------------------------------------------------ fit --export (the lora branch's addition)

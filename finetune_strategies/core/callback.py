@@ -50,10 +50,16 @@ from finetune_strategies.core.options import StrategyOptions as StrategyOptions 
 from finetune_strategies.core.options import document_options
 from finetune_strategies.core.progress import ScheduleProgress
 from finetune_strategies.core.schedule import Phase, check_decay, check_order
-from finetune_strategies.core.state import StrategyState, group_layout
+from finetune_strategies.core.state import (
+    StrategyState,
+    describe_option_differences,
+    group_layout,
+    option_differences,
+)
 from finetune_strategies.core.triggers import Mode, Plateau, Transition, check_validation, hold_early_stopping, restore
 from finetune_strategies.errors import (
     ConfigurationError,
+    ResumeMismatchError,
     ScheduleError,
     StrategySpecError,
     StrategySpecTypeError,
@@ -314,6 +320,26 @@ class FinetuningStrategy(BaseFinetuning):
         """The memory of L2-SP's copy of the pretrained weights in this fit (0 without ``l2_sp``)."""
         return self._l2sp.start.nbytes
 
+    def training_options(self) -> dict[str, Any]:
+        """Everything besides the schedule that shapes what trains in this fit, by name, as checkpoints
+        record it: a resume with other values is refused (empty before ``setup``). Options that only
+        set how strongly something trains (``lr``, ``l2_sp``, ...) may change on resume."""
+        pl_module = self._pl_module
+        if pl_module is None:
+            return {}
+        return {
+            "frozen modules": [name for name, _ in self.find_modules_to_freeze(pl_module)],
+            "attr_names": list(self.attr_names),
+            "train_bn": self.train_bn,
+            "bn_eval": self.bn_eval,
+            "optimizer_index": self.optimizer_index,
+            "preregister_groups": self.preregister_groups,
+            "layer_lr_decay": self.layer_lr_decay,
+            "layer_unit": self.layer_unit or self.default_layer_unit,
+            "save_trainable_only": self.save_trainable_only,
+            "param groups": [[p.phase, p.name, len(p.params), p.scale] for p in self._groups.plans],
+        }
+
     @property
     def _schedulers(self) -> list[Any]:
         return [config.scheduler for config in self._lr_configs]
@@ -534,6 +560,7 @@ class FinetuningStrategy(BaseFinetuning):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.remove()
         self._undo_on_load()
+        self._hook, self._undo_on_load = OptimizerHook(_ignore_optimizers), _nothing  # closures do not pickle
         distributed.remove_load_hook(trainer)
         self.finish()
 
@@ -563,12 +590,23 @@ class FinetuningStrategy(BaseFinetuning):
             stage=progress["stage"],
             transitions=progress["transitions"],
             l2_sp_start=self._l2sp.state_dict(),
+            options=self.training_options(),
         ).to_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
         state = StrategyState.from_dict(state_dict)
+        differences = option_differences(state.options, self.training_options())
+        if differences:  # a plain Trainer: the library's Trainer refused it before, naming the file
+            raise ResumeMismatchError(describe_option_differences("The checkpoint", type(self).__name__, differences))
+        count = len(self._progress.phases)
+        wrong = [i for i in state.started_phases if not 0 <= i < count] if self._pl_module is not None else []
+        if wrong:  # a damaged or crafted state: an IndexError deep inside the resume otherwise
+            raise ResumeMismatchError(
+                f"The checkpoint's {type(self).__name__} state lists started phases {wrong}, but the schedule has "
+                f"{count} phase(s) (0 to {count - 1}). It was not written by this schedule; start a new fit."
+            )
+        super().load_state_dict(state_dict)
         self._unfrozen = state.unfrozen_modules
         self._progress.load_state_dict(state.to_dict())
         self._l2sp.load_state_dict(state.l2_sp_start, type(self).__name__)
@@ -587,10 +625,18 @@ class FinetuningStrategy(BaseFinetuning):
         self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
         self._cache = CacheSession(self.cache_max_bytes)
-        self._hook = OptimizerHook(lambda optimizers, configs: None)
+        self._hook = OptimizerHook(_ignore_optimizers)
         self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
         self._checkpoints = trainable_only.TrainableOnlySession()
-        self._undo_on_load = lambda: None
+        self._undo_on_load = _nothing  # module-level functions, not lambdas: ddp_spawn pickles the callback
+
+
+def _ignore_optimizers(optimizers: list[Optimizer], configs: list[LRSchedulerConfig]) -> None:
+    """The optimizer hook of a strategy with no param groups to add."""
+
+
+def _nothing() -> None:
+    """Nothing to undo."""
 
 
 FlashBaseFinetuning = FinetuningStrategy

@@ -6,6 +6,9 @@ when the module computes a fixed function of its input: every parameter frozen, 
 mode, no active dropout, and the same input for the same sample every epoch (a deterministic
 transform). The first three are checked before the cache is used; the last is checked as it runs:
 an unknown input in an epoch after the first means the inputs changed, and the cache refuses.
+Randomness that no module class reveals (timm's ``DropPath``, stochastic depth in any library, a
+random augmentation inside the model) is caught by behaviour: before the cache stores anything, the
+module runs twice on the first batch, in train mode, and the two outputs must agree bitwise.
 """
 
 from __future__ import annotations
@@ -61,6 +64,17 @@ def check_deterministic(name: str, module: nn.Module) -> None:
         )
 
 
+def random_modules(module: nn.Module) -> list[str]:
+    """Submodules in train mode that look random: a drop probability above 0, or a class named after it."""
+    found = []
+    for name, sub in module.named_modules():
+        rate = next((getattr(sub, a) for a in ("drop_prob", "p", "drop_rate") if hasattr(sub, a)), None)
+        looks_random = any(word in type(sub).__name__ for word in ("Drop", "Stochastic", "Random"))
+        if sub.training and name and (looks_random or (isinstance(rate, float) and rate > 0)):
+            found.append(name)
+    return found
+
+
 def sample_keys(batch: torch.Tensor) -> list[bytes]:
     """One 128-bit SHA-256 prefix per sample, over its raw bytes (any dtype)."""
     rows = batch.detach().cpu().contiguous().reshape(len(batch), -1).view(torch.uint8).numpy()
@@ -84,6 +98,7 @@ class FeatureCache:
         self.active = False
         self.checked = False  # check_deterministic ran this epoch
         self.strict = False  # set after the first cached epoch: unknown inputs are then an error
+        self.verified = False  # two forward passes of one batch agreed bitwise
         self._store: dict[bytes, torch.Tensor] = {}
         self._seen: set[bytes] = set()  # also the samples that did not fit under max_bytes
         self._original: Callable[..., Any] = module.forward
@@ -116,6 +131,8 @@ class FeatureCache:
         if missing:
             with torch.no_grad():
                 output = self._original(batch[missing])
+                if not self.verified:
+                    self._check_fixed_function(batch[missing], output)
             if not isinstance(output, torch.Tensor):
                 raise ConfigurationError(
                     f"cache_features needs `{self.name}` to return one tensor, got {type(output).__name__}."
@@ -125,6 +142,24 @@ class FeatureCache:
                 self._seen.add(keys[index])
                 self._remember(keys[index], output[row])
         return torch.stack([computed[i] if i in computed else self._store[keys[i]] for i in range(len(keys))])
+
+    def _check_fixed_function(self, batch: torch.Tensor, output: Any) -> None:
+        """Raise unless a second forward pass of ``batch`` gives ``output`` again, bit for bit. The random
+        number generators are put back afterwards, so the check changes no other draw of the run."""
+        devices = [batch.device.index or 0] if batch.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            again = self._original(batch)
+        if isinstance(output, torch.Tensor) and isinstance(again, torch.Tensor) and torch.equal(output, again):
+            self.verified = True
+            return
+        suspects = random_modules(self.module)
+        named = f" ({', '.join(f'{self.name}.{n}' for n in suspects)})" if suspects else ""
+        raise ConfigurationError(
+            f"cache_features needs `{self.name}` to compute a fixed function of its input, but two forward passes "
+            f"of the same batch in train mode gave different outputs: it draws random numbers{named}, as "
+            "stochastic depth (timm's DropPath, drop_path_rate > 0) or a random augmentation inside the model "
+            "does. Turn that off (drop_path_rate=0) or turn cache_features off."
+        )
 
     def _remember(self, key: bytes, features: torch.Tensor) -> None:
         size = features.numel() * features.element_size()

@@ -1,8 +1,8 @@
 """Teach learning-rate schedulers about a param group that appears after they were built.
 
 torch schedulers keep per-group state (``base_lrs``, ``lr_lambdas``, ``min_lrs``, OneCycleLR's
-``max_lr`` group keys, ...). A group added mid-run is unknown to them: LambdaLR, MultiplicativeLR and
-CosineAnnealingWarmRestarts raise ``ValueError`` and OneCycleLR raises ``KeyError``.
+``max_lr`` group keys, SWALR's ``swa_lr``, ...). A group added mid-run is unknown to them: LambdaLR,
+MultiplicativeLR and CosineAnnealingWarmRestarts raise ``ValueError``, OneCycleLR and SWALR ``KeyError``.
 
 The rule applied here: **a new group follows group 0's schedule, scaled by a fixed ratio** ``r``
 (the group's lr divided by group 0's lr at the moment it is added). Every per-group learning rate
@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 
 _SCALED_LISTS = ("base_lrs", "max_lrs")
 _COPIED_LISTS = ("min_lrs", "lr_lambdas", "base_momentums", "max_momentums")
-_SCALED_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr")
+_SCALED_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "swa_lr")
 _COPIED_GROUP_KEYS = ("max_momentum", "base_momentum")
 
 

@@ -24,13 +24,21 @@ When the scheduler is built, arguments that the spec leaves out take these defau
 | `onecycle`    | OneCycleLR         | `max_lr` = the optimizer's lr, `total_steps` = the trainer's estimated steps |
 
 OneCycleLR steps every batch and other schedulers every epoch unless the spec gives ``interval``.
+
+Names read from a file that the user did not write as code (a checkpoint's hyperparameters) are parsed
+inside :func:`names_from_file`: there a dotted class path resolves only in a module that is already
+imported, so a checkpoint can name ``torch.optim.AdamW`` but never make the library import a module
+(``"this.Adam"`` would run ``this``'s code). Names and config files the user passes are unrestricted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import inspect
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,8 +193,45 @@ def _by_name(kind: str, name: str, where: str, error: ErrorClass) -> type:
     raise error(f"{where}: Unknown {kind} {name!r}.{hint} Choose one of: {', '.join(choices)}.")
 
 
+_FROM_FILE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "finetune_strategies_names_from_file", default=None
+)
+
+
+@contextlib.contextmanager
+def names_from_file(source: str) -> Iterator[None]:
+    """Parse specs inside this block as read from ``source``, a file: no dotted path imports a module."""
+    token = _FROM_FILE.set(source)
+    try:
+        yield
+    finally:
+        _FROM_FILE.reset(token)
+
+
+def check_name_from_file(spec: Any, where: str, source: str, *, error: ErrorClass = StrategySpecError) -> None:
+    """Raise ``error`` if ``spec`` (read from the file ``source``) is a dotted class path whose module is not
+    imported: resolving it would import the module (see :func:`names_from_file`)."""
+    if isinstance(spec, Mapping):
+        spec = spec.get("class_path")
+    if isinstance(spec, str) and "." in spec:
+        with names_from_file(source):
+            _check_importable(spec.rpartition(".")[0], spec, where, error)
+
+
+def _check_importable(module_name: str, path: str, where: str, error: ErrorClass) -> None:
+    source = _FROM_FILE.get()
+    if source is not None and module_name not in sys.modules:
+        raise error(
+            f"{where}: {path!r} comes from {source}, and naming a class there may not import a module "
+            f"({module_name!r} is not imported): a file could make any code run. Use a torch.optim or "
+            "torch.optim.lr_scheduler class name (e.g. 'adamw', 'cosine'), import the module yourself before "
+            "loading if you trust the file, or pass the setting again when loading."
+        )
+
+
 def _import_class(path: str, where: str, error: ErrorClass) -> type:
     module_name, _, name = path.rpartition(".")
+    _check_importable(module_name, path, where, error)
     try:
         module = importlib.import_module(module_name)
     except ImportError as cause:

@@ -6,7 +6,8 @@ Lightning ``Trainer`` check, on every rank, right where it loads ``ckpt_path``:
 
 * the file is a complete archive and every record in it passes its CRC check;
 * it holds what resuming needs (weights, optimizer states, loop progress);
-* it was written by the same fine-tuning strategy, with the same schedule, as this run's;
+* it was written by the same fine-tuning strategy, with the same schedule and the same options that shape
+  what trains (:meth:`~finetune_strategies.core.callback.FinetuningStrategy.training_options`), as this run's;
 * if it keeps only the weights that trained (:mod:`finetune_strategies.checkpointing.trainable_only`), the model's
   frozen weights are the ones it was trained on; they are put back into it, for every ``Trainer``
   entry point that takes a ``ckpt_path``.
@@ -14,6 +15,7 @@ Lightning ``Trainer`` check, on every rank, right where it loads ``ckpt_path``:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from finetune_strategies import _lightning
 from finetune_strategies.checkpointing.files import check_file, is_sharded
 from finetune_strategies.checkpointing.trainable_only import complete_checkpoint
 from finetune_strategies.core.callback import FinetuningStrategy
-from finetune_strategies.core.state import saved_strategy
+from finetune_strategies.core.state import describe_option_differences, option_differences, saved_strategy
 from finetune_strategies.errors import CheckpointError, FinetuningError, ResumeMismatchError
 
 RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
@@ -72,22 +74,35 @@ def check_contents(trainer: pl.Trainer, path: str | Path, checkpoint: dict[str, 
                 f"run's schedule is {_show(planned)}. Resume with the same options (epochs, layers), or "
                 "load the weights and start a new fit."
             )
+    if ours is not None:
+        differences = option_differences(saved.options, ours.training_options())
+        if differences:
+            raise ResumeMismatchError(describe_option_differences(f"Checkpoint {path}", saved_name, differences))
+        count = len(ours.schedule)
+        wrong = [i for i in saved.started_phases if not 0 <= i < count]
+        if wrong:
+            raise ResumeMismatchError(
+                f"Checkpoint {path}: its {saved_name} state lists started phases {wrong}, but the schedule has "
+                f"{count} phase(s). It is damaged or crafted; start a new fit."
+            )
 
 
 def guard_resume(trainer: pl.Trainer) -> None:
     """Make ``trainer`` run :func:`check_file` and :func:`check_contents` when it loads ``ckpt_path``."""
+    # functions and partials, not closures: ddp_spawn pickles the trainer
+    _lightning.intercept_resume(trainer, check_file, functools.partial(_after_load, trainer), _as_checkpoint_error)
 
-    def after(path: Any, loaded: dict[str, Any]) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            check_contents(trainer, path, loaded)
-        complete_checkpoint(trainer.lightning_module, loaded, f"Checkpoint {path}")
 
-    def on_error(path: Any, error: Exception) -> Exception:
-        if isinstance(error, FinetuningError):
-            return error
-        return CheckpointError(f"Could not load checkpoint {path}: {type(error).__name__}: {error}")
+def _after_load(trainer: pl.Trainer, path: Any, loaded: dict[str, Any]) -> None:
+    if trainer.state.fn == TrainerFn.FITTING:
+        check_contents(trainer, path, loaded)
+    complete_checkpoint(trainer.lightning_module, loaded, f"Checkpoint {path}")
 
-    _lightning.intercept_resume(trainer, check_file, after, on_error)
+
+def _as_checkpoint_error(path: Any, error: Exception) -> Exception:
+    if isinstance(error, FinetuningError):
+        return error
+    return CheckpointError(f"Could not load checkpoint {path}: {type(error).__name__}: {error}")
 
 
 def _show(schedule: list[list[Any]]) -> str:

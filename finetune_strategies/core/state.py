@@ -29,6 +29,11 @@ class StrategyState:
             :class:`~finetune_strategies.core.triggers.StageWatch`).
         transitions: The phase starts that triggers decided (epoch, phase, reason, best score).
         l2_sp_start: With ``l2_sp``, the pretrained weights L2-SP pulls toward (``w0``, by parameter name).
+        options: Everything else that shapes what trains (the frozen modules, ``attr_names``, the layer
+            unit and decay, the BatchNorm policy, the param groups each phase brings, ...), by name, as
+            :meth:`~finetune_strategies.core.callback.FinetuningStrategy.training_options` gives them; a
+            resume with other values is refused (:func:`option_differences`). Empty in checkpoints of
+            releases before 0.3.
     """
 
     strategy: str
@@ -39,6 +44,7 @@ class StrategyState:
     stage: dict[str, Any] = field(default_factory=dict)
     transitions: list[dict[str, Any]] = field(default_factory=list)
     l2_sp_start: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +56,7 @@ class StrategyState:
             "stage": self.stage,
             "transitions": self.transitions,
             "l2_sp_start": self.l2_sp_start,
+            "options": self.options,
         }
 
     @classmethod
@@ -63,6 +70,7 @@ class StrategyState:
             stage=dict(state.get("stage", {})),
             transitions=list(state.get("transitions", [])),
             l2_sp_start=dict(state.get("l2_sp_start", {})),
+            options=dict(state.get("options", {})),
         )
 
     @staticmethod
@@ -82,6 +90,23 @@ def saved_strategy(checkpoint: Mapping[str, Any]) -> StrategyState | None:
         if isinstance(state, Mapping) and "internal_optimizer_metadata" in state:
             return StrategyState(strategy=str(key))
     return None
+
+
+def option_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(option, saved value, current value)`` for each option both record and that differs, in order."""
+    return [(name, saved[name], value) for name, value in current.items() if name in saved and saved[name] != value]
+
+
+def describe_option_differences(source: str, strategy: str, differences: list[tuple[str, Any, Any]]) -> str:
+    """The message of a resume refused for ``differences`` (see :func:`option_differences`)."""
+    listed = "; ".join(f"{name}: saved {old!r}, now {new!r}" for name, old, new in differences)
+    return (
+        f"{source} was written by {strategy} with other options than this run's ({listed}). Resuming would "
+        "give the optimizer state, param groups and unfreezes of one setup to another, and parts that should "
+        "train would not. Resume with the saved options, or start a new fit from its weights, knowingly: "
+        "pass ckpt_path=None and load them first, with model.load_state_dict(torch.load(path, "
+        "weights_only=True)['state_dict'], strict=False)."
+    )
 
 
 def group_layout(optimizer: Any, names: Mapping[int, str]) -> list[dict[str, Any]]:

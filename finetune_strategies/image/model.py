@@ -23,6 +23,7 @@ from finetune_strategies.core.optim import (
     LIGHTNING_KEYS,
     OptimizerSpec,
     SchedulerSpec,
+    names_from_file,
     parse_optimizer,
     parse_scheduler,
 )
@@ -144,6 +145,14 @@ class ImageClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""
         record_adapters(self, checkpoint)
+
+    @classmethod
+    @override
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``LightningModule.load_from_checkpoint``; the optimizer and scheduler names in the checkpoint's
+        hyperparameters may not import a module (see :func:`~finetune_strategies.core.optim.names_from_file`)."""
+        with names_from_file(f"the hyperparameters of checkpoint {checkpoint_path}"):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

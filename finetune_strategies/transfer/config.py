@@ -71,7 +71,8 @@ STAGE_KEYS = (
 )
 HEADS_KEYS = ("head", "num_heads", "scale_factor", "train_only_new_heads", "seed")
 REPLAY_KEYS = ("fraction", "seed")
-_STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # never '.', '..' or a hidden name
+_RESERVED_STAGE_NAMES = ("transfer_state.json",)  # files the runner writes beside the stage folders (record.STATE_FILE)
 _TRAINER_ARGS = tuple(n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self")
 
 
@@ -205,9 +206,14 @@ class StageConfig:
         )
         check_known_keys(stage, STAGE_KEYS, where, error=TransferConfigError)
         name = stage.get("name", f"stage_{index + 1}")
-        if not isinstance(name, str) or not _STAGE_NAME.match(name):
+        if not isinstance(name, str) or not _STAGE_NAME.match(name) or len(name) > 128:
             raise TransferConfigError(
-                f"{where}.name must be letters, digits, '_', '-' or '.', got {name!r} (it names a folder)."
+                f"{where}.name must be letters, digits, '_', '-' or '.', starting with a letter, digit or '_' "
+                f"(at most 128 characters), got {name!r}: it names the stage's folder inside output_dir."
+            )
+        if name.lower() in _RESERVED_STAGE_NAMES:
+            raise TransferConfigError(
+                f"{where}.name {name!r} is the name of the run's record file in output_dir; choose another name."
             )
         freeze = stage.get("freeze_modules") or []
         if isinstance(freeze, str) or not isinstance(freeze, (list, tuple)):

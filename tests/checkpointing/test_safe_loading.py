@@ -99,3 +99,19 @@ def test_a_planted_stage_checkpoint_does_not_unpickle(tmp_path: Path) -> None:
     result = run_transfer_learning({**config, "weights_only": False}, TinyRegressor(), TinyData(), output_dir=tmp_path)
     assert marker.exists()
     assert all(s.reused for s in result.stages)
+
+
+# ---------------------------------------------------------------------------------- writes
+def test_a_planted_link_at_the_partial_path_is_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / ".fixed.ckpt.partial").symlink_to(outside)
+    trainer = make_trainer(1, enable_checkpointing=True, callbacks=[ModelCheckpoint(folder, filename="fixed")])
+    trainer.finetune(TinyClassifier(), loader(), strategy="freeze")
+    assert outside.read_text() == "not yours"  # the link's target is untouched
+    written = folder / "fixed.ckpt"
+    assert not written.is_symlink()
+    assert "state_dict" in torch.load(written, weights_only=True)
+    assert not (folder / ".fixed.ckpt.partial").exists()

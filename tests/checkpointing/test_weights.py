@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import PicklePayload
@@ -106,3 +108,15 @@ def test_errors_name_the_file_and_the_cause_with_the_callers_error_class(tmp_pat
     torch.save({}, tmp_path / "empty.pt")
     with pytest.raises(PretrainedWeightsError, match="does not hold a state dict"):
         read_state_dict(tmp_path / "empty.pt")
+
+
+def test_random_bytes_are_reported_as_damaged_not_as_objects_to_trust(tmp_path: Path) -> None:
+    from finetune_strategies.checkpointing.checkpoint_io import SafeCheckpointIO
+    from finetune_strategies.errors import CheckpointError
+
+    path = tmp_path / "random.ckpt"
+    path.write_bytes(bytes(range(100, 256)) * 20)  # 'd' (100) first: a pickle opcode torch's safe unpickler lacks
+    with pytest.raises(CheckpointError, match=r"damaged or not a file torch\.save wrote") as info:
+        SafeCheckpointIO().load_checkpoint(path)
+    assert "would not help" in str(info.value)
+    assert "If you trust the file" not in str(info.value)

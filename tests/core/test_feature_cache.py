@@ -48,7 +48,8 @@ def test_cache_gives_the_same_head_and_skips_the_backbone() -> None:
     plain, plain_rec, _ = fit(cache=False)
     cached, cached_rec, trainer = fit(cache=True)
     assert plain.seen == 3 * 32
-    assert cached.seen == 32, "after the first epoch, features come from the cache"
+    # after the first epoch, features come from the cache; its first batch (8) runs twice, to check it is fixed
+    assert cached.seen == 32 + 8
     for name in ("head.weight", "head.bias"):
         assert torch.allclose(plain_rec.weights[-1][name], cached_rec.weights[-1][name], atol=1e-5)
         assert not torch.equal(cached_rec.initial[name], cached_rec.weights[-1][name])
@@ -58,7 +59,7 @@ def test_cache_gives_the_same_head_and_skips_the_backbone() -> None:
 
 def test_cache_is_dropped_at_unfreeze() -> None:
     model, rec, trainer = fit(cache=True, spec=("freeze_unfreeze", 2), epochs=4)
-    assert model.seen == 32 + 2 * 32, "epoch 0 fills, epoch 1 hits, epochs 2-3 run the backbone"
+    assert model.seen == 8 + 32 + 2 * 32, "the check, epoch 0 fills, epoch 1 hits, epochs 2-3 run the backbone"
     assert "forward" not in vars(model.backbone), "the original forward is restored"
     assert strategy_of(trainer).cache_stats["backbone"].hits == 32
     assert not torch.equal(rec.weights[1]["backbone.0.weight"], rec.weights[3]["backbone.0.weight"])
@@ -68,7 +69,7 @@ def test_cache_bound() -> None:
     with pytest.warns(UserWarning, match="reached its bound"):
         model, _, trainer = fit(cache=True, cache_max_bytes=10 * 8 * 4)
     assert strategy_of(trainer).cache_stats["backbone"].samples == 10
-    assert model.seen == 32 + 2 * 22
+    assert model.seen == 8 + 32 + 2 * 22
 
 
 def test_refuses_trainable_backbone_parts() -> None:
@@ -130,4 +131,16 @@ def test_validation_runs_the_real_backbone() -> None:
         cache_features=True,
         val_dataloaders=val,
     )
-    assert cached.seen == 32 + 2 * 8
+    assert cached.seen == 8 + 32 + 2 * 8  # the check of the first batch, epoch 0, validation twice
+
+
+def test_refuses_stochastic_depth_by_behaviour() -> None:
+    from timm.layers import DropPath  # not a dropout class: the cache notices by two forward passes
+
+    model = TinyClassifier()
+    model.backbone.append(DropPath(0.3))
+    with pytest.raises(ConfigurationError, match=r"two forward passes .* \(backbone\.5\).*drop_path_rate") as info:
+        make_trainer(1).finetune(
+            model, shuffled_loader(), strategy="freeze", train_bn=False, bn_eval=True, cache_features=True
+        )
+    assert "fixed function" in str(info.value)

@@ -183,3 +183,43 @@ def test_predict_step_returns_probabilities(folders):
     probs = torch.cat(predictions)
     assert probs.shape == (4, 2)
     assert torch.allclose(probs.sum(dim=1), torch.ones(4))
+
+
+def _checkpoint_naming(tmp_path, optimizer: str):
+    import sys
+
+    model = ImageClassifier(num_classes=2, backbone=BACKBONE, pretrained=False)
+    hparams = {**model.hparams, "optimizer": optimizer}
+    path = tmp_path / "crafted.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.5.0"}, path
+    )
+    sys.modules.pop("this", None)  # importing `this` prints the Zen of Python: code from a file would run
+    return path
+
+
+def test_checkpoint_hyperparameters_cannot_import_a_module(tmp_path, capsys):
+    import sys
+
+    path = _checkpoint_naming(tmp_path, "this.Adam")
+    with pytest.raises(
+        ModelConfigError, match=r"'this.Adam' comes from the hyperparameters of checkpoint .*not imported"
+    ):
+        ImageClassifier.load_from_checkpoint(path)
+    assert "this" not in sys.modules
+    assert "Zen of Python" not in capsys.readouterr().out
+    loaded = ImageClassifier.load_from_checkpoint(_checkpoint_naming(tmp_path, "torch.optim.AdamW"))
+    assert loaded.optimizer_name == "torch.optim.AdamW"  # a class path in an imported module still loads
+    assert ImageClassifier(num_classes=2, backbone=BACKBONE, pretrained=False, optimizer="torch.optim.SGD")
+
+
+def test_cli_ckpt_hyperparameters_cannot_import_a_module(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from finetune_strategies.cli.app import main
+
+    monkeypatch.chdir(tmp_path)
+    path = _checkpoint_naming(tmp_path, "this.Adam")
+    assert main(["validate", f"--ckpt_path={path}", f"--data.val_folder={make_folder(tmp_path / 'v')}"]) == 2
+    assert "not imported" in capsys.readouterr().err
+    assert "this" not in sys.modules

@@ -341,3 +341,13 @@ def test_callback_objects_in_the_config_do_not_break_resume(tmp_path) -> None:
     second = StageSpy()  # another object, as in a new process
     run_transfer_learning(config(second), TinyRegressor(), TinyData(), output_dir=tmp_path)
     assert second.fits == []
+
+
+@pytest.mark.parametrize("name", ["..", "transfer_state.json"])
+def test_a_stage_named_like_a_path_is_refused_before_anything_trains(tmp_path: Path, name: str) -> None:
+    spy = StageSpy()
+    config = {"trainer": BASE_TRAINER, "stages": [{"name": name}]}
+    with pytest.raises(TransferConfigError, match="name"):
+        run_transfer_learning(config, TinyRegressor(), TinyData(), callbacks=[spy], output_dir=tmp_path / "out")
+    assert spy.fits == []
+    assert not list(tmp_path.rglob("*.ckpt"))
