@@ -327,9 +327,11 @@ class FinetuningStrategy(BaseFinetuning):
         pl_module = self._pl_module
         if pl_module is None:
             return {}
+        frozen = self.find_frozen(pl_module)
         return {
-            "frozen modules": [name for name, _ in self.find_modules_to_freeze(pl_module)],
-            "attr_names": list(self.attr_names),
+            "frozen modules": frozen.names,
+            "head kept training": [name for name, _ in frozen.head],
+            "attr_names": None if self.attr_names is None else list(self.attr_names),
             "train_bn": self.train_bn,
             "bn_eval": self.bn_eval,
             "optimizer_index": self.optimizer_index,
