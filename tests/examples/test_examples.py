@@ -54,3 +54,14 @@ def test_recipes_example(example, capsys, tmp_path):
     assert "WiSE-FT kept a=" in out
     assert "freeze_unfreeze + l2_sp: drift after the last epoch: backbone.stem" in out
     assert (tmp_path / "out" / "drift.png").stat().st_size > 10_000
+
+
+def test_any_model_example(example, capsys):
+    example("any_model", "--pretrain_epochs", "1", "--epochs", "2")
+    out = capsys.readouterr().out
+    assert "timm ResNet at `net`: freezes `net` except its head `net.fc`" in out
+    assert "torchvision ResNet (the model itself): freezes `ResNet` except its head `fc`" in out
+    assert "compiled timm resnet18: timm ResNet at `_orig_mod`" in out
+    assert "transformers BertForSequenceClassification (the model itself): freezes `bert`" in out
+    accuracy = float(out.split("timm: val_acc ")[1].split()[0])
+    assert accuracy > 0.4  # 5 classes: chance is 0.2

@@ -135,7 +135,7 @@ def _strip(name: str, prefix: str) -> str:
     return name.replace(prefix + ".", "") if prefix else name
 
 
-@pytest.mark.parametrize("name", ["timm resnet", "timm vit", "torchvision resnet", "bert", "gpt2", "sequential"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_a_compiled_model_has_the_anatomy_of_the_plain_one(name: str) -> None:
     _, factory, _, _, _ = FAMILIES[name]
     plain = factory()
@@ -156,15 +156,24 @@ def test_a_data_parallel_model_has_the_anatomy_of_the_plain_one() -> None:
     assert _layer_params(plain, anatomy) == _layer_params(plain, find_anatomy(plain))
 
 
-@pytest.mark.parametrize(
-    ("name", "config"),
-    [
-        ("bert", peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"])),
-        ("timm vit", peft.LoraConfig(r=2, target_modules=["qkv"])),
-    ],
-)
-def test_a_peft_model_has_the_anatomy_of_the_plain_one(name: str, config: peft.LoraConfig) -> None:
-    _, factory, backbone, head, _ = FAMILIES[name]
+PEFT_TARGETS = {
+    "timm resnet": ["conv2"],
+    "timm vit": ["qkv"],
+    "timm convnext": ["fc1"],
+    "torchvision resnet": ["conv2"],
+    "torchvision vit": ["mlp.0"],
+    "bert": ["query", "value"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "sequential": ["2"],
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_peft_model_has_the_anatomy_of_the_plain_one(name: str) -> None:
+    family, factory, backbone, head, _ = FAMILIES[name]
+    task = {"task_type": "SEQ_CLS"} if family == "transformers" else {}
+    config = peft.LoraConfig(r=2, target_modules=PEFT_TARGETS[name], **task)
     expected = [layer.name for layer in find_anatomy(factory()).layers]
     wrapped = peft.get_peft_model(factory(), config)
     anatomy = find_anatomy(wrapped)
@@ -175,7 +184,7 @@ def test_a_peft_model_has_the_anatomy_of_the_plain_one(name: str, config: peft.L
     assert [_strip(layer.name, prefix) for layer in anatomy.layers] == expected
     _assert_partition(wrapped, anatomy)  # the adapters too: each in the layer of the block it adapts
     names = {id(m): n for n, m in wrapped.named_modules()}
-    assert any("lora_A" in names[id(m)] for layer in anatomy.layers[1:-1] for m in layer.modules)
+    assert any("lora_A" in names[id(m)] for layer in anatomy.layers for m in layer.modules)
 
 
 class Holder(nn.Module):
