@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -66,8 +67,10 @@ def test_missing_backbone_names_class_and_attribute() -> None:
         make_trainer(1).finetune(NoBackbone(), loader(), strategy="freeze")
 
 
-def test_no_freeze_needs_no_backbone() -> None:
-    make_trainer(1).finetune(NoBackbone(), loader(), strategy="no_freeze")
+def test_no_freeze_needs_no_backbone(tmp_path: Path) -> None:
+    trainer = make_trainer(1, enable_checkpointing=True, default_root_dir=tmp_path)  # writes its options
+    trainer.finetune(NoBackbone(), loader(), strategy="no_freeze")
+    assert Path(trainer.checkpoint_callback.best_model_path).is_file()
 
 
 def test_attr_names_select_other_modules() -> None:

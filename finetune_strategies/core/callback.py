@@ -327,7 +327,7 @@ class FinetuningStrategy(BaseFinetuning):
         pl_module = self._pl_module
         if pl_module is None:
             return {}
-        frozen = self.find_frozen(pl_module)
+        frozen = self.find_frozen(pl_module) if self.freezes else FrozenModules(())
         return {
             "frozen modules": frozen.names,
             "head kept training": [name for name, _ in frozen.head],

@@ -135,9 +135,11 @@ def _own_non_bn(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
 
 def _training(model: pl.LightningModule, unit: LayerUnit) -> list[tuple[str, int]]:
     """The top-level parts of ``model`` that train; a part that trains only in part is broken down into
-    its layers (in ``unit``) that train. BatchNorm parameters are counted apart: ``train_bn`` decides
+    its layers (in ``unit``) that train, and a layer that trains only in part (a head beside a frozen
+    pooler) into its modules that train. BatchNorm parameters are counted apart: ``train_bn`` decides
     whether they train, not the schedule."""
     parts: list[tuple[str, int]] = []
+    names = {id(m): n for n, m in model.named_modules()}
     for name, child in model.named_children():
         params = _own_non_bn(child.modules())
         if _trains(params):
@@ -147,6 +149,11 @@ def _training(model: pl.LightningModule, unit: LayerUnit) -> list[tuple[str, int
                 own = _own_non_bn(layer.modules)
                 if _trains(own):
                     parts.append((layer.name, sum(p.numel() for p in own)))
+                    continue
+                for module in layer.modules:
+                    mine = _own_non_bn([module])
+                    if _trains(mine):
+                        parts.append((names[id(module)], sum(p.numel() for p in mine)))
     bn = [p for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False)]
     if any(p.requires_grad for p in bn):
         parts.append(("BatchNorm", sum(p.numel() for p in bn if p.requires_grad)))

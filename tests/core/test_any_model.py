@@ -269,3 +269,8 @@ def test_a_head_made_only_of_tied_weights_is_warned_about_then_refused() -> None
 def test_the_feature_cache_refuses_a_head_inside_the_frozen_model() -> None:
     with pytest.raises(ConfigurationError, match=r"the head `net.fc` trains inside `net`"):
         make_trainer(1).finetune(Holder(timm_resnet()), images(), strategy="freeze", cache_features=True)
+
+
+def test_the_plan_names_the_head_that_trains_beside_a_frozen_pooler() -> None:
+    plan = describe_schedule(Holder(bert()), ("freeze_unfreeze", 1), max_epochs=2)
+    assert plan.epochs[0].training == [("net.classifier", 16 * 3 + 3)]
