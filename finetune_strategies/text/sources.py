@@ -102,7 +102,7 @@ def _rows(path: Path, what: str) -> tuple[list[dict[str, Any]], list[str]]:
 def _field_values(rows: list[dict[str, Any]], field: str, fields: list[str], what: str, path: Path) -> list[Any]:
     if field not in fields:
         raise TextDataError(
-            f"`{what}` {str(path)!r} has no {field!r} field{did_you_mean(field, fields)} Its fields: "
+            f"`{what}` {str(path)!r} has no {field!r} field.{did_you_mean(field, fields)} Its fields: "
             f"{listing(fields)}. Name the right ones with text_field= and label_field=."
         )
     missing = [number for number, row in enumerate(rows, start=1) if row.get(field) is None]

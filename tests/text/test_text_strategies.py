@@ -6,6 +6,7 @@ that frozen weights stay bitwise unchanged are read from a recorder during the f
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import lightning.pytorch as pl
@@ -62,7 +63,7 @@ def test_gradual_unfreeze_with_layer_lr_decay_gives_one_group_per_encoder_layer(
     assert final_names[1:] == [f"{ENCODER_LAYERS[1]} + model.bert.pooler", ENCODER_LAYERS[0], "model.bert.embeddings"]
     assert [len(groups) for groups in rec.groups] == [1, 2, 3, 4]
     lrs = rec.group_lrs[-1][1:]
-    assert [later / earlier for earlier, later in zip(lrs, lrs[1:], strict=False)] == [0.5, 0.5]
+    assert [later / earlier for earlier, later in itertools.pairwise(lrs)] == [0.5, 0.5]
     layer_1 = [p for n, p in model.named_parameters() if n.startswith(ENCODER_LAYERS[1] + ".")]
     assert set(rec.groups[-1][1]) == {id(p) for p in layer_1} | set(params_of(model, "model.bert.pooler"))
     assert set(rec.groups[-1][2]) == set(params_of(model, ENCODER_LAYERS[0] + "."))
