@@ -49,7 +49,11 @@ def test_lists_with_class_names_give_sorted_classes_and_padded_batches() -> None
     for batch in train:
         assert batch["attention_mask"].sum(1).max() == batch["input_ids"].shape[1]
         assert (batch["input_ids"][batch["attention_mask"] == 0] == data.tokenizer.pad_token_id).all()
-    encoded = {tuple(ids[m.bool()].tolist()): int(y) for b in train for ids, m, y in zip(*b.values(), strict=True)}
+    encoded = {
+        tuple(ids[mask.bool()].tolist()): int(label)
+        for b in train
+        for ids, mask, label in zip(b["input_ids"], b["attention_mask"], b["labels"], strict=True)
+    }
     for text, label in zip(texts, labels, strict=True):
         assert encoded[tuple(data.tokenizer(text)["input_ids"])] == ["negative", "positive"].index(label)
     (predict,) = list(data.predict_dataloader())
