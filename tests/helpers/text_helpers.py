@@ -11,10 +11,6 @@ from finetune_strategies.text import TextClassificationData, TextClassifier
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids contention
 
-FROZEN: dict[str, Any] = {"attr_names": "model.bert"}
-"""How the strategies find what to freeze in a TextClassifier, passed to every strategy in these tests.
-Empty once the strategies find a transformers model's backbone by themselves (the model anatomy)."""
-
 TINY_BERT: dict[str, Any] = {
     "model_type": "bert",
     "vocab_size": 128,
@@ -66,5 +62,6 @@ def make_classifier(**kwargs: Any) -> TextClassifier:
 
 
 def strategy(name: str, **options: Any) -> dict[str, Any]:
-    """The spec of strategy ``name`` with ``options`` and :data:`FROZEN`."""
-    return {"strategy": name, **FROZEN, **options}
+    """The spec of strategy ``name`` with ``options``; nothing names what to freeze: the strategies find the
+    encoder (``model.bert``) and the head (``model.classifier``) of the transformers model by themselves."""
+    return {"strategy": name, **options}

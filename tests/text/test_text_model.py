@@ -73,15 +73,15 @@ def test_resume_after_the_unfreeze_ends_bitwise_equal_to_an_uninterrupted_run(tm
     first = make_trainer(2, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
     first.finetune(make_classifier(), make_data(), strategy=spec)
     resumed_model = make_classifier()
-    resumed = make_trainer(4)
+    resumed = make_trainer(5)
     resumed.finetune(resumed_model, make_data(), strategy=spec, ckpt_path=str(tmp_path / "last.ckpt"))
     full_model = make_classifier()
-    full = make_trainer(4)
+    full = make_trainer(5)
     full.finetune(full_model, make_data(), strategy=spec)
     for name, value in full_model.state_dict().items():
         assert torch.equal(resumed_model.state_dict()[name], value), name
     assert [g["lr"] for g in resumed.optimizers[0].param_groups] == [g["lr"] for g in full.optimizers[0].param_groups]
-    assert len(full.optimizers[0].param_groups) == 4
+    assert len(full.optimizers[0].param_groups) == 5  # the head, then 4 layers one by one
 
 
 def test_predict_returns_label_names_and_probabilities() -> None:

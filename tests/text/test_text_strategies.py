@@ -57,19 +57,17 @@ def test_freeze_unfreeze_trains_the_head_then_the_encoder_as_a_new_group() -> No
 
 def test_gradual_unfreeze_with_layer_lr_decay_gives_one_group_per_encoder_layer() -> None:
     spec = strategy("gradual_unfreeze", start_epoch=1, layer_lr_decay=0.5)
-    model, rec = fit(spec, 4)
-    final_names = rec.group_names[-1]
-    # the top layer first (with the pooler above it), then the one below, then the embeddings
-    assert final_names[1:] == [f"{ENCODER_LAYERS[1]} + model.bert.pooler", ENCODER_LAYERS[0], "model.bert.embeddings"]
-    assert [len(groups) for groups in rec.groups] == [1, 2, 3, 4]
+    model, rec = fit(spec, 5)
+    # the layers, top first: the pooler, each encoder layer, the embeddings; one group each
+    top_down = ["model.bert.pooler", ENCODER_LAYERS[1], ENCODER_LAYERS[0], "model.bert.embeddings"]
+    assert rec.group_names[-1][1:] == top_down
+    assert [len(groups) for groups in rec.groups] == [1, 2, 3, 4, 5]
     lrs = rec.group_lrs[-1][1:]
-    assert [later / earlier for earlier, later in itertools.pairwise(lrs)] == [0.5, 0.5]
-    layer_1 = [p for n, p in model.named_parameters() if n.startswith(ENCODER_LAYERS[1] + ".")]
-    assert set(rec.groups[-1][1]) == {id(p) for p in layer_1} | set(params_of(model, "model.bert.pooler"))
-    assert set(rec.groups[-1][2]) == set(params_of(model, ENCODER_LAYERS[0] + "."))
-    assert set(rec.groups[-1][3]) == set(params_of(model, "model.bert.embeddings"))
+    assert [later / earlier for earlier, later in itertools.pairwise(lrs)] == [0.5, 0.5, 0.5]
+    for index, prefix in enumerate(top_down, start=1):
+        assert set(rec.groups[-1][index]) == set(params_of(model, prefix + ".")), prefix
     # what trains grows by one layer per epoch; the layers below stay bitwise frozen until their turn
-    for epoch, prefix in enumerate([ENCODER_LAYERS[1], ENCODER_LAYERS[0], "model.bert.embeddings"], start=1):
+    for epoch, prefix in enumerate(top_down, start=1):
         assert trains(rec.requires_grad[epoch - 1], prefix) == {False}
         assert trains(rec.requires_grad[epoch], prefix) == {True}
         assert unchanged(rec.initial, rec.weights[epoch - 1], prefix)
