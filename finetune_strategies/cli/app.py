@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 import warnings
@@ -325,6 +326,16 @@ class FinetuneCLI(LightningCLI):
             if self.subcommand == "explain":
                 self._explain_without_data()
             super().instantiate_classes()
+        if self.subclass_mode_model:
+            self._forget_unused_links()
+
+    def _forget_unused_links(self) -> None:
+        """Drop from the model's hyperparameters the class count it does not take (``num_classes`` of a
+        TextClassifier): the links fill both names, and a checkpoint must name only the model's arguments."""
+        taken = inspect.signature(type(self.model).__init__).parameters
+        for name in CLASS_COUNT_ARGUMENTS:
+            if name not in taken:
+                self.model.hparams.pop(name, None)
 
     def _explain_without_data(self) -> None:
         """``explain`` needs the number of classes, not the data: ``--model.num_classes`` (``num_labels``), or

@@ -101,6 +101,7 @@ class TextClassifier(ClassifierModule):
             ``save_pretrained``, loaded with ``from_pretrained``; or, for offline use, a
             ``transformers.PretrainedConfig`` or a dict with its ``model_type``
             (``{"model_type": "bert", "hidden_size": 32, ...}``), built with ``from_config`` (random weights).
+            Required; it is optional in the signature only so that the CLI can take it from a checkpoint.
         num_labels: Number of classes (>= 2). Required; it is optional in the signature only so that the CLI
             can take it from the data or from a checkpoint.
         labels: Class names, in class-index order: the model config's ``id2label``, and the names
@@ -119,7 +120,7 @@ class TextClassifier(ClassifierModule):
 
     def __init__(
         self,
-        backbone: str | Path | dict[str, Any] | PretrainedConfig,
+        backbone: dict[str, Any] | str | Path | PretrainedConfig | None = None,  # dict first: dumped as a dict
         num_labels: int | None = None,
         labels: list[str] | None = None,
         optimizer: str = "adamw",
@@ -132,6 +133,11 @@ class TextClassifier(ClassifierModule):
     ) -> None:
         super().__init__()
         transformers = require_transformers("TextClassifier")
+        if backbone is None:
+            raise ModelConfigError(
+                "TextClassifier needs a backbone: a transformers model id or folder, or a config such as "
+                "{'model_type': 'bert', 'hidden_size': 32, ...}."
+            )
         self.save_hyperparameters(ignore=["backbone"])
         # a config is kept as its dict, so that load_from_checkpoint rebuilds the same architecture
         if isinstance(backbone, transformers.PretrainedConfig):

@@ -119,6 +119,7 @@ def test_backbone_from_a_config_object_a_dict_or_a_saved_folder(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
+        ({"num_labels": 2}, ModelConfigError, "needs a backbone"),
         ({"backbone": dict(TINY_BERT)}, ModelConfigError, "needs num_labels"),
         ({"backbone": dict(TINY_BERT), "num_labels": 1}, ModelConfigError, "num_labels"),
         ({"backbone": dict(TINY_BERT), "num_labels": 2, "labels": ["a"]}, ModelConfigError, "one per class"),
