@@ -54,3 +54,14 @@ def test_recipes_example(example, capsys, tmp_path):
     assert "WiSE-FT kept a=" in out
     assert "freeze_unfreeze + l2_sp: drift after the last epoch: backbone.stem" in out
     assert (tmp_path / "out" / "drift.png").stat().st_size > 10_000
+
+
+def test_text_classification_example(example, capsys, tmp_path):
+    example("text_classification", "--epochs", "2", "--samples", "32")
+    out = capsys.readouterr().out
+    assert "freezes `model.bert`; the head `model.classifier` trains" in out
+    assert "epoch 1: starts model.bert.pooler" in out
+    assert "val_acc before fine-tuning: " in out
+    assert "param groups: head lr=1.00e-02, model.bert.pooler lr=4.00e-03" in out
+    example("text_classification", "--write_csv", str(tmp_path / "csv"))
+    assert (tmp_path / "csv" / "reviews_train.csv").read_text() == (EXAMPLES / "data" / "reviews_train.csv").read_text()
