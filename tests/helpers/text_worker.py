@@ -37,18 +37,16 @@ class Vocabulary(pl.Callback):
         self.path.with_name(f"{self.path.name}.rank{trainer.global_rank}.json").write_text(json.dumps(vocabulary))
 
 
-def fit(out: Path, name: str, epochs: int, *callbacks: pl.Callback, ckpt_path: str | None = None, **kw: Any) -> None:
-    trainer = make_trainer(epochs, callbacks=[Dump(out / name), *callbacks], **kw)
-    trainer.finetune(
-        make_classifier(), make_data(batch_size=kw.pop("batch_size", 8)), strategy=SPEC, ckpt_path=ckpt_path
-    )
+def fit(out: Path, name: str, *callbacks: pl.Callback, ckpt_path: str | None = None, **trainer: Any) -> None:
+    """One process: :data:`EPOCHS` epochs of :data:`SPEC`, dumped as ``name``."""
+    run = make_trainer(EPOCHS, callbacks=[Dump(out / name), *callbacks], **trainer)
+    run.finetune(make_classifier(), make_data(), strategy=SPEC, ckpt_path=ckpt_path)
 
 
 def main(mode: str, out: Path) -> None:
     if mode == "ddp":  # 4 texts per rank and step: the global batch of 8
-        trainer = make_trainer(
-            EPOCHS + 1, devices=WORLD, strategy="ddp", callbacks=[Dump(out / "ddp"), Vocabulary(out / "vocab")]
-        )
+        callbacks = [Dump(out / "ddp"), Vocabulary(out / "vocab")]
+        trainer = make_trainer(EPOCHS + 1, devices=WORLD, strategy="ddp", callbacks=callbacks)
         trainer.finetune(make_classifier(), make_data(batch_size=4), strategy=SPEC)
         shutdown()
         return
