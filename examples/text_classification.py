@@ -20,6 +20,8 @@ import csv
 import random
 from pathlib import Path
 
+from lightning.pytorch import seed_everything
+
 from finetune_strategies import Trainer, describe_schedule, resolve_strategy
 from finetune_strategies.text import TextClassificationData, TextClassifier
 
@@ -80,6 +82,7 @@ def main() -> None:
         write_csv(args.write_csv)
         return
 
+    seed_everything(0, verbose=False)  # the random "pretrained" weights: the same run every time
     train_texts, train_labels = make_reviews(args.samples, seed=0)
     val_texts, val_labels = make_reviews(64, seed=1)
     data = TextClassificationData.from_lists(train_texts, train_labels, val_texts, val_labels, batch_size=16)
