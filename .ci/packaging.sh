@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 
-SUBPACKAGES=(checkpointing cli core demo image model recipes strategies transfer)
-CORE_SUBPACKAGES=(checkpointing cli core image model recipes strategies transfer)  # demo needs [demo]
+SUBPACKAGES=(checkpointing cli core demo image model recipes strategies text transfer)
+# demo needs [demo]; text imports without [text] (building a model or tokenizer needs it)
+CORE_SUBPACKAGES=(checkpointing cli core image model recipes strategies text transfer)
 
 step() { echo "+ [$((SECONDS - start)) s] $*"; }
 python=${PYTHON:-python3}
@@ -79,8 +80,8 @@ import sys
 from pathlib import Path
 
 version, venv, *subpackages = sys.argv[1:]
-for extra_module in ("sklearn", "matplotlib"):
-    assert importlib.util.find_spec(extra_module) is None, f"{extra_module} is installed without the demo extra"
+for extra_module in ("sklearn", "matplotlib", "transformers"):
+    assert importlib.util.find_spec(extra_module) is None, f"{extra_module} is installed without its extra"
 import finetune_strategies
 
 location = Path(finetune_strategies.__file__).resolve()
@@ -96,8 +97,14 @@ except finetune_strategies.MissingDependencyError as error:
     assert 'pip install "finetune-strategies[demo]"' in str(error), error
 else:
     raise AssertionError("plot_drift ran without matplotlib")
+try:
+    finetune_strategies.text.TextClassifier(backbone={"model_type": "bert"}, num_labels=2)
+except finetune_strategies.MissingDependencyError as error:
+    assert 'pip install "finetune-strategies[text]"' in str(error), error
+else:
+    raise AssertionError("TextClassifier was built without transformers")
 print(f"finetune_strategies {version} from {location.parent}: {', '.join(subpackages)} import; "
-      "plot_drift names the demo extra")
+      "plot_drift names the demo extra, TextClassifier the text extra")
 EOF
 
 step "finetune-strategies --help"

@@ -76,6 +76,10 @@ class ImageDataError(FinetuningError, ValueError):
     """Image data that cannot be used: bad shapes, mismatched lengths, empty classes, ..."""
 
 
+class TextDataError(FinetuningError, ValueError):
+    """Text data that cannot be used: missing columns or fields, empty texts, mismatched lengths, ..."""
+
+
 class MissingPathError(FinetuningError, FileNotFoundError):
     """A folder, image or weight file that does not exist."""
 

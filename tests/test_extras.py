@@ -69,6 +69,21 @@ def test_lora_without_peft_names_the_peft_extra(monkeypatch: pytest.MonkeyPatch)
         resolve_strategy("lora")
 
 
+@pytest.mark.parametrize("missing", ["transformers", "tokenizers"])
+def test_the_text_task_without_the_text_extra_names_it(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    from finetune_strategies.text import TextClassificationData, TextClassifier
+
+    hide(monkeypatch, missing)
+    text_pip = r'pip install "finetune-strategies\[text\]"'
+    if missing == "transformers":
+        with pytest.raises(MissingDependencyError, match=rf"^TextClassifier needs transformers, .*{text_pip}"):
+            TextClassifier(backbone={"model_type": "bert"}, num_labels=2)
+    data = TextClassificationData.from_lists(["good", "bad"], ["pos", "neg"])  # reading texts needs no extra
+    assert data.labels == ["neg", "pos"]
+    with pytest.raises(MissingDependencyError, match=rf"^Building a tokenizer .* needs {missing}, .*{text_pip}"):
+        data.setup("fit")
+
+
 @pytest.mark.parametrize(("missing", "named"), [("sklearn.datasets", "scikit-learn"), ("matplotlib", "matplotlib")])
 def test_demo_command_without_the_extra_is_a_usage_error(monkeypatch, capsys, tmp_path, missing, named) -> None:
     hide(monkeypatch, missing)
@@ -85,8 +100,8 @@ def test_core_imports_and_cli_run_without_scikit_learn(tmp_path) -> None:
     """A fresh interpreter where scikit-learn cannot be imported: the package, every core subpackage and
     ``--help`` work, and ``demo`` exits with status 2 and the pip line.
 
-    matplotlib cannot be hidden this way: torchmetrics imports it whenever its metadata says it is
-    installed. .ci/packaging.sh runs the same checks in a venv that has neither.
+    matplotlib and transformers cannot be hidden this way: torchmetrics imports them whenever their metadata
+    says they are installed. .ci/packaging.sh runs the same checks in a venv that has none of them.
     """
     script = textwrap.dedent(
         """
@@ -96,7 +111,7 @@ def test_core_imports_and_cli_run_without_scikit_learn(tmp_path) -> None:
         assert finetune_strategies.__file__.startswith(sys.argv[1]), finetune_strategies.__file__
         import finetune_strategies.checkpointing, finetune_strategies.cli.app, finetune_strategies.core
         import finetune_strategies.image, finetune_strategies.model, finetune_strategies.recipes
-        import finetune_strategies.strategies, finetune_strategies.transfer
+        import finetune_strategies.strategies, finetune_strategies.text, finetune_strategies.transfer
         from finetune_strategies.cli.app import main
         assert main(["--help"]) == 0
         sys.exit(main(["demo"]))

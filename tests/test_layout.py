@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"strategies"},
     {"trainer"},
-    {"image"},
+    {"image", "text"},
     {"transfer"},
     {"demo"},
     {"cli"},

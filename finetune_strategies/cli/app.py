@@ -3,7 +3,11 @@
 * ``fit`` / ``validate`` / ``test`` / ``predict``: a ``LightningCLI`` over
   :class:`~finetune_strategies.image.ImageClassifier` and
   :class:`~finetune_strategies.image.ImageClassificationData`, so ``--config``, ``--print_config``
-  and ``--help`` work as in any Lightning CLI. ``fit`` runs ``Trainer.finetune`` with the strategy
+  and ``--help`` work as in any Lightning CLI. A command line that names its classes
+  (``--model TextClassifier --data TextClassificationData``, or a config whose ``model`` / ``data``
+  has a ``class_path``) runs the same subcommands in subclass mode over any LightningModule and
+  LightningDataModule (:func:`names_classes`); the data's ``num_classes`` and ``labels`` still fill the
+  model's ``num_classes`` or ``num_labels`` and ``labels``. ``fit`` runs ``Trainer.finetune`` with the strategy
   given by ``--strategy`` (a class name such as ``FreezeUnfreeze``, a registered name such as
   ``freeze_unfreeze``, or a schedule file) and its options (``--strategy.unfreeze_epoch 3``).
   ``predict`` writes a CSV (``--output``).
@@ -19,6 +23,8 @@ that failed.
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import sys
 import warnings
@@ -26,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -51,6 +59,7 @@ from finetune_strategies.errors import (
     ModelConfigError,
     StrategySpecError,
     StrategySpecTypeError,
+    TextDataError,
     UsageError,
 )
 from finetune_strategies.image.data import ImageClassificationData
@@ -63,6 +72,7 @@ from finetune_strategies.strategies.registry import (
     load_spec_file,
     registered_factory,
 )
+from finetune_strategies.text.model import TextClassifier
 from finetune_strategies.trainer import Trainer
 from finetune_strategies.validation import did_you_mean
 
@@ -73,13 +83,14 @@ FIT_CONFIG_SUBCOMMANDS = ("fit", "explain")
 
 USAGE = f"""usage: {PROG} {{fit,validate,test,predict,explain,demo,transfer}} ...
 
-Fine-tune image classifiers with Flash-style strategies on Lightning 2.x.
+Fine-tune image and text classifiers with Flash-style strategies on Lightning 2.x.
 
 subcommands:
-  fit        Train an ImageClassifier; --strategy picks the fine-tuning strategy.
+  fit        Train an ImageClassifier, or a text classifier with --model TextClassifier
+             --data TextClassificationData; --strategy picks the fine-tuning strategy.
   validate   Validate a model (usually with --ckpt_path).
   test       Test a model (usually with --ckpt_path).
-  predict    Predict images and write a CSV (--output, default predictions.csv).
+  predict    Predict images or texts and write a CSV (--output, default predictions.csv).
   explain    Show what trains, epoch by epoch, and the param groups' lrs, before training;
              takes fit's arguments and config files (--trainer.max_epochs is required).
   demo       Few-shot fine-tuning on scikit-learn's digits with every strategy; no download.
@@ -196,6 +207,62 @@ def _required_classes(value: Any) -> Any:
     return value
 
 
+def _required_labels(value: Any) -> Any:
+    if value is None:
+        raise TextDataError(
+            "The data has no labelled training data, so the number of classes is unknown. Set --data.train_file "
+            "(or use a config whose data section has one), or --model.init_args.num_labels."
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------- any task
+CLASS_COUNT_ARGUMENTS = ("num_classes", "num_labels")
+"""The model arguments that the data's ``num_classes`` fills: ImageClassifier's and TextClassifier's."""
+
+
+def _config_names_classes(path: str) -> bool:
+    """Whether the YAML/JSON config at ``path`` gives its ``model`` or ``data`` as a class (``class_path``, or
+    a class name), at the top or under a subcommand. A file that cannot be read is left to the parser."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    sections = [config, *(config[name] for name in LIGHTNING_SUBCOMMANDS if isinstance(config.get(name), dict))]
+    return any(
+        isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)
+        for section in sections
+        for value in (section.get("model"), section.get("data"))
+    )
+
+
+def names_classes(args: list[str]) -> bool:
+    """Whether the arguments of a subcommand name the model or data class (``--model TextClassifier``,
+    ``--data=...``, or a ``--config`` file that does): the CLI then runs in subclass mode."""
+    for index, arg in enumerate(args):
+        if arg in ("--model", "--data") or arg.startswith(("--model=", "--data=")):
+            return True
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and index + 1 < len(args):
+            path = args[index + 1]
+        if path is not None and _config_names_classes(path):
+            return True
+    return False
+
+
+def _init_args(section: Any) -> Any:
+    """The constructor arguments of a model or data config section: its ``init_args`` in subclass mode."""
+    return section["init_args"] if "class_path" in section else section
+
+
+def _class_of(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    found: type = getattr(importlib.import_module(module), name)
+    return found
+
+
 @_lightning.with_subcommand_arguments
 class FinetuneCLI(LightningCLI):
     """LightningCLI with ``--strategy`` for ``fit`` and ``explain``, and a CSV ``--output`` for ``predict``.
@@ -241,9 +308,13 @@ class FinetuneCLI(LightningCLI):
         if subcommand == "explain":
             # fit's own arguments (ckpt_path, ...), so that a fit config parses; they do not change the plan
             parser.add_method_arguments(self.trainer_class, "fit", skip=set(LightningCLI.subcommands()["fit"]))
-        if subcommand in ("fit", "validate", "test"):
+        if subcommand in ("fit", "validate", "test") and not self.subclass_mode_model:
             parser.link_arguments("data.num_classes", "model.num_classes", _required_classes, "instantiate")
             parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
+        elif subcommand in ("fit", "validate", "test"):  # a link whose target the model lacks is skipped
+            for name in CLASS_COUNT_ARGUMENTS:
+                parser.link_arguments("data.num_classes", f"model.init_args.{name}", _required_labels, "instantiate")
+            parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
         if subcommand == "predict":
             parser.add_argument(
                 "--output", type=Path, default=Path("predictions.csv"), help="CSV file for the predictions."
@@ -255,16 +326,37 @@ class FinetuneCLI(LightningCLI):
             if self.subcommand == "explain":
                 self._explain_without_data()
             super().instantiate_classes()
+        if self.subclass_mode_model:
+            self._forget_unused_links()
+
+    def _forget_unused_links(self) -> None:
+        """Drop from the model's hyperparameters the class count it does not take (``num_classes`` of a
+        TextClassifier): the links fill both names, and a checkpoint must name only the model's arguments."""
+        taken = inspect.signature(type(self.model).__init__).parameters
+        for name in CLASS_COUNT_ARGUMENTS:
+            if name not in taken:
+                self.model.hparams.pop(name, None)
 
     def _explain_without_data(self) -> None:
-        """``explain`` needs the number of classes, not the data: ``--model.num_classes``, or the class
-        folders of ``--data.train_folder`` (their names are read, no image is)."""
+        """``explain`` needs the number of classes, not the data: ``--model.num_classes`` (``num_labels``), or
+        the class folders of ``--data.train_folder`` (their names are read, no image is), or the labels of the
+        training texts."""
         config = self.config["explain"]
-        if config["model"]["num_classes"] is None:
-            data = ImageClassificationData(**config["data"].as_dict())
-            config["model"]["num_classes"] = _required_classes(data.num_classes)
-            config["model"]["labels"] = config["model"]["labels"] or data.labels
-        config["data"] = Namespace()  # type: ignore[no-untyped-call]  # an empty data module: nothing is read
+        model = _init_args(config["model"])
+        count = next((name for name in CLASS_COUNT_ARGUMENTS if name in model), None)
+        if count is not None and model[count] is None:
+            if self.subclass_mode_model:
+                data_config = config["data"]
+                if data_config is None:
+                    _required_labels(None)
+                data = _class_of(data_config["class_path"])(**data_config["init_args"].as_dict())
+                model[count] = _required_labels(getattr(data, "num_classes", None))
+            else:
+                data = ImageClassificationData(**config["data"].as_dict())
+                model[count] = _required_classes(data.num_classes)
+            model["labels"] = model["labels"] or data.labels
+        # an empty data module: nothing is read
+        config["data"] = None if self.subclass_mode_data else Namespace()  # type: ignore[no-untyped-call]
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -274,11 +366,11 @@ class FinetuneCLI(LightningCLI):
         assert isinstance(trainer, Trainer)
         return trainer
 
-    def fit(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
+    def fit(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
         strategy = self.config_init["fit"].get("strategy") or "no_freeze"
         trainer = self.trainer
         assert isinstance(trainer, Trainer)
-        export = check_export_path(self.config["fit"].get("export"))
+        export = check_export_path(self.config["fit"].get("export"), model)
         try:
             trainer.finetune(
                 model,
@@ -294,7 +386,7 @@ class FinetuneCLI(LightningCLI):
             raise UsageError(str(error).strip()) from error
         export_backbone(model, export)
 
-    def explain(self, model: ImageClassifier, steps_per_epoch: int = 1, **_: Any) -> None:
+    def explain(self, model: pl.LightningModule, steps_per_epoch: int = 1, **_: Any) -> None:
         strategy = self.config_init["explain"].get("strategy") or "no_freeze"
         trainer = self.trainer
         assert isinstance(trainer, Trainer)
@@ -307,7 +399,7 @@ class FinetuneCLI(LightningCLI):
             console = Console(width=max(console.width, natural))
         console.print(table)
 
-    def predict(self, model: ImageClassifier, datamodule: ImageClassificationData, **kwargs: Any) -> None:
+    def predict(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
         output = Path(self.config["predict"]["output"])
         self.trainer.callbacks.append(PredictionsCSVWriter(output))  # type: ignore[attr-defined]
         self.trainer.predict(
@@ -356,36 +448,58 @@ _lightning.replace_ckpt_hyperparameters(FinetuneCLI, _parse_ckpt_hyperparameters
 
 # ------------------------------------------------------------------ fit --export (the lora branch's addition)
 def add_export_argument(parser: LightningArgumentParser) -> None:
-    """``fit --export PATH``: write the trained backbone's weights after the fit."""
+    """``fit --export PATH``: write the trained backbone's weights (image) or model folder (text) after the fit."""
     parser.add_argument(
         "--export",
         type=Path | None,
         default=None,
         help=(
-            "After fit, save the backbone's weights to this .safetensors/.pth file, adapters (lora) merged in, "
-            "loadable by timm/torchvision and by --model.pretrained."
+            "After fit, with ImageClassifier: save the backbone's weights to this .safetensors/.pth file, "
+            "loadable by timm/torchvision and by --model.pretrained; with TextClassifier: write this folder with "
+            "save_pretrained (model and tokenizer), loadable by transformers' from_pretrained and by "
+            "--model.backbone. Adapters (lora) are merged in."
         ),
     )
 
 
-def check_export_path(path: Path | str | None) -> Path | None:
-    """``path`` if it names a weight file (checked before training), or None."""
-    if path is not None and Path(path).suffix not in WEIGHT_SUFFIXES:
+def check_export_path(path: Path | str | None, model: pl.LightningModule | None = None) -> Path | None:
+    """``path`` if it suits ``model`` (checked before training): a weight file for an image classifier, a
+    folder for a text classifier; or None."""
+    if path is None:
+        return None
+    if isinstance(model, TextClassifier):
+        if Path(path).is_file():
+            raise ModelConfigError(f"--export {str(path)!r} is a file; TextClassifier writes a folder there.")
+        return Path(path)
+    if model is not None and not isinstance(model, ImageClassifier):
+        raise ModelConfigError(f"--export works with ImageClassifier and TextClassifier, not {type(model).__name__}.")
+    if Path(path).suffix not in WEIGHT_SUFFIXES:
         raise ModelConfigError(f"--export {str(path)!r}: use a file name ending in {', '.join(WEIGHT_SUFFIXES)}.")
-    return None if path is None else Path(path)
+    return Path(path)
 
 
-def export_backbone(model: ImageClassifier, path: Path | None) -> None:
-    """Save ``model``'s backbone to ``path`` (see :meth:`ImageClassifier.save_backbone`), if given."""
-    if path is not None and model.trainer.is_global_zero:
+def export_backbone(model: pl.LightningModule, path: Path | None) -> None:
+    """Save ``model`` to ``path``, if given: an image classifier's backbone (see
+    :meth:`ImageClassifier.save_backbone`), a text classifier's folder (:meth:`TextClassifier.save_pretrained`)."""
+    if path is None or not model.trainer.is_global_zero:
+        return
+    if isinstance(model, TextClassifier):
+        print(f"Model and tokenizer written to {model.save_pretrained(path)}")
+    elif isinstance(model, ImageClassifier):
         print(f"Backbone written to {model.save_backbone(path)}")
 
 
 DESCRIPTIONS = {
-    "fit": "Fine-tune an ImageClassifier on ImageClassificationData with a strategy (--strategy).",
-    "validate": "Validate an ImageClassifier, usually one loaded with --ckpt_path.",
-    "test": "Test an ImageClassifier, usually one loaded with --ckpt_path.",
-    "predict": "Predict images (--data.predict_folder) and write a CSV of classes and probabilities (--output).",
+    "fit": (
+        "Fine-tune an ImageClassifier on ImageClassificationData (or, with --model TextClassifier --data "
+        "TextClassificationData, a text classifier) with a strategy (--strategy)."
+    ),
+    "validate": "Validate a classifier, usually one loaded with --ckpt_path.",
+    "test": "Test a classifier, usually one loaded with --ckpt_path.",
+    "predict": (
+        "Predict images (--data.predict_folder) or texts (--data.predict_file) and write a CSV of classes and "
+        "probabilities (--output)."
+    ),
     "explain": (
         "Print what trains in each epoch and every param group's lr, as fit would run it, without training. "
         "Takes fit's arguments and config files; needs --trainer.max_epochs, and --model.num_classes unless "
@@ -400,9 +514,10 @@ def lightning_main(args: list[str]) -> int:
     with warnings.catch_warnings():
         # main() passes the arguments explicitly, also when they come from sys.argv.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        any_task = names_classes(args[1:])
         FinetuneCLI(
-            ImageClassifier,
-            ImageClassificationData,
+            None if any_task else ImageClassifier,  # None: subclass mode over every LightningModule
+            None if any_task else ImageClassificationData,
             subcommand=args[0],
             trainer_class=Trainer,
             args=expand_strategy_names(args),

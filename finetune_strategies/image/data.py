@@ -8,7 +8,6 @@ resolved in ``setup`` too (see :mod:`finetune_strategies.image.transforms`).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -17,6 +16,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from typing_extensions import Unpack, override
 
+from finetune_strategies.core.classification import stratified_hold_out
 from finetune_strategies.errors import ImageDataError
 from finetune_strategies.image.backbones import imagenet_data_config
 from finetune_strategies.image.sources import (
@@ -315,25 +315,8 @@ class ImageClassificationData(pl.LightningDataModule):
 
     def _hold_out(self, train: Split) -> tuple[Split, Split]:
         assert train.targets is not None
-        rng = random.Random(self.seed)
-        by_class: dict[int, list[int]] = {}
-        for index, target in enumerate(train.targets):
-            by_class.setdefault(target, []).append(index)
-        val_indices: list[int] = []
-        for indices in by_class.values():
-            rng.shuffle(indices)
-            count = min(round(len(indices) * self.val_split), len(indices) - 1)
-            val_indices.extend(indices[:count])
-        if not val_indices:
-            raise ImageDataError(
-                f"val_split={self.val_split} holds out no sample of the {len(train)} training images; "
-                "raise it or give validation data."
-            )
-        held = set(val_indices)
-        return (
-            train.subset([i for i in range(len(train)) if i not in held]),
-            train.subset(sorted(val_indices)),
-        )
+        kept, held = stratified_hold_out(train.targets, self.val_split, self.seed, error=ImageDataError, what="images")
+        return train.subset(kept), train.subset(held)
 
     def data_config(self) -> dict[str, Any]:
         """The timm data config the default transforms are built from (see the transforms module)."""

@@ -11,30 +11,19 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from finetune_strategies import _lightning
-from finetune_strategies.checkpointing.trainable_only import complete_checkpoint, record_adapters
-from finetune_strategies.core.optim import (
-    LIGHTNING_KEYS,
-    OptimizerSpec,
-    SchedulerSpec,
-    names_from_file,
-    parse_optimizer,
-    parse_scheduler,
-)
+from finetune_strategies.core.classification import ClassifierModule
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weight_files import save_weights
 from finetune_strategies.model.adapters import merge_adapters, tuner_modules
-from finetune_strategies.validation import check_int, check_positive_float
+from finetune_strategies.validation import check_int
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ClassifierModule):
     """Classify images with a pretrained backbone and a new linear head.
 
     Args:
@@ -78,26 +67,10 @@ class ImageClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        if num_classes is None:
-            raise ModelConfigError("ImageClassifier needs num_classes (the number of classes, >= 2).")
-        self.num_classes = check_int("num_classes", num_classes, minimum=2, error=ModelConfigError)
-        if labels is not None:
-            labels = [str(label) for label in labels]
-            if len(labels) != num_classes:
-                raise ModelConfigError(
-                    f"`labels` has {len(labels)} names but num_classes={num_classes}; give one per class."
-                )
-        self.labels = labels
+        self.set_classes(num_classes, labels, "num_classes")
         if not isinstance(head_dropout, (int, float)) or not 0 <= head_dropout < 1:
             raise ModelConfigError(f"`head_dropout` must be in [0, 1), got {head_dropout!r}.")
-        self.optimizer_name = optimizer
-        self.lr = check_positive_float("lr", lr, error=ModelConfigError)
-        self.weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True, error=ModelConfigError)
-        self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        self.scheduler_name = scheduler
-        self.scheduler_kwargs = dict(scheduler_kwargs or {})
-        self._optimizer_spec()  # fail early on an unknown name or argument
-        self._scheduler_spec()
+        self.set_optimization(optimizer, lr, weight_decay, optimizer_kwargs, scheduler, scheduler_kwargs)
         self.image_size = (
             None if image_size is None else check_int("image_size", image_size, minimum=1, error=ModelConfigError)
         )
@@ -108,10 +81,7 @@ class ImageClassifier(pl.LightningModule):
         self.backbone_source = built.source
         self._data_config = built.data_config
         layers: list[nn.Module] = [nn.Dropout(head_dropout)] if head_dropout else []
-        self.head = nn.Sequential(*layers, nn.Linear(built.num_features, num_classes))
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.head = nn.Sequential(*layers, nn.Linear(built.num_features, self.num_classes))
 
     # ------------------------------------------------------------------ model
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,76 +111,24 @@ class ImageClassifier(pl.LightningModule):
         classifier) into the plain architecture. Adapters are merged in first (:meth:`plain_backbone`)."""
         return save_weights(self.plain_backbone(), path)
 
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Name the backbone's adapters (``lora``) in every checkpoint, weights-only ones too."""
-        record_adapters(self, checkpoint)
-
-    @classmethod
-    @override
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
-        """``LightningModule.load_from_checkpoint``; the optimizer and scheduler names in the checkpoint's
-        hyperparameters may not import a module (see :func:`~finetune_strategies.core.optim.names_from_file`)."""
-        with names_from_file(f"the hyperparameters of checkpoint {checkpoint_path}"):
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild what a checkpoint that keeps only trained weights left out (see
-        :mod:`finetune_strategies.checkpointing.trainable_only`), so that ``load_from_checkpoint`` reads it."""
-        complete_checkpoint(self, checkpoint)
-
     # ------------------------------------------------------------------ steps
-    def _step(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
         images, targets = batch[0], batch[1]
-        logits = self(images)
-        loss = nn.functional.cross_entropy(logits, targets)
-        metric(logits, targets)
-        on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "train")
-        self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
+        return self.classification_step(self(images), targets, stage)
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train")
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val")
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+        self._step(batch, "test")
 
     @override
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return torch.softmax(self(images), dim=-1)
-
-    # ------------------------------------------------------------------ optimization
-    def _optimizer_spec(self) -> OptimizerSpec:
-        """The optimizer from the current settings (``lr`` may change after init, e.g. by an LR finder)."""
-        init_args = {"lr": self.lr, "weight_decay": self.weight_decay, **self.optimizer_kwargs}
-        spec = {"class_path": self.optimizer_name, "init_args": init_args}
-        return parse_optimizer(spec, "optimizer", error=ModelConfigError)
-
-    def _scheduler_spec(self) -> SchedulerSpec | None:
-        """The LR scheduler from ``scheduler`` and ``scheduler_kwargs`` (whose Lightning keys go to Lightning)."""
-        if self.scheduler_name is None:
-            return None
-        init_args = {k: v for k, v in self.scheduler_kwargs.items() if k not in LIGHTNING_KEYS}
-        lightning = {k: v for k, v in self.scheduler_kwargs.items() if k in LIGHTNING_KEYS}
-        spec = {"class_path": self.scheduler_name, "init_args": init_args, **lightning}
-        return parse_scheduler(spec, "scheduler", error=ModelConfigError, default_monitor="val_loss")
-
-    @override
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            raise ModelConfigError("No parameter requires grad, so there is nothing to optimize.")
-        optimizer = self._optimizer_spec().build(params)
-        scheduler = self._scheduler_spec()
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler.build(optimizer, _lightning.attached_trainer(self))}

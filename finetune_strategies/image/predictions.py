@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,11 @@ from typing_extensions import override
 class PredictionsCSVWriter(BasePredictionWriter):
     """Collect softmax outputs and write ``id, label, score, p_<class>...`` rows to ``output``.
 
-    ``id`` is the image path (or its index for arrays and tensors) when the data module has
+    A prediction is a ``(batch, classes)`` tensor of probabilities, or a mapping that holds one under
+    ``"probabilities"`` (as :meth:`TextClassifier.predict_step <finetune_strategies.text.TextClassifier.predict_step>`
+    returns).
+
+    ``id`` is the image path (or its index for arrays, tensors and texts) when the data module has
     ``predict_ids``, else the sample index. Class names come from the model's ``labels``, then the
     data module's, then the class indices. With several processes, each rank writes
     ``<stem>.rank<N>.csv``.
@@ -42,6 +46,8 @@ class PredictionsCSVWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if isinstance(prediction, Mapping):
+            prediction = prediction["probabilities"]
         probs = prediction.detach().float().cpu()
         start = len(self._rows)
         indices = list(batch_indices) if batch_indices else list(range(start, start + len(probs)))

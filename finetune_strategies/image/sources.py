@@ -12,7 +12,6 @@ passes the check but fails to decode later raises ``ImageDataError`` naming it.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,16 +23,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from finetune_strategies.core.classification import encode_targets as encode_class_targets
+from finetune_strategies.core.classification import listing
 from finetune_strategies.errors import ImageDataError, MissingPathError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BadImagePolicy = Literal["skip", "error"]
-_SHOWN = 5
-
-
-def _listing(items: Sequence[Any]) -> str:
-    shown = ", ".join(str(i) for i in items[:_SHOWN])
-    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 @dataclass
@@ -126,8 +121,8 @@ def scan_class_folders(folder: str | Path, what: str, classes: list[str] | None 
     unknown = [n for n in names if n not in classes]
     if unknown:
         raise ImageDataError(
-            f"`{what}` folder {str(root)!r} has classes that the training data lacks: {_listing(unknown)}. "
-            f"Training classes: {_listing(classes)}."
+            f"`{what}` folder {str(root)!r} has classes that the training data lacks: {listing(unknown)}. "
+            f"Training classes: {listing(classes)}."
         )
     items: list[Any] = []
     targets: list[int] = []
@@ -164,7 +159,7 @@ def check_files(files: Any, what: str) -> list[Path]:
     paths = [Path(f) for f in files]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise MissingPathError(f"{len(missing)} file(s) in `{what}` do not exist: {_listing(missing)}.")
+        raise MissingPathError(f"{len(missing)} file(s) in `{what}` do not exist: {listing(missing)}.")
     return paths
 
 
@@ -184,11 +179,11 @@ def drop_unreadable(split: Split, policy: BadImagePolicy, what: str) -> Split:
     reasons = [reason for _, reason in bad]
     if policy == "error":
         raise ImageDataError(
-            f"{len(bad)} unreadable image(s) of {len(split)} in the {what} data: {_listing(reasons)}. "
+            f"{len(bad)} unreadable image(s) of {len(split)} in the {what} data: {listing(reasons)}. "
             "Remove them, or pass on_bad_image='skip' to skip them with a warning."
         )
     warnings.warn(
-        f"Skipped {len(bad)} unreadable image(s) of {len(split)} in the {what} data: {_listing(reasons)}.",
+        f"Skipped {len(bad)} unreadable image(s) of {len(split)} in the {what} data: {listing(reasons)}.",
         UserWarning,
         stacklevel=2,
     )
@@ -264,48 +259,10 @@ def image_arrays(data: Any, what: str, *, channels_first: bool) -> list[np.ndarr
 
 
 # -------------------------------------------------------------------------------------------- targets
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
-    return value
-
-
 def encode_targets(targets: dict[str, Any], labels: Sequence[str] | None) -> tuple[dict[str, list[int]], list[str]]:
-    """Class indices per split and the class names, from int or str targets.
-
-    Int targets are class indices (names are ``labels`` or ``"0"``, ``"1"``, ...); str targets are
-    class names (ordered as in ``labels``, else sorted).
-    """
-    plain: dict[str, list[Any]] = {}
-    for what, values in targets.items():
-        if isinstance(values, (np.ndarray, torch.Tensor)):
-            values = values.tolist()
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise ImageDataError(f"`{what}` must be a list of class indices or names, got {type(values).__name__}.")
-        plain[what] = [_plain(v) for v in values]
-    flat = [v for values in plain.values() for v in values]
-    is_int = [isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat]
-    is_str = [isinstance(v, str) for v in flat]
-    if labels is not None:
-        labels = [str(label) for label in labels]
-        if len(set(labels)) != len(labels):
-            raise ImageDataError(f"`labels` has duplicates: {labels}.")
-    if all(is_int):
-        bad = sorted({v for v in flat if v < 0 or (labels is not None and v >= len(labels))})
-        if bad:
-            bound = f"< {len(labels)} (the number of labels)" if labels is not None else ">= 0"
-            raise ImageDataError(f"Targets must be class indices {bound}; got {_listing(bad)}.")
-        names = labels if labels is not None else [str(i) for i in range(max(flat, default=-1) + 1)]
-        return {k: [int(v) for v in values] for k, values in plain.items()}, names
-    if all(is_str):
-        names = labels if labels is not None else sorted(set(flat))
-        unknown = sorted(set(flat) - set(names))
-        if unknown:
-            raise ImageDataError(f"Targets {_listing(unknown)} are not in `labels` {names}.")
-        return {k: [names.index(v) for v in values] for k, values in plain.items()}, names
-    odd = [v for v, i, s in zip(flat, is_int, is_str, strict=True) if not (i or s)]
-    kinds = f"values like {_listing(odd)}" if odd else "a mix of ints and strings"
-    raise ImageDataError(f"Targets must be all class indices (int) or all class names (str); got {kinds}.")
+    """Class indices per split and the class names, from int or str targets (see
+    :func:`finetune_strategies.core.classification.encode_targets`); raises :class:`ImageDataError`."""
+    return encode_class_targets(targets, labels, error=ImageDataError)
 
 
 def check_lengths(what: str, items: Sequence[Any], targets_what: str, targets: Sequence[Any]) -> None:

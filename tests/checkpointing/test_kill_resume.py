@@ -4,52 +4,18 @@ resume it, lose nothing."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from ddp_helpers import NEEDS_FSDP2, fail_with_stacks, launch, run_script, stop_group
+from ddp_helpers import NEEDS_FSDP2, assert_bitwise_equal, kill_when_ready, launch, run_script
 
 from finetune_strategies.core.resume import check_file
 from finetune_strategies.errors import CheckpointError
 from finetune_strategies.transfer.record import STATE_FILE, Progress, StageResult
 
 WORKER = Path(__file__).resolve().parents[1] / "helpers" / "kill_resume_worker.py"
-
-
-def kill_when_ready(process: subprocess.Popen[str], ready: Path, timeout: float = 300) -> None:
-    """SIGKILL every rank of ``process`` (launched in its own process group) once ``ready`` exists."""
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before it could be killed:\n{process.communicate()[0][-4000:]}")
-        if time.monotonic() > deadline:
-            fail_with_stacks(process, f"did not reach the kill point in {timeout:.0f} s")
-        time.sleep(0.2)
-    stop_group(process, signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-
-
-def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        assert a.dtype == b.dtype, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_bitwise_equal(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_bitwise_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def load_last(folder: Path) -> dict[str, Any]:

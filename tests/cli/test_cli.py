@@ -100,6 +100,8 @@ def test_fit_with_the_example_yaml_config(data, tmp_path):
 
 def test_every_example_config_parses(data, capsys):
     for config in sorted((EXAMPLES / "configs").glob("*.yaml")):
+        if config.stem == "text_classification":
+            continue  # the text task's: tests/text/test_text_cli.py (the lowest-versions stage has no [text])
         command = "predict" if config.stem == "predict" else "fit"
         extra = (
             [f"--data.predict_folder={data / 'predict'}"]

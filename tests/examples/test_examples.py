@@ -65,3 +65,14 @@ def test_any_model_example(example, capsys):
     assert "transformers BertForSequenceClassification (the model itself): freezes `bert`" in out
     accuracy = float(out.split("timm: val_acc ")[1].split()[0])
     assert accuracy > 0.4  # 5 classes: chance is 0.2
+
+
+def test_text_classification_example(example, capsys, tmp_path):
+    example("text_classification", "--epochs", "2", "--samples", "32")
+    out = capsys.readouterr().out
+    assert "freezes `model.bert`; the head `model.classifier` trains" in out
+    assert "epoch 1: starts model.bert.pooler" in out
+    assert "val_acc before fine-tuning: " in out
+    assert "param groups: head lr=1.00e-02, model.bert.pooler lr=4.00e-03" in out
+    example("text_classification", "--write_csv", str(tmp_path / "csv"))
+    assert (tmp_path / "csv" / "reviews_train.csv").read_text() == (EXAMPLES / "data" / "reviews_train.csv").read_text()

@@ -439,3 +439,34 @@ def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     result = finish(launch(*args), timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
+
+
+def kill_when_ready(process: subprocess.Popen[str], ready: Path, timeout: float = 300) -> None:
+    """SIGKILL every rank of ``process`` (launched in its own process group) once ``ready`` exists."""
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed:\n{process.communicate()[0][-4000:]}")
+        if time.monotonic() > deadline:
+            fail_with_stacks(process, f"did not reach the kill point in {timeout:.0f} s")
+        time.sleep(0.2)
+    stop_group(process, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bitwise_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
