@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"strategies"},
     {"trainer"},
+    {"tasks"},
     {"image", "text"},
     {"transfer"},
     {"demo"},

@@ -16,7 +16,6 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from typing_extensions import Unpack, override
 
-from finetune_strategies.core.classification import stratified_hold_out
 from finetune_strategies.errors import ImageDataError
 from finetune_strategies.image.backbones import imagenet_data_config
 from finetune_strategies.image.sources import (
@@ -37,6 +36,7 @@ from finetune_strategies.image.transforms import (
     build_transforms,
     with_image_size,
 )
+from finetune_strategies.tasks.targets import stratified_hold_out
 from finetune_strategies.validation import check_bool, check_non_negative_int, check_positive_int
 
 STAGES = ("train", "val", "test", "predict")

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from finetune_strategies.core.classification import ClassifierModule
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weight_files import save_weights
 from finetune_strategies.model.adapters import merge_adapters, tuner_modules
+from finetune_strategies.tasks.classifier import ClassifierModule
 from finetune_strategies.validation import check_int
 
 

@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from finetune_strategies.core.classification import encode_targets as encode_class_targets
-from finetune_strategies.core.classification import listing
 from finetune_strategies.errors import ImageDataError, MissingPathError
+from finetune_strategies.tasks.targets import encode_targets as encode_class_targets
+from finetune_strategies.tasks.targets import listing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BadImagePolicy = Literal["skip", "error"]
@@ -261,7 +261,7 @@ def image_arrays(data: Any, what: str, *, channels_first: bool) -> list[np.ndarr
 # -------------------------------------------------------------------------------------------- targets
 def encode_targets(targets: dict[str, Any], labels: Sequence[str] | None) -> tuple[dict[str, list[int]], list[str]]:
     """Class indices per split and the class names, from int or str targets (see
-    :func:`finetune_strategies.core.classification.encode_targets`); raises :class:`ImageDataError`."""
+    :func:`finetune_strategies.tasks.targets.encode_targets`); raises :class:`ImageDataError`."""
     return encode_class_targets(targets, labels, error=ImageDataError)
 
 

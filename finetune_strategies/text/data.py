@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from typing_extensions import Unpack, override
 
-from finetune_strategies.core.classification import encode_targets, stratified_hold_out
 from finetune_strategies.errors import TextDataError
+from finetune_strategies.tasks.targets import encode_targets, stratified_hold_out
 from finetune_strategies.text.extra import require_transformers
 from finetune_strategies.text.sources import (
     CSV_SUFFIXES,

@@ -22,9 +22,9 @@ from torch import nn
 from typing_extensions import override
 
 from finetune_strategies import _lightning
-from finetune_strategies.core.classification import ClassifierModule
 from finetune_strategies.errors import ModelConfigError, PretrainedWeightsError
 from finetune_strategies.model.adapters import merge_adapters, tuner_modules
+from finetune_strategies.tasks.classifier import ClassifierModule
 from finetune_strategies.text.extra import require_transformers
 from finetune_strategies.validation import did_you_mean
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_strategies.core.classification import listing
 from finetune_strategies.errors import MissingPathError, TextDataError
+from finetune_strategies.tasks.targets import listing
 from finetune_strategies.validation import did_you_mean
 
 CSV_SUFFIXES = (".csv", ".tsv")

@@ -1,0 +1,6 @@
+"""What the tasks share: the classifier LightningModule base, and class targets for their data modules."""
+
+from finetune_strategies.tasks.classifier import ClassifierModule
+from finetune_strategies.tasks.targets import encode_targets, stratified_hold_out
+
+__all__ = ["ClassifierModule", "encode_targets", "stratified_hold_out"]
