@@ -43,8 +43,9 @@ def test_lp_ft_probes_with_a_frozen_cached_backbone_then_trains_everything_at_lr
         assert all(flags[n] is not probe for n in BACKBONE), epoch
         assert not any(flags[n] for n in BN), "train_bn=False: BatchNorm affine stays at its pretrained values"
     assert [all(not t for t in modes.values()) for modes in rec.bn_training] == [True, True, False, False]
-    # the cache: epoch 0 computes 32 samples, epoch 1 none; from the switch every batch runs the backbone
-    assert sum(model.seen) == 32 + 2 * 32
+    # the cache: epoch 0 computes 32 samples (and its first batch of 8 once more, to check the backbone is a
+    # fixed function), epoch 1 none; from the switch every batch runs the backbone
+    assert sum(model.seen) == 32 + 8 + 2 * 32
     stats = strategy.cache_stats["backbone"]
     assert (stats.samples, stats.hits, stats.misses) == (32, 32, 32)
     # the lr after the switch: the backbone's group at group 0's lr / 10, the head's unchanged
