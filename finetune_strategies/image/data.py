@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-import lightning.pytorch as pl
-from torch.utils.data import DataLoader
 from typing_extensions import Unpack, override
 
 from finetune_strategies.errors import ImageDataError
@@ -36,6 +34,7 @@ from finetune_strategies.image.transforms import (
     build_transforms,
     with_image_size,
 )
+from finetune_strategies.tasks.splits import SplitDataModule
 from finetune_strategies.tasks.targets import stratified_hold_out
 from finetune_strategies.validation import check_bool, check_non_negative_int, check_positive_int
 
@@ -59,7 +58,7 @@ class DataSettings(TypedDict, total=False):
     seed: int
 
 
-class ImageClassificationData(pl.LightningDataModule):
+class ImageClassificationData(SplitDataModule):
     """Images and class targets for :class:`~finetune_strategies.image.ImageClassifier`.
 
     Build it from class folders (``ImageClassificationData(train_folder=...)`` or
@@ -88,6 +87,9 @@ class ImageClassificationData(pl.LightningDataModule):
         on_bad_image: ``"skip"`` unreadable images with a warning that counts them, or ``"error"``.
         seed: Seed of the ``val_split`` shuffle.
     """
+
+    data_error = ImageDataError
+    data_arguments = "{stage}_folder, {stage}_files or {stage}_data"
 
     def __init__(
         self,
@@ -135,7 +137,7 @@ class ImageClassificationData(pl.LightningDataModule):
         self.labels: list[str] | None = None
         self._sources: dict[str, Split | None] = dict.fromkeys(STAGES)
         self._splits: dict[str, Split | None] | None = None  # after setup's checks
-        self._datasets: dict[str, ImageDataset] = {}
+        self._datasets = {}
         self._folder_sources(train_folder, val_folder, test_folder, predict_folder)
 
     # ------------------------------------------------------------------ constructors
@@ -302,6 +304,7 @@ class ImageClassificationData(pl.LightningDataModule):
         return [] if split is None else list(split.ids)
 
     # ------------------------------------------------------------------ setup
+    @override
     def _checked_splits(self) -> dict[str, Split | None]:
         if self._splits is None:
             splits = {
@@ -346,40 +349,3 @@ class ImageClassificationData(pl.LightningDataModule):
             for name, split in splits.items()
             if split is not None
         }
-
-    # ------------------------------------------------------------------ loaders
-    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader[Any]:
-        if stage not in self._datasets:
-            if self._checked_splits()[stage] is None:
-                raise ImageDataError(
-                    f"No {stage} data: build the data module with {stage}_folder, {stage}_files or "
-                    f"{stage}_data" + (" (or val_split)" if stage == "val" else "") + "."
-                )
-            self.setup(stage)
-        return DataLoader(
-            self._datasets[stage],
-            batch_size=self.batch_size if stage == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def has(self, stage: str) -> bool:
-        """Whether the data module holds samples for ``stage`` (train, val, test or predict)."""
-        return self._checked_splits()[stage] is not None
-
-    @override
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> Any:
-        return self._loader("val") if self.has("val") else []
-
-    @override
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
-
-    @override
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("predict")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from typing_extensions import Unpack, override
 
 from finetune_strategies.errors import TextDataError
+from finetune_strategies.tasks.splits import SplitDataModule
 from finetune_strategies.tasks.targets import encode_targets, stratified_hold_out
 from finetune_strategies.text.extra import require_transformers
 from finetune_strategies.text.sources import (
@@ -90,7 +90,7 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-class TextClassificationData(pl.LightningDataModule):
+class TextClassificationData(SplitDataModule):
     """Texts and class labels for :class:`~finetune_strategies.text.TextClassifier`.
 
     Build it from CSV or JSON-lines files (``TextClassificationData(train_file=...)``, :meth:`from_csv`,
@@ -120,6 +120,9 @@ class TextClassificationData(pl.LightningDataModule):
             drawn from ``seed`` and the epoch (:class:`EpochShuffle`), so a resumed run sees the same batches
             as an uninterrupted one.
     """
+
+    data_error = TextDataError
+    data_arguments = "{stage}_file or {stage}_texts"
 
     def __init__(
         self,
@@ -169,7 +172,7 @@ class TextClassificationData(pl.LightningDataModule):
         self._sources: dict[str, TextSplit | None] = dict.fromkeys(STAGES)
         self._encoded: dict[str, list[int]] = {}
         self._splits: dict[str, TextSplit | None] | None = None
-        self._datasets: dict[str, TokenizedTexts] = {}
+        self._datasets = {}
         files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         for field, name in (("text_field", text_field), ("label_field", label_field)):
             if not isinstance(name, str) or not name:
@@ -282,11 +285,7 @@ class TextClassificationData(pl.LightningDataModule):
         split = self._checked_splits()["predict"]
         return [] if split is None else [str(i) for i in range(len(split))]
 
-    def has(self, stage: str) -> bool:
-        """Whether the data module holds texts for ``stage`` (train, val, test or predict)."""
-        return self._checked_splits()[stage] is not None
-
-    # ------------------------------------------------------------------ setup
+    @override
     def _checked_splits(self) -> dict[str, TextSplit | None]:
         if self._splits is None:
             splits = dict(self._sources)
@@ -335,41 +334,13 @@ class TextClassificationData(pl.LightningDataModule):
         return dict(self.tokenizer(texts, truncation=True, max_length=self.max_length))
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader[Any]:
-        if stage not in self._datasets:
-            if self._checked_splits()[stage] is None:
-                raise TextDataError(
-                    f"No {stage} data: build the data module with {stage}_file or {stage}_texts"
-                    + (" (or val_split)" if stage == "val" else "")
-                    + "."
-                )
-            self.setup(stage)
+    @override
+    def loader_options(self, stage: str, shuffle: bool) -> dict[str, Any]:
+        """The seeded epoch order for training (the same batches after a resume), and dynamic padding."""
         transformers = require_transformers("TextClassificationData")
-        dataset = self._datasets[stage]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if stage == "train" else self.eval_batch_size,
-            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=transformers.DataCollatorWithPadding(self.tokenizer),
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> Any:
-        return self._loader("val") if self.has("val") else []
-
-    @override
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
-
-    @override
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("predict")
+        size = len(cast(TokenizedTexts, self._datasets[stage]))
+        sampler = EpochShuffle(size, self.seed) if shuffle else None
+        return {"sampler": sampler, "collate_fn": transformers.DataCollatorWithPadding(self.tokenizer)}
 
 
 def _check_suffixes(files: Sequence[str | Path | None], suffixes: tuple[str, ...], method: str, other: str) -> None:
