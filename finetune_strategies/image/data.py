@@ -36,7 +36,7 @@ from finetune_strategies.image.transforms import (
 )
 from finetune_strategies.tasks.splits import SplitDataModule
 from finetune_strategies.tasks.targets import stratified_hold_out
-from finetune_strategies.validation import check_bool, check_non_negative_int, check_positive_int
+from finetune_strategies.validation import check_bool, check_positive_int
 
 STAGES = ("train", "val", "test", "predict")
 
@@ -112,18 +112,9 @@ class ImageClassificationData(SplitDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
-            raise ImageDataError(f"`val_split` must be a fraction in [0, 1), got {val_split!r}.")
         if on_bad_image not in ("skip", "error"):
             raise ImageDataError(f"`on_bad_image` must be 'skip' or 'error', got {on_bad_image!r}.")
-        self.val_split = float(val_split)
-        self.batch_size = check_positive_int("batch_size", batch_size, error=ImageDataError)
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else check_positive_int("eval_batch_size", eval_batch_size, error=ImageDataError)
-        )
-        self.num_workers = check_non_negative_int("num_workers", num_workers, error=ImageDataError)
+        self.set_loading(val_split, batch_size, eval_batch_size, num_workers)
         self.backbone = backbone
         self.image_size = (
             None if image_size is None else check_positive_int("image_size", image_size, error=ImageDataError)
@@ -137,7 +128,6 @@ class ImageClassificationData(SplitDataModule):
         self.labels: list[str] | None = None
         self._sources: dict[str, Split | None] = dict.fromkeys(STAGES)
         self._splits: dict[str, Split | None] | None = None  # after setup's checks
-        self._datasets = {}
         self._folder_sources(train_folder, val_folder, test_folder, predict_folder)
 
     # ------------------------------------------------------------------ constructors

@@ -14,25 +14,39 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from finetune_strategies.validation import ErrorClass
+from finetune_strategies.validation import ErrorClass, check_non_negative_int, check_positive_int
 
 STAGES = ("train", "val", "test", "predict")
 
 
 class SplitDataModule(pl.LightningDataModule):
-    """Subclasses set ``batch_size``, ``eval_batch_size``, ``num_workers`` and ``_datasets`` (filled by their
-    ``setup``), and implement :meth:`_checked_splits`; :attr:`data_error` and :attr:`data_arguments` word the
-    refusal of a stage without data."""
+    """Subclasses call :meth:`set_loading` in ``__init__``, fill ``_datasets`` in ``setup``, and implement
+    :meth:`_checked_splits`; :attr:`data_error` and :attr:`data_arguments` word their refusals."""
 
     data_error: ClassVar[ErrorClass] = ValueError
     """The error raised for a stage without data."""
     data_arguments: ClassVar[str] = "{stage}_data"
     """The constructor arguments that give a stage its data, as a format string of ``stage``."""
 
+    val_split: float
     batch_size: int
     eval_batch_size: int
     num_workers: int
     _datasets: dict[str, Dataset[Any]]
+
+    def set_loading(self, val_split: float, batch_size: int, eval_batch_size: int | None, num_workers: int) -> None:
+        """Check and keep the settings every split data module takes (``eval_batch_size=None``: ``batch_size``)."""
+        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
+            raise self.data_error(f"`val_split` must be a fraction in [0, 1), got {val_split!r}.")
+        self.val_split = float(val_split)
+        self.batch_size = check_positive_int("batch_size", batch_size, error=self.data_error)
+        self.eval_batch_size = (
+            self.batch_size
+            if eval_batch_size is None
+            else check_positive_int("eval_batch_size", eval_batch_size, error=self.data_error)
+        )
+        self.num_workers = check_non_negative_int("num_workers", num_workers, error=self.data_error)
+        self._datasets = {}
 
     def _checked_splits(self) -> dict[str, Any]:
         """Every stage's split, ``None`` for a stage without data (checked once)."""

@@ -30,7 +30,7 @@ from finetune_strategies.text.sources import (
     read_file,
 )
 from finetune_strategies.text.tokenizer import build_wordpiece_tokenizer, load_tokenizer
-from finetune_strategies.validation import check_non_negative_int, check_positive_int
+from finetune_strategies.validation import check_positive_int
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -144,16 +144,7 @@ class TextClassificationData(SplitDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
-            raise TextDataError(f"`val_split` must be a fraction in [0, 1), got {val_split!r}.")
-        self.val_split = float(val_split)
-        self.batch_size = check_positive_int("batch_size", batch_size, error=TextDataError)
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else check_positive_int("eval_batch_size", eval_batch_size, error=TextDataError)
-        )
-        self.num_workers = check_non_negative_int("num_workers", num_workers, error=TextDataError)
+        self.set_loading(val_split, batch_size, eval_batch_size, num_workers)
         self.max_length = check_positive_int("max_length", max_length, error=TextDataError)
         self.vocab_size = (
             None if vocab_size is None else check_positive_int("vocab_size", vocab_size, error=TextDataError)
@@ -172,7 +163,6 @@ class TextClassificationData(SplitDataModule):
         self._sources: dict[str, TextSplit | None] = dict.fromkeys(STAGES)
         self._encoded: dict[str, list[int]] = {}
         self._splits: dict[str, TextSplit | None] | None = None
-        self._datasets = {}
         files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         for field, name in (("text_field", text_field), ("label_field", label_field)):
             if not isinstance(name, str) or not name:
