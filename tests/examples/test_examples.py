@@ -54,3 +54,20 @@ def test_recipes_example(example, capsys, tmp_path):
     assert "WiSE-FT kept a=" in out
     assert "freeze_unfreeze + l2_sp: drift after the last epoch: backbone.stem" in out
     assert (tmp_path / "out" / "drift.png").stat().st_size > 10_000
+
+
+def test_migrate_from_lightning_example(example, capsys):
+    differences = example("migrate_from_lightning", "--epochs", "5")["main"]([])
+    assert set(differences) == {"BackboneFinetuning", "BaseFinetuning subclass"}
+    assert all(difference <= 1e-6 for difference in differences.values()), differences
+    assert "max weight difference" in capsys.readouterr().out
+
+
+def test_migrate_from_fts_example(example):
+    epochs = example("migrate_from_fts")["main"](["--epochs", "5"])  # asserts the FTS schedule's trainable sets
+    assert [len(names) for names in epochs] == [2, 2, 4, 4, 6]
+
+
+def test_migrate_from_fts_example_against_fts(example):
+    pytest.importorskip("finetuning_scheduler")
+    example("migrate_from_fts", "--run-fts")
