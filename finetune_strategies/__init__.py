@@ -41,6 +41,7 @@ from finetune_strategies.recipes import (
 )
 from finetune_strategies.strategies import (
     LPFT,
+    BackboneFinetuningStrategy,
     EpochPlan,
     Finetuner,
     Freeze,
@@ -66,6 +67,7 @@ __all__ = [
     "LPFT",
     "AdapterError",
     "Anatomy",
+    "BackboneFinetuningStrategy",
     "CheckpointError",
     "ConfigurationError",
     "DriftMonitor",

@@ -164,6 +164,7 @@ def test_each_builtin_registers_where_it_is_defined():
         "gradual_unfreeze",
         "phases",
         "lp_ft",
+        "backbone_finetuning",
     ):
         factory, _ = registry.registered_factory(name)
         assert factory.__module__ == "finetune_strategies.strategies.builtins", name

@@ -299,8 +299,8 @@ class FinetuneCLI(LightningCLI):
                 fail_untyped=False,
                 help=(
                     "Fine-tuning strategy: a class (NoFreeze, Freeze, FreezeUnfreeze, UnfreezeMilestones, "
-                    "GradualUnfreeze, Phases, Lora, or a class path), a registered name (freeze_unfreeze, ...) or a "
-                    "schedule file (.yaml/.json), with options as --strategy.<option>."
+                    "GradualUnfreeze, Phases, BackboneFinetuningStrategy, Lora, or a class path), a registered name "
+                    "(freeze_unfreeze, ...) or a schedule file (.yaml/.json), with options as --strategy.<option>."
                 ),
             )
             parser.set_defaults({"strategy": {"class_path": "finetune_strategies.strategies.builtins.NoFreeze"}})

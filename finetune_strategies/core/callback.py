@@ -187,7 +187,9 @@ class FinetuningStrategy(BaseFinetuning):
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         """Start, in order, every phase that is due at ``epoch`` and has not started (a mid-epoch resume
         has): its epoch has come, or the stage before it ended on its plateau trigger. A plateau-ended
-        stage's best weights are put back first (``restore_best``)."""
+        stage's best weights are put back first (``restore_best``). Before that, the groups of phases that
+        started earlier and bring an lr ramp get this epoch's lr (:class:`~finetune_strategies.core.groups.LrRamp`)."""
+        self._groups.ramp(epoch, optimizer, self._schedulers)
         while (due := self._progress.next_due(epoch)) is not None:
             index, reason = due
             snapshot = self._progress.best_snapshot(index)
@@ -268,7 +270,7 @@ class FinetuningStrategy(BaseFinetuning):
         modules = phase.thawed_modules()
         frozen_before = {id(p) for p in own_parameters(modules, True) if not p.requires_grad}
         self.thaw(modules, self.train_bn)
-        self._groups.start(index, optimizer, self._schedulers, frozen_before)
+        self._groups.start(index, optimizer, self._schedulers, frozen_before, self._epoch)
         self._progress.started.add(index)
         if phase.reset_optimizer_state:
             optimizer.state.clear()
@@ -389,7 +391,8 @@ class FinetuningStrategy(BaseFinetuning):
             layers=lambda: self.backbone_layers(pl_module),
             name_params=self.name_params,
         )
-        self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr)
+        ramped = self._groups.ramped  # a resume loads the ramps' state before the optimizer is built
+        self._groups = ParamGroups(plans, self.preregister_groups, self.initial_denom_lr, ramped=ramped)
 
     def attach_optimizer(
         self, optimizer: Optimizer, configs: list[LRSchedulerConfig], *, deepspeed: bool = False
@@ -593,6 +596,7 @@ class FinetuningStrategy(BaseFinetuning):
             transitions=progress["transitions"],
             l2_sp_start=self._l2sp.state_dict(),
             options=self.training_options(),
+            lr_ramps=self._groups.ramp_state(),
         ).to_dict()
 
     @override
@@ -612,6 +616,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._unfrozen = state.unfrozen_modules
         self._progress.load_state_dict(state.to_dict())
         self._l2sp.load_state_dict(state.l2_sp_start, type(self).__name__)
+        self._groups.load_ramp_state(state.lr_ramps)
 
     def _reset(self) -> None:
         self._internal_optimizer_metadata = {}

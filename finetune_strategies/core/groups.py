@@ -17,11 +17,17 @@ groups) every group is added at lr 0 when the optimizer is built and a phase sta
 lr. Parameters that already train when the optimizer is built (``no_freeze`` with
 ``layer_lr_decay``) get their groups then, moved out of the groups the model's
 ``configure_optimizers`` put them in, at that group's lr times the layer's factor.
+
+A phase may bring an :class:`LrRamp`: its groups then start at group 0's lr times ``start_ratio``
+(unless the phase has its own ``lr``), and at the start of every later epoch their lr is set to
+``factor(epoch + 1)`` times the lr the ramp set the epoch before, capped at group 0's current lr
+(times the layer factor) with ``align``. This is the rule of Lightning's ``BackboneFinetuning``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,19 +41,51 @@ from torch.utils.hooks import RemovableHandle
 
 from finetune_strategies import _lightning
 from finetune_strategies.core.lr_schedulers import follow_group_zero, schedulers_of, teach_schedulers
+from finetune_strategies.errors import ScheduleError
 from finetune_strategies.model.batchnorm import own_parameters
 from finetune_strategies.model.layers import Layer
 
 
 @dataclass(frozen=True)
+class LrRamp:
+    """How the lr of a phase's param groups moves after the phase starts (see the module docstring).
+
+    Attributes:
+        factor: Called at the start of every epoch after the phase's first with the epoch's number counted
+            from 1 (``epoch + 1``, as Lightning's ``lambda_func``); returns the factor on the previous lr.
+        align: Cap the lr at group 0's current lr (times the group's layer factor).
+        start_ratio: The groups start at group 0's lr times this; ``None``: the strategy's rule
+            (``lr``, else group 0's lr / ``initial_denom_lr``). A phase's own ``lr`` comes first.
+    """
+
+    factor: Callable[[int], float]
+    align: bool = True
+    start_ratio: float | None = None
+
+    def next_lr(self, epoch: int, previous: float, cap: float) -> float:
+        """The lr at the start of ``epoch`` after ``previous``; a factor that is not a number > 0 is refused."""
+        factor = self.factor(epoch + 1)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ScheduleError(
+                f"The lr ramp's factor ({getattr(self.factor, '__name__', self.factor)!r}) returned {factor!r} for "
+                f"epoch {epoch} (called with {epoch + 1}); it must return a finite number > 0, the factor on the "
+                "previous epoch's lr (e.g. 1.5)."
+            )
+        lr = float(factor) * previous
+        return cap if self.align and lr > cap else lr
+
+
+@dataclass(frozen=True)
 class GroupPlan:
-    """A param group that phase ``phase`` brings: its name, parameters, explicit lr and layer factor."""
+    """A param group that phase ``phase`` brings: its name, parameters, explicit lr, layer factor and
+    lr ramp."""
 
     phase: int
     name: str
     params: tuple[nn.Parameter, ...]
     lr: float | None = None
     scale: float = 1.0
+    ramp: LrRamp | None = None
 
 
 def plan_phase_groups(
@@ -61,6 +99,7 @@ def plan_phase_groups(
     layer_lr_decay: float | None,
     layers: Sequence[Layer],
     name_params: Callable[[list[nn.Parameter]], str],
+    ramp: LrRamp | None = None,
 ) -> list[GroupPlan]:
     """The groups of one phase that thaws ``modules`` (their own parameters); see the module docstring.
 
@@ -71,7 +110,7 @@ def plan_phase_groups(
     if not params:
         return []
     if layer_lr_decay is None:
-        return [GroupPlan(phase, label, tuple(params), lr)]
+        return [GroupPlan(phase, label, tuple(params), lr, ramp=ramp)]
     layer_of = {id(m): index for index, layer in enumerate(layers) for m in layer.modules}
     top = len(layers) - 1
     pieces: dict[int, list[nn.Parameter]] = {}
@@ -88,7 +127,7 @@ def plan_phase_groups(
             kept_trainable
         ) == {id(p) for p in piece}
         name = layers[index].name if whole else name_params(piece)
-        plans.append(GroupPlan(phase, name, tuple(piece), lr, layer_lr_decay ** max(top - index, 0)))
+        plans.append(GroupPlan(phase, name, tuple(piece), lr, layer_lr_decay ** max(top - index, 0), ramp))
     return plans
 
 
@@ -117,6 +156,7 @@ def plan_groups(
             layer_lr_decay=decay,
             layers=layers() if decay is not None else [],
             name_params=name_params,
+            ramp=phase.lr_ramp,
         )
     return plans
 
@@ -168,17 +208,22 @@ class ParamGroups:
     """Plan index -> param group index, for groups added at lr 0 before their phase starts."""
     masks: dict[int, list[RemovableHandle]] = field(default_factory=dict)
     """Phase -> gradient hooks that zero its pending parameters' gradients (DeepSpeed)."""
+    ramped: dict[int, tuple[int, float, int]] = field(default_factory=dict)
+    """Plan index -> (param group index, the lr its ramp set last, that epoch), for plans with an
+    :class:`LrRamp` whose phase started. Part of the resume state."""
 
     def of_phase(self, phase: int) -> list[tuple[int, GroupPlan]]:
         return [(i, plan) for i, plan in enumerate(self.plans) if plan.phase == phase]
 
     def phase_lr(self, plan: GroupPlan, optimizer: Optimizer, reference: float | None = None) -> float:
-        """The lr of ``plan``'s group: its explicit lr or ``reference / initial_denom_lr`` (group 0's lr by
-        default), times its layer factor."""
+        """The lr of ``plan``'s group, times its layer factor: its explicit lr, else ``reference``, else group
+        0's lr times its ramp's ``start_ratio``, else group 0's lr / ``initial_denom_lr``."""
         if plan.lr is not None:
             base = plan.lr
         elif reference is not None:
             base = reference
+        elif plan.ramp is not None and plan.ramp.start_ratio is not None:
+            return float(optimizer.param_groups[0]["lr"] * plan.ramp.start_ratio * plan.scale)
         else:
             base = optimizer.param_groups[0]["lr"] / self.initial_denom_lr
         return base * plan.scale
@@ -228,26 +273,51 @@ class ParamGroups:
         for handle in self.masks.pop(phase, []):
             handle.remove()
 
-    def start(self, phase: int, optimizer: Optimizer, schedulers: list[Any], frozen_before: set[int]) -> None:
-        """Give phase ``phase`` its groups: set the lr of pending ones, add the others.
+    def start(
+        self, phase: int, optimizer: Optimizer, schedulers: list[Any], frozen_before: set[int], epoch: int = 0
+    ) -> None:
+        """Give phase ``phase`` its groups at ``epoch``: set the lr of pending ones, add the others.
 
         ``frozen_before`` holds the ids of parameters that were frozen before this phase thawed them,
         for the message about parameters the optimizer already holds.
         """
         for index, plan in self.of_phase(phase):
             lr = self.phase_lr(plan, optimizer)
+            group: int | None = None
             if index in self.pending:
-                optimizer.param_groups[self.pending[index]]["lr"] = lr
-                teach_schedulers(schedulers, optimizer, self.pending[index], 1.0 / self.initial_denom_lr)
-                continue
-            params = not_in_optimizer(optimizer, plan.params)
-            added = {id(p) for p in params}
-            skipped = [p for p in plan.params if id(p) not in added]
-            if skipped:
-                warn_already_present(len(skipped), sum(id(p) in frozen_before for p in skipped))
-            if params:
-                add_named_group(optimizer, params, lr, plan.name)
+                group = self.pending[index]
+                optimizer.param_groups[group]["lr"] = lr
+                teach_schedulers(schedulers, optimizer, group, 1.0 / self.initial_denom_lr)
+            else:
+                params = not_in_optimizer(optimizer, plan.params)
+                added = {id(p) for p in params}
+                skipped = [p for p in plan.params if id(p) not in added]
+                if skipped:
+                    warn_already_present(len(skipped), sum(id(p) in frozen_before for p in skipped))
+                if params:
+                    group = add_named_group(optimizer, params, lr, plan.name)
+            if plan.ramp is not None and group is not None:
+                self.ramped[index] = (group, lr, epoch)
         self.ungate(phase)
+
+    def ramp(self, epoch: int, optimizer: Optimizer, schedulers: list[Any]) -> None:
+        """Move the lr of every ramped group whose ramp has not moved it at ``epoch`` yet (see :class:`LrRamp`);
+        every LR scheduler of the optimizer then drives the group at its new ratio to group 0."""
+        for index, (group, previous, last) in sorted(self.ramped.items()):
+            plan = self.plans[index]
+            if epoch <= last or plan.ramp is None:
+                continue
+            lr = plan.ramp.next_lr(epoch, previous, optimizer.param_groups[0]["lr"] * plan.scale)
+            optimizer.param_groups[group]["lr"] = lr
+            teach_schedulers(schedulers, optimizer, group, 1.0 / self.initial_denom_lr)
+            self.ramped[index] = (group, lr, epoch)
+
+    def ramp_state(self) -> list[list[float]]:
+        """:attr:`ramped` as plain data: ``[plan index, group index, lr, epoch]`` lists."""
+        return [[index, group, lr, epoch] for index, (group, lr, epoch) in sorted(self.ramped.items())]
+
+    def load_ramp_state(self, state: Sequence[Sequence[float]]) -> None:
+        self.ramped = {int(index): (int(group), float(lr), int(epoch)) for index, group, lr, epoch in state}
 
     def remove_masks(self) -> None:
         for phase in list(self.masks):

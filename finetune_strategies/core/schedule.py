@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from finetune_strategies.core.groups import LrRamp
 from finetune_strategies.core.optim import SchedulerSpec, parse_scheduler
 from finetune_strategies.core.triggers import Plateau
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
@@ -48,6 +49,8 @@ class Phase(NamedTuple):
             it replaces the optimizer's schedulers and drives every group at its ratio.
         reset_optimizer_state: Clear the optimizer's per-parameter state (momentum, Adam moments) when
             the phase starts.
+        lr_ramp: How the phase's groups' lr moves at every epoch start after the phase starts
+            (:class:`~finetune_strategies.core.groups.LrRamp`, the rule of Lightning's ``BackboneFinetuning``).
     """
 
     epoch: int | None
@@ -59,6 +62,7 @@ class Phase(NamedTuple):
     after: Plateau | None = None
     lr_scheduler: Any = None
     reset_optimizer_state: bool = False
+    lr_ramp: LrRamp | None = None
 
     def thawed_modules(self) -> list[nn.Module]:
         """The modules whose own parameters the phase makes trainable."""

@@ -34,6 +34,8 @@ class StrategyState:
             :meth:`~finetune_strategies.core.callback.FinetuningStrategy.training_options` gives them; a
             resume with other values is refused (:func:`option_differences`). Empty in checkpoints of
             releases before 0.3.
+        lr_ramps: ``[plan index, param group index, lr, epoch]`` of each group an lr ramp moves
+            (:class:`~finetune_strategies.core.groups.LrRamp`): the lr it set last, and at which epoch.
     """
 
     strategy: str
@@ -45,6 +47,7 @@ class StrategyState:
     transitions: list[dict[str, Any]] = field(default_factory=list)
     l2_sp_start: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    lr_ramps: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class StrategyState:
             "transitions": self.transitions,
             "l2_sp_start": self.l2_sp_start,
             "options": self.options,
+            "lr_ramps": [list(entry) for entry in self.lr_ramps],
         }
 
     @classmethod
@@ -71,6 +75,7 @@ class StrategyState:
             transitions=list(state.get("transitions", [])),
             l2_sp_start=dict(state.get("l2_sp_start", {})),
             options=dict(state.get("options", {})),
+            lr_ramps=[list(entry) for entry in state.get("lr_ramps", [])],
         )
 
     @staticmethod

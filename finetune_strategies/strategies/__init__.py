@@ -7,6 +7,7 @@ registers them all.
 
 from finetune_strategies.strategies.builtins import (
     LPFT,
+    BackboneFinetuningStrategy,
     Freeze,
     FreezeUnfreeze,
     GradualUnfreeze,
@@ -27,6 +28,7 @@ from finetune_strategies.strategies.registry import (
 
 __all__ = [
     "LPFT",
+    "BackboneFinetuningStrategy",
     "EpochPlan",
     "Finetuner",
     "Freeze",

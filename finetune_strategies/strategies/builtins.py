@@ -9,6 +9,7 @@
 | `gradual_unfreeze`    | backbone        | one more layer from the top every `every` epochs from `start_epoch` |
 | `lp_ft`               | backbone (fully, features cached) | all of it at `probe_epochs`, at a small lr      |
 | `phases`              | backbone        | what each phase names, at its epoch                             |
+| `backbone_finetuning` | backbone        | all of it at `unfreeze_backbone_at_epoch`, lr ramped (Lightning's) |
 
 Every one takes the options of :class:`~finetune_strategies.core.callback.FinetuningStrategy`, such as
 ``layer_lr_decay`` for one param group per layer with geometrically decaying learning rates.
@@ -16,20 +17,29 @@ Every one takes the options of :class:`~finetune_strategies.core.callback.Finetu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torch.optim import Optimizer
 from typing_extensions import Unpack, override
 
 from finetune_strategies.core.callback import FinetuningStrategy
+from finetune_strategies.core.groups import LrRamp
 from finetune_strategies.core.options import StrategyOptions
 from finetune_strategies.core.schedule import Phase, bind_phases, parse_phases
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
 from finetune_strategies.model.layers import LayerUnit
 from finetune_strategies.strategies.registry import register_strategy
-from finetune_strategies.validation import check_epoch, check_positive_int
+from finetune_strategies.validation import (
+    check_bool,
+    check_epoch,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 def _label(roots: list[tuple[str, nn.Module]]) -> str:
@@ -279,6 +289,98 @@ class Phases(FinetuningStrategy):
     @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
         return bind_phases(self.phases, pl_module, self.find_modules_to_freeze(pl_module))
+
+
+def multiplicative(epoch: int) -> float:
+    """The default ``lambda_func`` of :class:`BackboneFinetuningStrategy`, as Lightning's: the backbone's lr
+    doubles every epoch (until it reaches the head's, with ``should_align``)."""
+    return 2.0
+
+
+@register_strategy("backbone_finetuning", deepspeed_variant=True)
+class BackboneFinetuningStrategy(FinetuningStrategy):
+    """Lightning's ``BackboneFinetuning`` as a strategy: the same schedule, the same learning rates.
+
+    The backbone is frozen until ``unfreeze_backbone_at_epoch``; then all of it unfreezes in one param
+    group at ``backbone_initial_lr``, else at group 0's lr times ``backbone_initial_ratio_lr``. At the start
+    of every later epoch its lr becomes ``lambda_func(epoch + 1)`` times the lr of the epoch before, and
+    with ``should_align`` no more than group 0's current lr (:class:`~finetune_strategies.core.groups.LrRamp`).
+    Checked against Lightning's own callback: the same lr in every group every epoch, the same weights.
+
+    ``initial_denom_lr`` has no effect here, as in Lightning (the ratio sets the start). ``lr`` is another
+    name for ``backbone_initial_lr``. Beyond Lightning's callback: every option of the other strategies
+    (``monitor``, ``layer_lr_decay``, whose groups each ramp and align to group 0's lr times their factor,
+    ...), DeepSpeed (``backbone_finetuning_deepspeed``), and a mid-epoch resume that does not ramp twice.
+
+    Args:
+        unfreeze_backbone_at_epoch: The epoch (from 0) at which the backbone unfreezes.
+        lambda_func: Called with ``epoch + 1`` at every epoch start after the unfreeze; returns the factor on
+            the backbone's previous lr. Default: x2, as Lightning's.
+        backbone_initial_ratio_lr: The backbone's lr at the unfreeze, as a fraction of group 0's.
+        backbone_initial_lr: The backbone's lr at the unfreeze; ``None``: from ``backbone_initial_ratio_lr``.
+        should_align: Cap the backbone's lr at group 0's current lr.
+        verbose: Log group 0's and the backbone's lr at the unfreeze and at every epoch start after it.
+        rounding: How many decimals ``verbose`` shows.
+    """
+
+    metadata_example = '("backbone_finetuning", 10)'
+
+    def __init__(
+        self,
+        unfreeze_backbone_at_epoch: int = 10,
+        lambda_func: Callable[[int], float] = multiplicative,
+        backbone_initial_ratio_lr: float = 0.1,
+        backbone_initial_lr: float | None = None,
+        should_align: bool = True,
+        verbose: bool = False,
+        rounding: int = 12,
+        **options: Unpack[StrategyOptions],
+    ) -> None:
+        lr = options.get("lr")
+        if lr is not None and backbone_initial_lr is not None:
+            raise StrategySpecError(
+                f"lr={lr!r} and backbone_initial_lr={backbone_initial_lr!r} both set the backbone's lr at the "
+                "unfreeze: give one of them."
+            )
+        super().__init__(**options)
+        self.unfreeze_backbone_at_epoch = check_epoch("unfreeze_backbone_at_epoch", unfreeze_backbone_at_epoch)
+        if not callable(lambda_func):
+            raise StrategySpecTypeError(
+                "`lambda_func` must be a function of the epoch (counted from 1) that returns the factor on the "
+                f"backbone's lr, e.g. `lambda epoch: 1.5`, got {lambda_func!r}."
+            )
+        self.lambda_func = lambda_func
+        self.backbone_initial_ratio_lr = check_positive_float("backbone_initial_ratio_lr", backbone_initial_ratio_lr)
+        self.backbone_initial_lr = (
+            None if backbone_initial_lr is None else check_positive_float("backbone_initial_lr", backbone_initial_lr)
+        )
+        self.should_align = check_bool("should_align", should_align)
+        self.verbose = check_bool("verbose", verbose)
+        self.rounding = check_non_negative_int("rounding", rounding)
+
+    @classmethod
+    @override
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        return {"unfreeze_backbone_at_epoch": metadata}
+
+    @override
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        roots = self.find_modules_to_freeze(pl_module)
+        if not roots:
+            return []
+        ramp = LrRamp(self.lambda_func, self.should_align, self.backbone_initial_ratio_lr)
+        modules = tuple(m for _, m in roots)
+        epoch = self.unfreeze_backbone_at_epoch
+        return [Phase(epoch, _label(roots), modules, lr=self.backbone_initial_lr, lr_ramp=ramp)]
+
+    @override
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        super().finetune_function(pl_module, epoch, optimizer)
+        groups = self._groups
+        set_now = [(groups.plans[i].name, lr) for i, (_, lr, at) in sorted(groups.ramped.items()) if at == epoch]
+        if self.verbose and set_now:
+            lrs = ", ".join(f"{name} lr: {round(lr, self.rounding)}" for name, lr in set_now)
+            rank_zero_info(f"Epoch {epoch}: current lr: {round(optimizer.param_groups[0]['lr'], self.rounding)}, {lrs}")
 
 
 def _modules(layers: Sequence[Any]) -> tuple[nn.Module, ...]:

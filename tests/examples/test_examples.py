@@ -76,3 +76,20 @@ def test_text_classification_example(example, capsys, tmp_path):
     assert "param groups: head lr=1.00e-02, model.bert.pooler lr=4.00e-03" in out
     example("text_classification", "--write_csv", str(tmp_path / "csv"))
     assert (tmp_path / "csv" / "reviews_train.csv").read_text() == (EXAMPLES / "data" / "reviews_train.csv").read_text()
+
+
+def test_migrate_from_lightning_example(example, capsys):
+    differences = example("migrate_from_lightning", "--epochs", "5")["main"]([])
+    assert set(differences) == {"BackboneFinetuning", "BaseFinetuning subclass"}
+    assert all(difference <= 1e-6 for difference in differences.values()), differences
+    assert "max weight difference" in capsys.readouterr().out
+
+
+def test_migrate_from_fts_example(example):
+    epochs = example("migrate_from_fts")["main"](["--epochs", "5"])  # asserts the FTS schedule's trainable sets
+    assert [len(names) for names in epochs] == [2, 2, 4, 4, 6]
+
+
+def test_migrate_from_fts_example_against_fts(example):
+    pytest.importorskip("finetuning_scheduler")
+    example("migrate_from_fts", "--run-fts")

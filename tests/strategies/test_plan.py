@@ -14,6 +14,7 @@ from finetune_strategies import ConfigurationError, describe_schedule
 SPECS: dict[str, Any] = {
     "freeze_unfreeze": ("freeze_unfreeze", 2),
     "unfreeze_milestones": ("unfreeze_milestones", ((1, 3), 1)),
+    "backbone_finetuning": {"strategy": "backbone_finetuning", "unfreeze_backbone_at_epoch": 1, "should_align": False},
     "gradual_decay": {"strategy": "gradual_unfreeze", "start_epoch": 1, "layer_lr_decay": 0.5},
     "phases": {
         "strategy": "phases",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import BaseFinetuning
 
 from finetune_strategies import (
+    BackboneFinetuningStrategy,
     Finetuner,
     FinetuningStrategy,
     Freeze,
@@ -28,6 +29,7 @@ from finetune_strategies import (
 )
 
 BUILT_INS = [
+    "backbone_finetuning",
     "freeze",
     "freeze_unfreeze",
     "gradual_unfreeze",
@@ -54,6 +56,7 @@ def test_available_strategies_lists_built_ins_and_deepspeed_variants() -> None:
         ({"strategy": "freeze_unfreeze", "unfreeze_epoch": 7}, FreezeUnfreeze, {"unfreeze_epoch": 7}),
         ({"strategy": "unfreeze_milestones", "milestones": [3, 8], "num_layers": 2}, UnfreezeMilestones, {}),
         (("freeze_unfreeze_deepspeed", 4), FreezeUnfreeze, {"preregister_groups": True, "unfreeze_epoch": 4}),
+        (("backbone_finetuning", 3), BackboneFinetuningStrategy, {"unfreeze_backbone_at_epoch": 3}),
         ("freeze", Freeze, {"preregister_groups": False}),
     ],
 )
@@ -86,7 +89,7 @@ def test_finetuner_options() -> None:
         (
             "frezee",
             ValueError,
-            r"Unknown fine-tuning strategy 'frezee'\. Did you mean 'freeze'\? Available: freeze,",
+            r"Unknown fine-tuning strategy 'frezee'\. Did you mean 'freeze'\? Available: backbone_finetuning,",
         ),
         (("freeze_unfreez", 3), ValueError, "Did you mean 'freeze_unfreeze'"),
         (
