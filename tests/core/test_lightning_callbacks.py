@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,39 @@ def test_model_checkpoint_files_load_and_resume_as_the_uninterrupted_run(tmp_pat
         )
         for key, value in whole.state_dict().items():
             assert torch.allclose(resumed.state_dict()[key].float(), value.float(), atol=1e-6), (epoch, key)
+
+
+class NamedGroup(TinyClassifier):
+    """Names its optimizer's group, as docs/correctness.md advises for LearningRateMonitor."""
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD([{"params": params, "name": "head"}], lr=self.lr)
+
+
+def _lr_columns(tmp_path: Path, model: TinyClassifier) -> dict[str, list[str]]:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="lr")
+    monitor = LearningRateMonitor(logging_interval="epoch")
+    make_trainer(3, logger=logger, callbacks=[monitor]).finetune(model, loader(), strategy=("freeze_unfreeze", 1))
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = sorted(c for c in rows[0] if c.startswith("lr-"))
+    return {c: [row[c] for row in rows if row[c]] for c in columns}
+
+
+def test_learning_rate_monitor_logs_a_named_group_in_one_column_from_start_to_end(tmp_path: Path) -> None:
+    columns = _lr_columns(tmp_path, NamedGroup())
+    assert list(columns) == ["lr-SGD/backbone", "lr-SGD/head"]
+    assert [float(v) for v in columns["lr-SGD/head"]] == [0.1, 0.1, 0.1]  # every epoch
+    assert [float(v) for v in columns["lr-SGD/backbone"]] == pytest.approx([0.01, 0.01])  # from the unfreeze
+
+
+def test_learning_rate_monitor_renames_an_unnamed_group_zero_when_a_group_is_added(tmp_path: Path) -> None:
+    # Lightning's naming, which the library leaves alone (the model's own groups keep what
+    # configure_optimizers gave them): `lr-SGD` while group 0 is alone, `lr-SGD/pg1` once there are two
+    columns = _lr_columns(tmp_path, TinyClassifier())
+    assert list(columns) == ["lr-SGD", "lr-SGD/backbone", "lr-SGD/pg1"]
+    assert (len(columns["lr-SGD"]), len(columns["lr-SGD/pg1"])) == (1, 2)
