@@ -6,7 +6,8 @@ MultiplicativeLR and CosineAnnealingWarmRestarts raise ``ValueError``, OneCycleL
 
 The rule applied here: **a new group follows group 0's schedule, scaled by a fixed ratio** ``r``
 (the group's lr divided by group 0's lr at the moment it is added). Every per-group learning rate
-value is group 0's times ``r``; momentum values and absolute floors (``min_lrs``) are copied. For
+value is group 0's times ``r``; momentum values and absolute floors (``min_lrs``) are copied, and a
+scheduler that cycles momentum (OneCycleLR, CyclicLR) gives the group group 0's current one. For
 schedulers whose floor is 0 (the default ``eta_min`` and ``min_lr``) the new group's lr is then
 ``r * lr_0`` at every step.
 """
@@ -24,6 +25,7 @@ _SCALED_LISTS = ("base_lrs", "max_lrs")
 _COPIED_LISTS = ("min_lrs", "lr_lambdas", "base_momentums", "max_momentums")
 _SCALED_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "swa_lr")
 _COPIED_GROUP_KEYS = ("max_momentum", "base_momentum")
+_CYCLED_GROUP_KEYS = ("momentum", "betas")
 
 
 def _set_entry(values: list[Any], index: int, value: Any) -> None:
@@ -62,6 +64,10 @@ def follow_group_zero(scheduler: Any, optimizer: Optimizer, index: int, ratio: f
         last = getattr(leaf, "_last_lr", None)
         if isinstance(last, list):
             _set_entry(last, index, group["lr"])
+        if getattr(leaf, "cycle_momentum", False):  # OneCycleLR and CyclicLR set it at every step
+            for key in _CYCLED_GROUP_KEYS:
+                if key in first:
+                    group[key] = first[key]  # the first step after the group is added uses the cycled value
 
 
 def pad_to_groups(scheduler: Any, optimizer: Optimizer) -> None:

@@ -24,6 +24,7 @@ from rich.table import Table
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.core.callback import FinetuningStrategy
@@ -160,12 +161,29 @@ def _training(model: pl.LightningModule, unit: LayerUnit) -> list[tuple[str, int
     return parts
 
 
+class _PlanTrainer(pl.Trainer):
+    """The trainer a plan attaches while ``configure_optimizers`` runs: it has no data, so it answers
+    ``estimated_stepping_batches`` (Lightning's recommended ``OneCycleLR(total_steps=...)``) from the plan's
+    epochs and ``steps_per_epoch``, where a plain trainer would say -1."""
+
+    def __init__(self, steps_per_epoch: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.steps_per_epoch = steps_per_epoch
+
+    @property
+    @override
+    def estimated_stepping_batches(self) -> int | float:
+        assert self.max_epochs is not None
+        return self.max_epochs * self.steps_per_epoch
+
+
 def _optimizer(
-    model: pl.LightningModule, factory: OptimizerFactory | None, max_epochs: int
+    model: pl.LightningModule, factory: OptimizerFactory | None, max_epochs: int, steps_per_epoch: int
 ) -> _lightning.ParsedOptimizers:
     if factory is not None:
         return _lightning.ParsedOptimizers([factory([p for p in model.parameters() if p.requires_grad])], [], [])
-    trainer = pl.Trainer(
+    trainer = _PlanTrainer(
+        steps_per_epoch,
         max_epochs=max_epochs,
         accelerator="cpu",
         logger=False,
@@ -226,7 +244,7 @@ def describe_schedule(
     logger.setLevel(logging.ERROR)
     try:
         callback.prepare(model)
-        optimizers, schedulers, intervals = _optimizer(model, optimizer, max_epochs)
+        optimizers, schedulers, intervals = _optimizer(model, optimizer, max_epochs, steps_per_epoch)
         built = optimizers[callback.optimizer_index]
         configs = [LRSchedulerConfig(s, interval=i) for s, i in zip(schedulers, intervals, strict=True)]
         callback.attach_optimizer(built, configs)

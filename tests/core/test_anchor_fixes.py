@@ -330,3 +330,32 @@ def test_mid_epoch_resume_keeps_the_scheduled_lr(tmp_path: Path, strategy: str) 
         ckpt_path=tmp_path / "step=6.ckpt",
     )
     assert capture.lrs == pytest.approx([g["lr"] for g in saved])
+
+
+class OneCycle(TinyClassifier):
+    """Lightning's recommended OneCycleLR, cycling SGD's momentum, sized by estimated_stepping_batches."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total, cycle_momentum=True)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class StepMomentum(pl.Callback):
+    """Every group's momentum at every optimizer step."""
+
+    def __init__(self) -> None:
+        self.momentums: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.momentums.append([group["momentum"] for group in optimizer.param_groups])
+
+
+def test_a_new_group_takes_the_cycled_momentum_from_its_first_step() -> None:
+    steps = StepMomentum()
+    make_trainer(3, callbacks=[steps]).finetune(OneCycle(), loader(), strategy=("freeze_unfreeze", 1))
+    added = [m for m in steps.momentums if len(m) == 2]
+    assert len(added) == 8  # epochs 1 and 2, 4 steps each
+    assert all(backbone == head for head, backbone in added)  # the first step too, not the optimizer's 0.9
+    assert added[0][0] != 0.9  # the cycle has moved group 0's momentum by then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import Recorder, TinyClassifier, TinyViT, image_loader, loader, make_trainer
@@ -106,3 +107,25 @@ def test_plan_of_a_vit_equals_a_real_run() -> None:
     make_trainer(2, callbacks=[rec]).finetune(TinyViT(), image_loader(), strategy=spec)
     assert [[g.name for g in e.groups] for e in planned.epochs] == rec.group_names
     assert [[g.lr for g in e.groups] for e in planned.epochs] == [pytest.approx(lrs) for lrs in rec.group_lrs]
+
+
+def test_the_plan_answers_estimated_stepping_batches_for_one_cycle_lr() -> None:
+    class OneCycle(TinyClassifier):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+            total = self.trainer.estimated_stepping_batches  # a plain trainer without data says -1
+            scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    class FirstStepLrs(pl.Callback):
+        lrs: list[list[float]] = []
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            if args[-1] == 0:
+                self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+    plan = describe_schedule(OneCycle(), ("freeze_unfreeze", 1), max_epochs=3, steps_per_epoch=4)
+    real = FirstStepLrs()
+    make_trainer(3, callbacks=[real]).finetune(OneCycle(), loader(), strategy=("freeze_unfreeze", 1))  # 4 steps
+    planned = [[g.lr for g in epoch.groups] for epoch in plan.epochs]
+    assert planned == [pytest.approx(lrs) for lrs in real.lrs]
