@@ -286,3 +286,21 @@ def test_a_phase_scheduler_without_a_length_spans_the_rest_of_the_run() -> None:
     assert rec.group_lrs[2] == pytest.approx([0.1, 0.01])
     assert rec.group_lrs[5][1] / rec.group_lrs[5][0] == pytest.approx(0.1)  # groups keep their ratio
     assert rec.group_lrs[5][0] == pytest.approx(0.1 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+
+
+def test_restore_best_with_min_delta_keeps_the_trigger_s_best_not_model_checkpoint_s(tmp_path: Path) -> None:
+    # epoch 2 is lower than epoch 1, but by less than min_delta: for the trigger (as for EarlyStopping's
+    # best_score) it is no improvement, so epoch 1 is put back; ModelCheckpoint's best is epoch 2
+    scores = [1.0, 0.8, 0.75, 0.9, 0.9, 0.9]
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_score", mode="min", save_top_k=1)
+    rec, starts = Recorder(), AtEpochStart()
+    trainer = make_trainer(5, callbacks=[rec, starts, checkpoint], enable_checkpointing=True)
+    options = {**UNFREEZE_ON_PLATEAU, "min_delta": 0.1}
+    trainer.finetune(Scored(scores), loader(), val_dataloaders=loader(16), strategy=options)
+    strategy = next(c for c in trainer.callbacks if isinstance(c, FinetuningStrategy))
+    (transition,) = strategy.transitions
+    assert (transition.epoch, transition.best_epoch) == (4, 1)
+    for name, tensor in starts.states[4].items():
+        assert torch.equal(tensor, rec.weights[1][name]), name
+    assert checkpoint.best_model_score == pytest.approx(0.75)
+    assert "epoch=2" in checkpoint.best_model_path
