@@ -119,6 +119,12 @@ class _GuardedResume:
             self.after(path, loaded)
 
 
+def loaded_checkpoint(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The checkpoint a fit resumes from, as Lightning loaded it (until it restores the training state)."""
+    loaded = getattr(private(trainer, "_checkpoint_connector"), "_loaded_checkpoint", None)
+    return loaded if isinstance(loaded, dict) and loaded else None
+
+
 # ------------------------------------------------------------------ sharded checkpoints
 def sharded_metadata_file() -> str:
     """The file in a sharded (FSDP, ModelParallel) checkpoint folder that holds everything but weights and

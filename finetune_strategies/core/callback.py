@@ -33,7 +33,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from finetune_strategies import _lightning
 from finetune_strategies.checkpointing import trainable_only
+from finetune_strategies.checkpointing.optimizer_states import check_optimizer_states
 from finetune_strategies.core import compat, distributed
 from finetune_strategies.core.compat import Modules
 from finetune_strategies.core.feature_cache import CacheSession, CacheStats
@@ -479,6 +481,9 @@ class FinetuningStrategy(BaseFinetuning):
                 f"{type(self).__name__} starts a phase at epoch {last_phase}, but max_epochs="
                 f"{trainer.max_epochs} ends training before it (epochs count from 0)."
             )
+        loaded = _lightning.loaded_checkpoint(trainer) if trainer.ckpt_path else None
+        if loaded is not None:  # before Lightning loads its optimizer states into these optimizers
+            check_optimizer_states(trainer.ckpt_path, loaded.get("optimizer_states"), trainer.optimizers)
         super().on_fit_start(trainer, pl_module)  # rebuilds param groups on resume
         if self._l2sp.active:
             self._l2sp.begin(trainer, pl_module, self.find_frozen(pl_module))

@@ -99,3 +99,13 @@ def test_a_crafted_strategy_state_is_refused_not_an_index_error(tmp_path: Path) 
     torch.save(checkpoint, path)
     message = refused(tmp_path, ("freeze_unfreeze", 1))
     assert "started phases [7]" in message
+
+
+@pytest.mark.parametrize("strategy", ["freeze_unfreeze", "no_freeze"])
+def test_optimizer_state_of_another_optimizer_class_is_refused_before_any_step(tmp_path: Path, strategy: str) -> None:
+    path = train(tmp_path, strategy)  # SGD with momentum
+    model = TinyClassifier(optimizer="adamw")
+    trainer = make_trainer(2, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path)])
+    with pytest.raises(ResumeMismatchError, match=r"optimizer 0 was saved without amsgrad, betas, .*AdamW keeps"):
+        trainer.finetune(model, loader(), strategy=strategy, ckpt_path=path)  # torch: KeyError: 'step'
+    assert trainer.global_step == 0
