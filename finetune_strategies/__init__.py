@@ -8,6 +8,7 @@ from finetune_strategies.core import FinetuningStrategy, FlashBaseFinetuning, Ph
 from finetune_strategies.errors import (
     AdapterError,
     CheckpointError,
+    CompileFallbackError,
     ConfigurationError,
     FinetuningError,
     FrozenWeightsError,
@@ -67,6 +68,7 @@ __all__ = [
     "AdapterError",
     "Anatomy",
     "CheckpointError",
+    "CompileFallbackError",
     "ConfigurationError",
     "DriftMonitor",
     "EpochPlan",

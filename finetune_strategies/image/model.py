@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.checkpointing.trainable_only import complete_checkpoint, record_adapters
+from finetune_strategies.core.compiled import compile_option
 from finetune_strategies.core.optim import (
     LIGHTNING_KEYS,
     OptimizerSpec,
@@ -57,6 +58,11 @@ class ImageClassifier(pl.LightningModule):
         image_size: Input resolution the data should be resized to; ``None`` uses the backbone's.
         num_features: Feature size of a module backbone used whole (one without a known classifier).
         backbone_kwargs: Extra arguments for ``timm.create_model`` / ``torchvision.models.get_model``.
+        compile: Compile the classifier in place with ``torch.compile`` (see the compiled-models page): the
+            parameter names stay those of the eager model, so checkpoints are interchangeable, and the strategy
+            makes room for the recompiles its phase changes cost.
+        compile_kwargs: ``torch.compile`` arguments with ``compile``, e.g. ``{"mode": "reduce-overhead"}`` (CUDA
+            graphs, GPU) or ``{"backend": "aot_eager"}``. ``None``: torch's defaults (inductor).
     """
 
     def __init__(
@@ -75,6 +81,8 @@ class ImageClassifier(pl.LightningModule):
         image_size: int | None = None,
         num_features: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        compile: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -112,6 +120,8 @@ class ImageClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.compile_kwargs = compile_option(self, compile, compile_kwargs)
+        """The ``torch.compile`` arguments the classifier was compiled with; ``None``: not compiled."""
 
     # ------------------------------------------------------------------ model
     def features(self, images: torch.Tensor) -> torch.Tensor:
