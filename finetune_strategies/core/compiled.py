@@ -8,13 +8,16 @@ compiles a new graph: the stale graph is never reused (torch 2.14). Measured on 
 ``no_grad`` and eval mode are a second set of guards), :data:`GRAPHS_PER_CHANGE`. Dynamo keeps at most
 ``torch._dynamo.config.recompile_limit`` (8) graphs per compiled function; at the next one it runs that
 function eagerly for the rest of the process, with one log warning. A gradual unfreeze of more than three
-phases with validation reaches it.
+phases with validation reaches it. Graphs are kept per code object (a class's ``forward``), not per model:
+a second model of the same class reuses the first's graphs where the guards pass, and every graph kept counts
+against the limit.
 
-:class:`CompileSession` is what a strategy does about it, and no more: when a fit starts it finds the
-compiled regions (:func:`find_compiled`); if there are any, it raises ``recompile_limit`` (and
+:class:`CompileSession` is what a strategy does about it, and no more: when a fit starts it finds the compiled
+regions (:func:`find_compiled`); if there are any, it raises ``recompile_limit`` (and
 ``accumulated_recompile_limit``) by what the schedule's phase changes cost, keeping the previous limit as
-headroom, and puts the previous values back when the fit ends. It never calls ``torch._dynamo.reset()``,
-which would drop every compiled graph of the process. It counts the graphs compiled after each phase change
+headroom, and the graphs already kept for the compiled code; it puts the previous values back when the fit
+ends. It never calls ``torch._dynamo.reset()``, which would drop every compiled graph of the process. It
+counts the graphs compiled after each phase change
 (``torch._dynamo.utils.counters["stats"]["unique_graphs"]``, which counts every graph the process compiles)
 and watches dynamo's log for the warning of a limit hit, so that a fall back to eager is reported with its
 cause and fix (a :class:`~finetune_strategies.errors.CompileFallbackError` with ``strict_compile``).
@@ -32,6 +35,7 @@ import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any, Final
 
 import lightning.pytorch as pl
@@ -59,14 +63,34 @@ COMPILE_ARGUMENTS: Final = tuple(name for name in inspect.signature(torch.compil
 
 @dataclass(frozen=True)
 class CompiledRegion:
-    """A part of a LightningModule that runs compiled: its qualified name (``""``: the LightningModule itself)
-    and how it was compiled."""
+    """A part of a LightningModule that runs compiled: its qualified name (``""``: the LightningModule itself),
+    how it was compiled, and the code objects dynamo compiles for it (its graphs are kept on them)."""
 
     name: str
     how: str
+    codes: tuple[CodeType, ...] = field(default=(), compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.name or 'the LightningModule'} ({self.how})"
+
+
+def _codes(*functions: Any) -> tuple[CodeType, ...]:
+    """The code objects of functions and methods (a compiled one's original), skipping what has none."""
+    codes = []
+    for function in functions:
+        function = getattr(function, "_torchdynamo_orig_callable", function)
+        code = getattr(getattr(function, "__func__", function), "__code__", None)
+        if isinstance(code, CodeType):
+            codes.append(code)
+    return tuple(codes)
+
+
+def cached_graphs(regions: list[CompiledRegion]) -> int:
+    """The most graphs dynamo keeps for one code object of ``regions``: what counts against its
+    ``recompile_limit``. Graphs are kept per code object, so models of one class share them (a second model
+    of the class reuses the first's graphs, and adds to the count)."""
+    counts = [len(torch._dynamo.eval_frame._debug_get_cache_entry_list(c)) for r in regions for c in r.codes]
+    return max(counts, default=0)
 
 
 def _compiled_function(function: Any) -> bool:
@@ -80,19 +104,22 @@ def find_compiled(pl_module: nn.Module) -> list[CompiledRegion]:
     a module whose ``forward`` is a compiled function, and the LightningModule that ``Trainer.fit`` received
     as ``torch.compile(model)`` (Lightning compiles its ``forward`` and step methods in place)."""
     regions: list[CompiledRegion] = []
-    if isinstance(pl_module, pl.LightningModule) and _lightning.compiled_by_lightning(pl_module):
-        regions.append(CompiledRegion("", "torch.compile(lightning_module), unwrapped by the Trainer"))
+    whole = isinstance(pl_module, pl.LightningModule) and _lightning.compiled_by_lightning(pl_module)
+    if whole:
+        steps = [getattr(type(pl_module), name, None) for name in ("forward", "training_step", "validation_step")]
+        regions.append(CompiledRegion("", "torch.compile(lightning_module), unwrapped by the Trainer", _codes(*steps)))
     inside_compiled: list[str] = []
     for name, module in pl_module.named_modules():
-        if any(name.startswith(f"{outer}.") for outer in inside_compiled):
+        if any(name.startswith(f"{outer}.") for outer in inside_compiled) or (whole and module is pl_module):
             continue
         if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
-            regions.append(CompiledRegion(name, "torch.compile(module)"))
+            inner = type(module._orig_mod).forward
+            regions.append(CompiledRegion(name, "torch.compile(module)", _codes(inner)))
             inside_compiled.append(name)
         elif getattr(module, "_compiled_call_impl", None) is not None:
-            regions.append(CompiledRegion(name, "module.compile()"))
+            regions.append(CompiledRegion(name, "module.compile()", _codes(type(module).forward)))
         elif _compiled_function(module.__dict__.get("forward")):
-            regions.append(CompiledRegion(name, "torch.compile(module.forward)"))
+            regions.append(CompiledRegion(name, "torch.compile(module.forward)", _codes(module.__dict__["forward"])))
     return regions
 
 
@@ -158,10 +185,11 @@ def recompile_budget(phase_changes: int) -> int:
     return phase_changes * GRAPHS_PER_CHANGE
 
 
-def sized_limit(phase_changes: int) -> int:
+def sized_limit(phase_changes: int, regions: list[CompiledRegion] | None = None) -> int:
     """The ``recompile_limit`` a fit of ``phase_changes`` phase changes sets: the current one, kept as headroom,
-    plus :func:`recompile_budget`."""
-    return int(torch._dynamo.config.recompile_limit) + recompile_budget(phase_changes)
+    plus the graphs already kept for the regions' code (:func:`cached_graphs`), plus :func:`recompile_budget`."""
+    kept = cached_graphs(regions or [])
+    return int(torch._dynamo.config.recompile_limit) + kept + recompile_budget(phase_changes)
 
 
 class _LimitHits(logging.Filter):
@@ -231,11 +259,10 @@ class CompileSession:
             "recompile_limit": config.recompile_limit,
             "accumulated_recompile_limit": config.accumulated_recompile_limit,
         }
-        extra = recompile_budget(phase_changes)
-        config.recompile_limit = sized_limit(phase_changes)
-        config.accumulated_recompile_limit = self._saved["accumulated_recompile_limit"] + extra * len(
-            self.report.regions
-        )
+        config.recompile_limit = sized_limit(phase_changes, self.report.regions)
+        config.accumulated_recompile_limit = self._saved["accumulated_recompile_limit"] + (
+            config.recompile_limit - self._saved["recompile_limit"]
+        ) * len(self.report.regions)
         self.report.recompile_limit = config.recompile_limit
         self._filter = _LimitHits()
         logging.getLogger(DYNAMO_LOGGER).addFilter(self._filter)
@@ -243,9 +270,9 @@ class CompileSession:
         self.report.phases.append(PhaseGraphs("start", 0))
         regions = ", ".join(r.describe() for r in self.report.regions)
         rank_zero_info(
-            f"{owner}: compiled {regions}; {phase_changes} phase change(s) cost up to {extra} graph(s) each; "
-            f"torch._dynamo.config.recompile_limit set to {config.recompile_limit} for this fit "
-            f"(was {self._saved['recompile_limit']})."
+            f"{owner}: compiled {regions}; {phase_changes} phase change(s) cost up to {GRAPHS_PER_CHANGE} graph(s) "
+            f"each per compiled function; torch._dynamo.config.recompile_limit set to {config.recompile_limit} for "
+            f"this fit (was {self._saved['recompile_limit']})."
         )
 
     def phase_started(self, label: str) -> None:

@@ -255,7 +255,7 @@ def _compiled(model: pl.LightningModule, changes: int, phases: int) -> str:
         if regions
         else "not compiled; if compiled (--model.compile true)"
     )
-    limit = sized_limit(phases)
+    limit = sized_limit(phases, regions)
     return (
         f"{where}: {changes} phase change(s) cost {recompile_budget(changes)} recompile(s) per compiled function "
         f"({GRAPHS_PER_CHANGE} each: training and validation); the fit raises dynamo's recompile_limit to {limit}."
