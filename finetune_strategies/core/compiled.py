@@ -36,7 +36,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -47,6 +47,8 @@ from torch import nn
 
 from finetune_strategies import _lightning
 from finetune_strategies.errors import CompileFallbackError, ModelConfigError
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 GRAPHS_PER_CHANGE: Final = 2
 """New graphs a phase change costs each compiled function: one for training, one for validation (measured,
@@ -141,7 +143,7 @@ def check_compile_kwargs(value: Any, *, error: type[Exception] = ModelConfigErro
     return dict(value)
 
 
-def compile_module(module: nn.Module, compile_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+def compile_module(module: ModuleT, compile_kwargs: Mapping[str, Any] | None = None) -> ModuleT:
     """Compile ``module`` in place (``module.compile(**compile_kwargs)``) and return it.
 
     In place, not ``torch.compile(module)``: the parameters keep their names (no ``_orig_mod.`` prefix), so
