@@ -149,7 +149,7 @@ class DeepMLP(pl.LightningModule):
         return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-3)
 
 
-def twenty_changes(config: BenchConfig, compiler: Compiler) -> dict[str, Any]:
+def twenty_changes(config: BenchConfig, compiler: Compiler, device: torch.device) -> dict[str, Any]:
     """``gradual_unfreeze`` through ``CHANGES`` phase changes on a compiled :class:`DeepMLP`; its compile report."""
     model = compile_module(DeepMLP(), compiler)
     strategy = resolve_strategy(("gradual_unfreeze", 1))
@@ -158,7 +158,7 @@ def twenty_changes(config: BenchConfig, compiler: Compiler) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.randn(4 * config.batch_size, MLP_WIDTH, generator=generator)
     loader = DataLoader(TensorDataset(x, torch.randint(0, 10, (len(x),), generator=generator)), config.batch_size)
-    options = trainer_options(torch.device("cpu"), CHANGES + 1, [strategy, first], limit_train_batches=2)
+    options = trainer_options(device, CHANGES + 1, [strategy, first], limit_train_batches=2)
     started = time.perf_counter()
     pl.Trainer(**options).fit(model, loader)
     report = strategy.compile_report
@@ -198,23 +198,30 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{twenty['recompile_limit']}; stayed compiled to the end: **{twenty['stayed_compiled']}**; falls back: "
         f"{len(twenty['fallbacks'])}; first step after a change (compile included) median "
         f"{statistics.median(changes) if changes else float('nan'):.1f} s, {twenty['total_s']:.0f} s in all.",
-        f"- Machine: {payload['machine'].get('cpu', '?')} ({payload['machine'].get('usable_cores')} cores), load "
+        f"- Machine: {payload['machine'].get('gpu') or payload['machine'].get('cpu', '?')} "
+        f"({payload['machine'].get('usable_cores')} CPU cores), load "
         f"average {payload['load_average_start']} at the start, {payload['load_average_end']} at the end; torch "
         f"{torch.__version__}, {payload['config']['threads']} thread(s).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def run_compile_bench(out: Path, smoke: bool) -> dict[str, Any]:
-    """Run the three measurements, write ``compile_bench.json`` and ``compile_bench.md``; return the payload."""
+def run_compile_bench(
+    out: Path, smoke: bool, device: str = "cpu", compile_kwargs: Compiler | None = None
+) -> dict[str, Any]:
+    """Run the three measurements, write ``compile_bench.json`` and ``compile_bench.md``; return the payload.
+    ``compile_kwargs`` replace the size's default (``tests/gpu/test_compiled_gpu.py`` passes CUDA graphs on and off)."""
     config, compiler = (SMOKE_CONFIG, SMOKE_COMPILER) if smoke else (FULL, FULL_COMPILER)
+    config = replace(config, device=device)
+    compiler = compiler if compile_kwargs is None else compile_kwargs
     quiet_lightning()
     if config.threads:
         torch.set_num_threads(config.threads)
-    tools = Instruments.for_device(torch.device("cpu"))
+    where = torch.device(device)
+    tools = Instruments.for_device(where)
     payload: dict[str, Any] = {
         "config": asdict(config),
-        "machine": describe_machine(torch.device("cpu")),
+        "machine": describe_machine(where),
         "load_average_start": load_average(),
         "compile_kwargs": compiler,
         "models": {
@@ -223,7 +230,7 @@ def run_compile_bench(out: Path, smoke: bool) -> dict[str, Any]:
         },
     }
     payload["speed"] = {backbone: measure_backbone(backbone, config, tools, compiler) for backbone in BACKBONES}
-    payload["twenty"] = twenty_changes(config, compiler)
+    payload["twenty"] = twenty_changes(config, compiler, where)
     payload["load_average_end"] = load_average()
     out.mkdir(parents=True, exist_ok=True)
     (out / "compile_bench.json").write_text(json.dumps(payload, indent=2, default=str))
@@ -235,8 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: every code path, numbers meaningless")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--compile-kwargs",
+        type=json.loads,
+        default=None,
+        help='torch.compile arguments as JSON, e.g. \'{"mode": "reduce-overhead"}\' (default: {} at full size, '
+        "aot_eager at smoke size)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    run_compile_bench(args.out, args.smoke)
+    run_compile_bench(args.out, args.smoke, args.device, args.compile_kwargs)
     print((args.out / "compile_bench.md").read_text())
     print(f"wrote {args.out / 'compile_bench.json'} and .md")
     return 0
