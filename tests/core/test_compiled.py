@@ -328,3 +328,30 @@ def test_two_ddp_ranks_of_a_compiled_model_stay_identical(tmp_path: Path) -> Non
     report = json.loads((tmp_path / "compiled.report.json").read_text())
     assert report["fallbacks"] == []
     assert report["recompiles"] >= 2
+
+
+def test_the_cli_compiles_the_classifier_and_its_checkpoint_loads_into_an_eager_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model.compile true``: a compiled fit whose checkpoint has the eager model's keys; ``explain`` says
+    what its phase changes cost."""
+    from image_helpers import BACKBONE, cli_folders, fit_args
+
+    from finetune_strategies.cli.app import main
+    from finetune_strategies.image import ImageClassifier
+
+    data = cli_folders(tmp_path / "data")
+    compiled = ["--model.compile=true", '--model.compile_kwargs={"backend": "aot_eager"}']
+    strategy = ["--strategy=freeze_unfreeze", "--strategy.unfreeze_epoch=1"]
+    assert main(fit_args(data, tmp_path / "run", *compiled, *strategy, epochs=2)) == 0
+    (checkpoint,) = (tmp_path / "run").rglob("*.ckpt")
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    eager = ImageClassifier(num_classes=2, backbone=BACKBONE, pretrained=False)
+    assert not any("_orig_mod" in key for key in state)
+    assert eager.load_state_dict(state) is not None  # strict: the same keys as the eager model's
+    assert ImageClassifier.load_from_checkpoint(checkpoint).compile_kwargs == {"backend": "aot_eager"}
+    capsys.readouterr()
+    args = [f"--model.backbone={BACKBONE}", "--model.pretrained=false", "--model.num_classes=2", *compiled]
+    assert main(["explain", *args, "--strategy=gradual_unfreeze", "--trainer.max_epochs=4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "compiled: the LightningModule (module.compile()): 3 phase change(s) cost 6 recompile(s)" in out
