@@ -355,3 +355,18 @@ def test_the_cli_compiles_the_classifier_and_its_checkpoint_loads_into_an_eager_
     assert main(["explain", *args, "--strategy=gradual_unfreeze", "--trainer.max_epochs=4"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "compiled: the LightningModule (module.compile()): 3 phase change(s) cost 6 recompile(s)" in out
+
+
+def test_no_module_outside_compiled_py_touches_torch_dynamo() -> None:
+    """As private Lightning APIs are in ``_lightning.py``: torch's private ``_dynamo`` in ``core/compiled.py`` only."""
+    import finetune_strategies
+
+    package = Path(finetune_strategies.__file__).parent
+    offenders = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        if path.relative_to(package).as_posix() != "core/compiled.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "_dynamo" in line
+    ]
+    assert offenders == []
