@@ -586,6 +586,10 @@ class FinetuningStrategy(BaseFinetuning):
             self._compiled.end()
 
     @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._compiled.end(check=False)  # dynamo's limits back, whatever stopped the fit
+
+    @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any, Final, TypeVar
 
@@ -295,6 +295,7 @@ class CompileSession:
                 "this phase change. Fix: do not change torch._dynamo.config.recompile_limit during a fit."
             )
         self.check()
+        self._check_kept()
 
     def check(self) -> None:
         """Report a recompile-limit hit that dynamo logged since the last check."""
@@ -310,22 +311,43 @@ class CompileSession:
             "torch._dynamo.config.recompile_limit, or see TORCH_LOGS=recompiles for the reason."
         )
 
-    def end(self) -> None:
-        """Close the last count, put the previous limits back and stop watching."""
+    def _check_kept(self) -> None:
+        """A fall back that dynamo's log did not show (its logger silenced): a compiled function keeps as many
+        graphs as the limit allows, so its next recompile, or the one that just happened, runs eagerly."""
+        kept, limit = cached_graphs(self.report.regions), int(torch._dynamo.config.recompile_limit)
+        if kept >= limit and not self.report.fallbacks:
+            self._fallback(
+                f"a compiled function keeps {kept} graphs, the recompile limit {limit}: its next recompile runs it "
+                "EAGERLY (dynamo's warning may be silenced). Cause: more recompiles than the schedule's phase changes "
+                "explain (changing input shapes or dtypes, or Python arguments). Fix: raise "
+                "torch._dynamo.config.recompile_limit, or see TORCH_LOGS=recompiles for the reason."
+            )
+
+    def end(self, *, check: bool = True) -> None:
+        """Close the last count, report a fall back not reported yet (unless ``check`` is False: a fit that
+        failed), put the previous limits back and stop watching."""
         if self._saved is None:
             return
         self._close()
+        try:
+            if check:
+                self.check()
+                self._check_kept()
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        assert self._saved is not None
         for name, value in self._saved.items():
             setattr(torch._dynamo.config, name, value)
         self._saved = None
         counts = ", ".join(f"{p.label}: {p.graphs}" for p in self.report.phases)
         rank_zero_info(f"{self._owner}: graphs compiled per phase ({counts}); {self.report.recompiles} recompile(s).")
-        try:
-            self.check()
-        finally:
-            if self._filter is not None:
-                logging.getLogger(DYNAMO_LOGGER).removeFilter(self._filter)
-                self._filter = None
+        if self._filter is not None:
+            logging.getLogger(DYNAMO_LOGGER).removeFilter(self._filter)
+            self._filter = None
+        # the code objects do not pickle (a callback is pickled by ddp_spawn, and may be saved by users)
+        self.report.regions = [replace(region, codes=()) for region in self.report.regions]
 
     def _close(self) -> None:
         now = graphs_compiled()

@@ -256,8 +256,10 @@ def test_strict_compile_stops_the_fit_at_the_fall_back() -> None:
     trainer = pl.Trainer(
         max_epochs=3, callbacks=[strategy, LowerTheLimit()], **{**QUIET_TRAINER, "limit_val_batches": 1}
     )
+    limit = torch._dynamo.config.recompile_limit
     with pytest.raises(CompileFallbackError, match=r"runs EAGERLY.*Fix: raise.*strict_compile=True"):
         trainer.fit(model, loader(), loader())
+    assert torch._dynamo.config.recompile_limit == limit  # put back by on_exception
 
 
 def test_an_eager_model_is_left_alone() -> None:
