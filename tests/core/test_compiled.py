@@ -195,6 +195,32 @@ def test_every_compiled_form_is_found() -> None:
     assert find_compiled(Net()) == []
 
 
+@pytest.mark.parametrize("form", ["backbone", "forward"])
+def test_a_compiled_backbone_or_forward_trains_what_each_phase_unfreezes(form: str) -> None:
+    """``model.backbone = torch.compile(model.backbone)`` (parameters named ``backbone._orig_mod.*``: the anatomy
+    sees through it) and ``model.forward = torch.compile(model.forward)``."""
+    model = fresh_net()
+    if form == "backbone":
+        model.backbone = torch.compile(model.backbone, **BACKEND)  # type: ignore[assignment]
+    else:
+        model.forward = torch.compile(model.forward, **BACKEND)  # type: ignore[method-assign]
+    strategy = resolve_strategy(("gradual_unfreeze", 1))
+    assert isinstance(strategy, FinetuningStrategy)
+    watch = Unfrozen()
+    trainer = pl.Trainer(max_epochs=4, callbacks=[strategy, watch], **{**QUIET_TRAINER, "limit_val_batches": 1})
+    trainer.fit(model, loader(), loader())
+    report = strategy.compile_report
+    assert len(report.regions) == 1
+    assert report.fallbacks == []
+    graphs = [p.graphs for p in report.phases]
+    if form == "forward":  # a forward of its own: every graph is new
+        assert graphs == [GRAPHS_PER_CHANGE] * 4
+    else:  # nn.Sequential.forward: another test's Sequential of this shape may have left graphs to reuse
+        assert all(g <= GRAPHS_PER_CHANGE for g in graphs)
+    assert sorted(watch.newly) == [0, 1, 2, 3]
+    assert all(not unchanged for unchanged in watch.unchanged.values()), watch.unchanged
+
+
 def test_a_lightning_module_compiled_whole_by_the_trainer_is_found_and_trains() -> None:
     model = Net()
     strategy = resolve_strategy(("gradual_unfreeze", 1))
