@@ -243,6 +243,7 @@ class CompileSession:
         self._owner = ""
         self._strict = False
         self._reported = 0
+        self._kept = 0
 
     @property
     def active(self) -> bool:
@@ -269,6 +270,7 @@ class CompileSession:
         self._filter = _LimitHits()
         logging.getLogger(DYNAMO_LOGGER).addFilter(self._filter)
         self._mark = graphs_compiled()
+        self._kept = cached_graphs(self.report.regions)
         self.report.phases.append(PhaseGraphs("start", 0))
         regions = ", ".join(r.describe() for r in self.report.regions)
         rank_zero_info(
@@ -282,6 +284,15 @@ class CompileSession:
         if not self.active:
             return
         self._close()
+        kept = cached_graphs(self.report.regions)
+        if kept < self._kept:
+            rank_zero_warn(
+                f"{self._owner}: the compiled code keeps {kept} graph(s), {self._kept} before: dynamo's caches were "
+                "cleared during the fit (torch._dynamo.reset() or reset_code_caches()). The model stays compiled, but "
+                "every graph of the process is compiled again. Fix: do not reset dynamo during a fit; a phase change "
+                "needs no reset."
+            )
+        self._kept = kept
         ended = self.report.phases[-1]
         rank_zero_info(
             f"{self._owner}: {ended.graphs} graph(s) compiled in stage {ended.label!r}; phase {label!r} starts."

@@ -398,3 +398,27 @@ def test_no_module_outside_compiled_py_touches_torch_dynamo() -> None:
         if "_dynamo" in line
     ]
     assert offenders == []
+
+
+class ResetDynamo(pl.Callback):
+    """Someone calls ``torch._dynamo.reset()`` at the start of epoch 2 (after the strategy's phase start)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 2:
+            torch._dynamo.reset()
+
+
+def test_a_reset_of_dynamo_during_the_fit_is_reported_and_the_model_stays_compiled() -> None:
+    model = fresh_net()
+    compile_module(model, BACKEND)
+    strategy = resolve_strategy(("gradual_unfreeze", 1))
+    assert isinstance(strategy, FinetuningStrategy)
+    watch = Unfrozen()
+    options = {**QUIET_TRAINER, "limit_val_batches": 1}
+    trainer = pl.Trainer(max_epochs=4, callbacks=[strategy, ResetDynamo(), watch], **options)
+    with pytest.warns(UserWarning, match=r"caches were cleared during the fit \(torch._dynamo.reset\(\)"):
+        trainer.fit(model, loader(), loader())
+    report = strategy.compile_report
+    assert report.fallbacks == []
+    assert report.phases[-1].graphs >= 1  # compiled again after the reset, not eager
+    assert all(not unchanged for unchanged in watch.unchanged.values())
