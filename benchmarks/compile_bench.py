@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks.config import SMOKE, BenchConfig
 from benchmarks.lockstep import HandOver, run_ring
 from benchmarks.measure import Instruments, describe_machine, load_average
-from benchmarks.results import PhaseRecord
+from benchmarks.results import PhaseRecord, Target, targets_table
 from benchmarks.stats import median_interval
 from benchmarks.training import fit_timed, quiet_lightning, trainer_options
 from benchmarks.workload import Backbone, BenchModel
@@ -176,6 +176,45 @@ def twenty_changes(config: BenchConfig, compiler: Compiler, device: torch.device
     }
 
 
+def targets(payload: dict[str, Any], judged: bool) -> list[Target]:
+    """The issue's three targets: the frozen phase's ratio (judged on its interval, not at smoke size), at most
+    one graph per phase change (one compiled region, no validation), and no fall back in 20 changes."""
+    rows = []
+    for backbone, result in payload["speed"].items():
+        frozen = result["phases"]["frozen"]
+        rows.append(
+            Target(
+                f"compile: {backbone} frozen step compiled / eager <= 1.0",
+                f"{payload['models'][backbone]}, freeze_unfreeze, compile_kwargs {payload['compile_kwargs']}",
+                frozen["ratio"],
+                1.0,
+                "<=",
+                frozen["low"],
+                frozen["high"],
+                f"{frozen['pairs']} pairs",
+                judged,
+            )
+        )
+    twenty = payload["twenty"]
+    graphs = twenty["graphs_per_phase"]
+    rows.append(
+        Target(
+            "compile: graphs per phase change <= 1 per compiled region",
+            f"largest of {len(graphs) - 1} changes, one region, no validation",
+            max(graphs[1:], default=0),
+            1,
+            "<=",
+        )
+    )
+    eager = len(twenty["fallbacks"]) + sum(1 for g in graphs if g == 0)
+    rows.append(
+        Target(
+            "compile: 20 phase changes, no fall back to eager", "falls back + stages without a graph", eager, 0, "<="
+        )
+    )
+    return rows
+
+
 def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "| model | phase | compiled / eager step (median of pairs) | 95% interval | compiled ms | eager ms "
@@ -190,6 +229,7 @@ def markdown(payload: dict[str, Any]) -> str:
             )
     twenty = payload["twenty"]
     changes = twenty["first_steps_s"][1:]
+    lines += ["", *targets_table([Target(**t) for t in payload["targets"]])]
     lines += [
         "",
         f"- {twenty['phase_changes']} phase changes (`gradual_unfreeze`, {CHANGES}-block MLP, compile_kwargs "
@@ -232,6 +272,7 @@ def run_compile_bench(
     payload["speed"] = {backbone: measure_backbone(backbone, config, tools, compiler) for backbone in BACKBONES}
     payload["twenty"] = twenty_changes(config, compiler, where)
     payload["load_average_end"] = load_average()
+    payload["targets"] = [asdict(t) for t in targets(payload, judged=not smoke)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "compile_bench.json").write_text(json.dumps(payload, indent=2, default=str))
     (out / "compile_bench.md").write_text(markdown(payload))

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
 
 from benchmarks.compile_bench import BACKBONES, CHANGES, PHASES, SMOKE_COMPILER  # noqa: E402
+from benchmarks.results import Target  # noqa: E402
 
 
 def test_compile_bench_smoke(tmp_path: Path) -> None:
@@ -41,3 +42,7 @@ def test_compile_bench_smoke(tmp_path: Path) -> None:
     assert twenty["fallbacks"] == []
     assert len(twenty["first_steps_s"]) == CHANGES + 1
     assert "stayed compiled to the end: **True**" in (tmp_path / "compile_bench.md").read_text()
+    verdicts = {t["name"]: Target(**t).verdict for t in payload["targets"]}
+    assert verdicts["compile: graphs per phase change <= 1 per compiled region"] == "pass"
+    assert verdicts["compile: 20 phase changes, no fall back to eager"] == "pass"
+    assert verdicts["compile: cnn frozen step compiled / eager <= 1.0"] == "not judged (smoke size)"
