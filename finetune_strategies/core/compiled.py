@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 import lightning.pytorch as pl
 import torch
 import torch._dynamo
+import torch._dynamo.convert_frame
 import torch._dynamo.utils
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -182,6 +183,13 @@ def graphs_compiled() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
+def frames_seen() -> int | None:
+    """Compilations dynamo has counted per frame in this process, which grows with every compilation and which
+    only ``torch._dynamo.reset()`` sets back (to 0); ``None`` where torch keeps no such count."""
+    counter = getattr(torch._dynamo.convert_frame, "FRAME_COMPILE_COUNTER", None)
+    return sum(counter.values()) if isinstance(counter, Mapping) else None
+
+
 def recompile_budget(phase_changes: int) -> int:
     """Graphs that ``phase_changes`` phase changes add to each compiled function."""
     return phase_changes * GRAPHS_PER_CHANGE
@@ -243,7 +251,7 @@ class CompileSession:
         self._owner = ""
         self._strict = False
         self._reported = 0
-        self._kept = 0
+        self._frames: int | None = None
 
     @property
     def active(self) -> bool:
@@ -270,7 +278,7 @@ class CompileSession:
         self._filter = _LimitHits()
         logging.getLogger(DYNAMO_LOGGER).addFilter(self._filter)
         self._mark = graphs_compiled()
-        self._kept = cached_graphs(self.report.regions)
+        self._frames = frames_seen()
         self.report.phases.append(PhaseGraphs("start", 0))
         regions = ", ".join(r.describe() for r in self.report.regions)
         rank_zero_info(
@@ -284,15 +292,14 @@ class CompileSession:
         if not self.active:
             return
         self._close()
-        kept = cached_graphs(self.report.regions)
-        if kept < self._kept:
+        frames = frames_seen()
+        if frames is not None and self._frames is not None and frames < self._frames:
             rank_zero_warn(
-                f"{self._owner}: the compiled code keeps {kept} graph(s), {self._kept} before: dynamo's caches were "
-                "cleared during the fit (torch._dynamo.reset() or reset_code_caches()). The model stays compiled, but "
-                "every graph of the process is compiled again. Fix: do not reset dynamo during a fit; a phase change "
-                "needs no reset."
+                f"{self._owner}: dynamo was reset during the fit (torch._dynamo.reset()): every graph of the process "
+                "was dropped and is compiled again. The model stays compiled; the reset costs compile time only. Fix: "
+                "do not reset dynamo during a fit; a phase change needs no reset."
             )
-        self._kept = kept
+        self._frames = frames
         ended = self.report.phases[-1]
         rank_zero_info(
             f"{self._owner}: {ended.graphs} graph(s) compiled in stage {ended.label!r}; phase {label!r} starts."

@@ -416,7 +416,7 @@ def test_a_reset_of_dynamo_during_the_fit_is_reported_and_the_model_stays_compil
     watch = Unfrozen()
     options = {**QUIET_TRAINER, "limit_val_batches": 1}
     trainer = pl.Trainer(max_epochs=4, callbacks=[strategy, ResetDynamo(), watch], **options)
-    with pytest.warns(UserWarning, match=r"caches were cleared during the fit \(torch._dynamo.reset\(\)"):
+    with pytest.warns(UserWarning, match=r"dynamo was reset during the fit \(torch._dynamo.reset\(\)\)"):
         trainer.fit(model, loader(), loader())
     report = strategy.compile_report
     assert report.fallbacks == []
