@@ -8,6 +8,7 @@ from finetune_strategies.core import FinetuningStrategy, FlashBaseFinetuning, Ph
 from finetune_strategies.errors import (
     AdapterError,
     CheckpointError,
+    CompileFallbackError,
     ConfigurationError,
     FinetuningError,
     FrozenWeightsError,
@@ -69,6 +70,7 @@ __all__ = [
     "Anatomy",
     "BackboneFinetuningStrategy",
     "CheckpointError",
+    "CompileFallbackError",
     "ConfigurationError",
     "DriftMonitor",
     "EpochPlan",

@@ -211,7 +211,17 @@ def _connector_has_loaded_checkpoint() -> str | None:
     return _has_parameters(type(connector), "resume_start", ("checkpoint_path",))
 
 
+# ------------------------------------------------------------------ compiled models
+def compiled_by_lightning(module: pl.LightningModule) -> bool:
+    """Whether ``Trainer.fit`` received ``module`` as ``torch.compile(module)``: Lightning unwraps it and compiles
+    its ``forward`` and step methods in place, noting it in ``LightningModule._compiler_ctx``."""
+    return getattr(module, "_compiler_ctx", None) is not None
+
+
 PRIVATE_APIS: dict[str, Callable[[], str | None]] = {
+    "LightningModule._compiler_ctx": lambda: (
+        None if hasattr(pl.LightningModule(), "_compiler_ctx") else "LightningModule._compiler_ctx is missing"
+    ),
     "lightning.pytorch.core.optimizer._configure_optimizers": lambda: _has_parameters(
         lightning_optimizer, "_configure_optimizers", ("optim_conf",)
     ),

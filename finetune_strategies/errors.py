@@ -43,6 +43,11 @@ class ConfigurationError(FinetuningError, RuntimeError):
     ``*_deepspeed`` strategy, an option a distributed engine cannot honour, ...)."""
 
 
+class CompileFallbackError(ConfigurationError):
+    """A compiled model fell back to eager during a fit with ``strict_compile=True`` (see
+    :mod:`finetune_strategies.core.compiled`)."""
+
+
 class WeightMatchError(FinetuningError, ValueError):
     """Pretrained weights cannot be read, or do not fit the model they are loaded into (missing,
     unexpected or mis-shaped keys)."""

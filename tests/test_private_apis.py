@@ -46,7 +46,7 @@ def test_no_module_outside_lightning_py_touches_private_lightning_names() -> Non
     pattern = re.compile(
         r"(?<![A-Za-z_])_configure_optimizers\b|_reorder_callbacks|_checkpoint_connector|_setup_model\b"
         r"|_register_ddp_hooks|_METADATA_FILENAME"
-        r"|_remove_autograd_hooks|_prepare_subcommand_parser|\._trainer\b|_loaded_checkpoint"
+        r"|_remove_autograd_hooks|_prepare_subcommand_parser|\._trainer\b|_loaded_checkpoint|_compiler_ctx"
     )
     offenders = [
         f"{path.relative_to(package)}:{number}"

@@ -15,7 +15,8 @@ returns; each built-in is a short preset of it. The callback composes:
 * :mod:`~finetune_strategies.core.distributed` - re-wrapping DDP when the trainable set changes;
 * :mod:`~finetune_strategies.core.l2_sp` - the L2-SP penalty toward the pretrained weights;
 * :mod:`~finetune_strategies.core.state` - the resume state written into checkpoints;
-* :mod:`~finetune_strategies.core.compat` - what Flash's and Lightning's own callbacks need.
+* :mod:`~finetune_strategies.core.compat` - what Flash's and Lightning's own callbacks need;
+* :mod:`~finetune_strategies.core.compiled` - a compiled model's recompile limit and recompile counts.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from finetune_strategies.checkpointing import trainable_only
 from finetune_strategies.checkpointing.optimizer_states import check_optimizer_states
 from finetune_strategies.core import compat, distributed
 from finetune_strategies.core.compat import Modules
+from finetune_strategies.core.compiled import CompileReport, CompileSession
 from finetune_strategies.core.feature_cache import CacheSession, CacheStats
 from finetune_strategies.core.groups import GroupPlan, OptimizerHook, ParamGroups, not_in_optimizer, plan_groups
 from finetune_strategies.core.l2_sp import L2SP
@@ -111,6 +113,7 @@ class FinetuningStrategy(BaseFinetuning):
     _cache: CacheSession
     _hook: OptimizerHook
     _l2sp: L2SP
+    _compiled: CompileSession
     _undo_on_load: Callable[[], None]
 
     def __init__(
@@ -136,6 +139,7 @@ class FinetuningStrategy(BaseFinetuning):
         l2_sp: float | None = None,
         l2_sp_beta: float | None = None,
         save_trainable_only: bool | None = None,
+        strict_compile: bool = False,
     ) -> None:
         super().__init__()
         self.attr_names = None if attr_names is None else check_names("attr_names", attr_names)
@@ -160,6 +164,7 @@ class FinetuningStrategy(BaseFinetuning):
             if save_trainable_only is None
             else check_bool("save_trainable_only", save_trainable_only)
         )
+        self.strict_compile = check_bool("strict_compile", strict_compile)
         self._reset()
 
     @classmethod
@@ -274,6 +279,7 @@ class FinetuningStrategy(BaseFinetuning):
         self.thaw(modules, self.train_bn)
         self._groups.start(index, optimizer, self._schedulers, frozen_before, self._epoch)
         self._progress.started.add(index)
+        self._compiled.phase_started(phase.label)
         if phase.reset_optimizer_state:
             optimizer.state.clear()
         if phase.lr_scheduler is not None:
@@ -293,6 +299,12 @@ class FinetuningStrategy(BaseFinetuning):
     def schedule(self) -> list[Phase]:
         """The schedule bound to the model."""
         return list(self._progress.phases)
+
+    @property
+    def compile_report(self) -> CompileReport:
+        """On a compiled model, the current (or last) fit's compiled regions, recompile limit, graphs compiled
+        per phase change and falls back to eager (see :mod:`~finetune_strategies.core.compiled`); empty otherwise."""
+        return self._compiled.report
 
     @property
     def started_phases(self) -> list[int]:
@@ -438,6 +450,9 @@ class FinetuningStrategy(BaseFinetuning):
             )
         self._fit_trainer = trainer
         self.prepare(pl_module)
+        self._compiled.begin(
+            pl_module, len(self._progress.phases), owner=type(self).__name__, strict=self.strict_compile
+        )
         self._l2sp.check(trainer, type(self).__name__)
         self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         phases = self._progress.phases
@@ -537,6 +552,7 @@ class FinetuningStrategy(BaseFinetuning):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        self._compiled.check()
         self._progress.observe(trainer, pl_module)
         if not self._progress.finished:
             hold_early_stopping(trainer)
@@ -565,6 +581,7 @@ class FinetuningStrategy(BaseFinetuning):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._cache.batch_end()
+        self._compiled.check()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -573,6 +590,12 @@ class FinetuningStrategy(BaseFinetuning):
         self._hook, self._undo_on_load = OptimizerHook(_ignore_optimizers), _nothing  # closures do not pickle
         distributed.remove_load_hook(trainer)
         self.finish()
+        if stage == "fit":
+            self._compiled.end()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._compiled.end(check=False)  # dynamo's limits back, whatever stopped the fit
 
     @override
     def on_save_checkpoint(
@@ -639,6 +662,8 @@ class FinetuningStrategy(BaseFinetuning):
         self._cache = CacheSession(self.cache_max_bytes)
         self._hook = OptimizerHook(_ignore_optimizers)
         self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
+        self._compiled = getattr(self, "_compiled", None) or CompileSession()
+        self._compiled.end()  # a fit that ended without teardown: its limits back before a new one
         self._checkpoints = trainable_only.TrainableOnlySession()
         self._undo_on_load = _nothing  # module-level functions, not lambdas: ddp_spawn pickles the callback
 

@@ -43,6 +43,7 @@ class StrategyOptions(TypedDict, total=False):
     l2_sp: float | None
     l2_sp_beta: float | None
     save_trainable_only: bool | None
+    strict_compile: bool
 
 
 class OptionDoc(NamedTuple):
@@ -141,6 +142,12 @@ OPTION_DOCS: Final[Mapping[str, OptionDoc]] = MappingProxyType(
             "frozen ones, which loading rebuilds from the model as constructed (see "
             ":mod:`finetune_strategies.checkpointing.trainable_only`). ``None``: the strategy's default, on for "
             "``lora``, off for the others.",
+        ),
+        "strict_compile": OptionDoc(
+            "False",
+            "On a compiled model (see the compiled-models page), stop the fit with a ``CompileFallbackError`` "
+            "when dynamo falls back to eager (its recompile limit hit despite the room the strategy makes for its "
+            "phase changes, or the limit lowered during the fit). ``False``: a warning naming the cause and the fix.",
         ),
     }
 )

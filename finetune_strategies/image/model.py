@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from finetune_strategies.core.compiled import compile_option
 from finetune_strategies.errors import ModelConfigError
 from finetune_strategies.image.backbones import build_backbone
 from finetune_strategies.image.weight_files import save_weights
@@ -46,6 +47,11 @@ class ImageClassifier(ClassifierModule):
         image_size: Input resolution the data should be resized to; ``None`` uses the backbone's.
         num_features: Feature size of a module backbone used whole (one without a known classifier).
         backbone_kwargs: Extra arguments for ``timm.create_model`` / ``torchvision.models.get_model``.
+        compile: Compile the classifier in place with ``torch.compile`` (see the compiled-models page): the
+            parameter names stay those of the eager model, so checkpoints are interchangeable, and the strategy
+            makes room for the recompiles its phase changes cost.
+        compile_kwargs: ``torch.compile`` arguments with ``compile``, e.g. ``{"mode": "reduce-overhead"}`` (CUDA
+            graphs, GPU) or ``{"backend": "aot_eager"}``. ``None``: torch's defaults (inductor).
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class ImageClassifier(ClassifierModule):
         image_size: int | None = None,
         num_features: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        compile: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -82,6 +90,8 @@ class ImageClassifier(ClassifierModule):
         self._data_config = built.data_config
         layers: list[nn.Module] = [nn.Dropout(head_dropout)] if head_dropout else []
         self.head = nn.Sequential(*layers, nn.Linear(built.num_features, self.num_classes))
+        self.compile_kwargs = compile_option(self, compile, compile_kwargs)
+        """The ``torch.compile`` arguments the classifier was compiled with; ``None``: not compiled."""
 
     # ------------------------------------------------------------------ model
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.core.callback import FinetuningStrategy
+from finetune_strategies.core.compiled import GRAPHS_PER_CHANGE, find_compiled, recompile_budget, sized_limit
 from finetune_strategies.core.schedule import Phase
 from finetune_strategies.errors import ConfigurationError, ModelConfigError
 from finetune_strategies.model.layers import LayerUnit, list_layers
@@ -74,10 +75,15 @@ class SchedulePlan:
     frozen: str = ""
     """What the strategy freezes and how it found it
     (:meth:`~finetune_strategies.model.roots.FrozenModules.describe`)."""
+    recompiles: int = 0
+    """Graphs the schedule's phase changes cost each compiled function when the model is compiled
+    (:func:`~finetune_strategies.core.compiled.recompile_budget`)."""
+    compiled: str = ""
+    """The compiled regions of the model and what its phase changes cost, in words."""
 
     def table(self) -> Table:
         """A rich table: one row per epoch."""
-        notes = [self.frozen] if self.frozen else []
+        notes = [note for note in (self.frozen, self.compiled) if note]
         caption = "\n".join(notes + [f"phase {i}, {text}" for i, text in enumerate(self.starts)]) or None
         table = Table(title=f"{self.strategy}: what trains, epoch by epoch", caption=caption)
         for column in ("epoch", "starts", "trains", "trainable", "param groups (lr)"):
@@ -94,7 +100,7 @@ class SchedulePlan:
         return table
 
     def __str__(self) -> str:
-        lines = [f"{self.strategy}:", *([f"  {self.frozen}"] if self.frozen else [])]
+        lines = [f"{self.strategy}:", *(f"  {note}" for note in (self.frozen, self.compiled) if note)]
         lines += [f"  phase {i}, {text}" for i, text in enumerate(self.starts)]
         for row in self.epochs:
             groups = ", ".join(f"{g.name or f'group {g.index}'}={g.lr:.3g}" for g in row.groups)
@@ -261,7 +267,24 @@ def describe_schedule(
         callback.finish()
         flags.restore()
         logger.setLevel(level)
-    return SchedulePlan(type(callback).__name__, epochs, starts, frozen)
+    changes = sum(1 for row in epochs if row.started)
+    compiled = _compiled(model, changes, len(starts))
+    return SchedulePlan(type(callback).__name__, epochs, starts, frozen, recompile_budget(changes), compiled)
+
+
+def _compiled(model: pl.LightningModule, changes: int, phases: int) -> str:
+    """What the phase changes cost a compiled model, in words."""
+    regions = find_compiled(model)
+    where = (
+        f"compiled: {', '.join(r.describe() for r in regions)}"
+        if regions
+        else "not compiled; if compiled (--model.compile true)"
+    )
+    limit = sized_limit(phases, regions)
+    return (
+        f"{where}: {changes} phase change(s) cost {recompile_budget(changes)} recompile(s) per compiled function "
+        f"({GRAPHS_PER_CHANGE} each: training and validation); the fit raises dynamo's recompile_limit to {limit}."
+    )
 
 
 def _started(phase: Phase) -> str:

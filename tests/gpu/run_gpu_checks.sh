@@ -5,6 +5,8 @@
 #     from a sharded checkpoint, and the refused combinations;
 #   * tests/distributed/test_deepspeed.py: the *_deepspeed strategies under DeepSpeed ZeRO 1, 2 and 3 on one GPU;
 #   * with 2 GPUs or more, tests/distributed/test_deepspeed_zero.py on CUDA too (CI runs it on CPU).
+# tests/gpu/test_compiled_gpu.py (the compile benchmark on CUDA, CUDA graphs off and on; inductor compiles for
+# many minutes) is left out here: run it on its own (see docs/compiled.md).
 # Usage: tests/gpu/run_gpu_checks.sh [pytest options]   (PYTHON=... picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,4 +23,4 @@ if [ "$gpus" -ge 2 ]; then
 fi
 echo "run_gpu_checks.sh: $gpus GPU(s): ${tests[*]}"
 # -rs lists every skip with its reason: on a GPU machine nothing here should be skipped
-exec timeout 480 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${tests[@]}" "$@"
+exec timeout 480 "$PYTHON" -m pytest -q -p no:cacheprovider -rs --ignore=tests/gpu/test_compiled_gpu.py "${tests[@]}" "$@"

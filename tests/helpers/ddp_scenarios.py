@@ -10,6 +10,7 @@ sees the same samples per step.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,22 @@ def resume(out: Path, name: str, sync_on_resume: bool) -> None:
         distributed.sync_ddp = original
 
 
+def compiled(out: Path) -> None:
+    """``Net`` compiled in place (aot_eager, see tests/core/test_compiled.py) under ``unfreeze_milestones``; rank 0
+    writes the strategy's compile report."""
+    from finetune_strategies import FinetuningStrategy
+    from finetune_strategies.core.compiled import compile_module
+
+    trainer = make_trainer(devices=WORLD, strategy="ddp", callbacks=[Dump(out / "compiled")])
+    strategy = make_callback("unfreeze_milestones")
+    assert isinstance(strategy, FinetuningStrategy)
+    trainer.finetune(compile_module(Net(), {"backend": "aot_eager"}), Data(PER_RANK), strategy=strategy)
+    if trainer.is_global_zero:
+        report = strategy.compile_report
+        summary = {"recompiles": report.recompiles, "fallbacks": report.fallbacks, "regions": len(report.regions)}
+        (out / "compiled.report.json").write_text(json.dumps(summary))
+
+
 SCENARIOS = {
     **{name: (lambda out, name=name: fit(out, name, name)) for name in CALLBACKS},
     "find_unused": lambda out: fit(out, "find_unused", "freeze_unfreeze", strategy="ddp_find_unused_parameters_true"),
@@ -100,13 +117,15 @@ SCENARIOS = {
     **{name: (lambda out, name=name: fit(out, name, name)) for name in LORA_SPECS},
     "lora_resume": lambda out: resume_lora(out, "lora_resume"),
     "lora_unguarded": unguarded_saved_copy,
+    "compiled": compiled,
 }
 
 
 def main(argv: list[str]) -> None:
     out = Path(argv[0])
     lora = {*LORA_SPECS, "lora_resume", "lora_unguarded"}  # tests/distributed/test_lora_ddp.py runs these (peft)
-    names = [n for n in SCENARIOS if n not in lora] if argv[1:] == ["all"] else argv[1:]
+    apart = {*lora, "compiled"}  # tests/core/test_compiled.py runs "compiled"
+    names = [n for n in SCENARIOS if n not in apart] if argv[1:] == ["all"] else argv[1:]
     for name in names:
         SCENARIOS[name](out)
     shutdown()
