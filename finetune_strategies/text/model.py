@@ -22,6 +22,7 @@ from torch import nn
 from typing_extensions import override
 
 from finetune_strategies import _lightning
+from finetune_strategies.core.compiled import compile_option
 from finetune_strategies.errors import ModelConfigError, PretrainedWeightsError
 from finetune_strategies.model.adapters import merge_adapters, tuner_modules
 from finetune_strategies.tasks.classifier import ClassifierModule
@@ -116,6 +117,10 @@ class TextClassifier(ClassifierModule):
         scheduler_kwargs: Scheduler arguments, plus ``interval`` / ``monitor`` for Lightning.
         backbone_kwargs: Extra arguments for ``from_pretrained`` / ``from_config`` (``revision``,
             ``ignore_mismatched_sizes``, ...).
+        compile: Compile the classifier in place with ``torch.compile``, as ``ImageClassifier`` does (see the
+            compiled-models page). With dynamic padding, batches of new lengths recompile until dynamo marks the
+            length dynamic.
+        compile_kwargs: ``torch.compile`` arguments with ``compile``; ``None``: torch's defaults (inductor).
     """
 
     def __init__(
@@ -130,6 +135,8 @@ class TextClassifier(ClassifierModule):
         scheduler: str | None = None,
         scheduler_kwargs: dict[str, Any] | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        compile: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         transformers = require_transformers("TextClassifier")
@@ -147,6 +154,8 @@ class TextClassifier(ClassifierModule):
         self.set_classes(num_labels, labels, "num_labels")
         self.set_optimization(optimizer, lr, weight_decay, optimizer_kwargs, scheduler, scheduler_kwargs)
         self.model = build_sequence_classifier(backbone, self.num_classes, self.labels, backbone_kwargs)
+        self.compile_kwargs = compile_option(self, compile, compile_kwargs)
+        """The ``torch.compile`` arguments the classifier was compiled with; ``None``: not compiled."""
         self.tokenizer: PreTrainedTokenizerBase | None = None
         """The tokenizer :meth:`save_pretrained` writes beside the model: set by hand, or taken from the data
         module when a fit, validation, test or prediction starts."""

@@ -118,7 +118,8 @@ def test_the_plan_answers_estimated_stepping_batches_for_one_cycle_lr() -> None:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     class FirstStepLrs(pl.Callback):
-        lrs: list[list[float]] = []
+        def __init__(self) -> None:
+            self.lrs: list[list[float]] = []
 
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
             if args[-1] == 0:

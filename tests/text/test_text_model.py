@@ -144,3 +144,12 @@ def test_a_tokenizer_larger_than_the_embeddings_is_refused_at_setup() -> None:
     data = make_data(vocab_size=128)
     with pytest.raises(ModelConfigError, match=r"tokenizer has 78 tokens but the model's embeddings hold 40"):
         make_trainer(1).finetune(model, data, strategy=strategy("freeze"))
+
+
+def test_compile_compiles_in_place_and_keeps_the_eager_keys() -> None:
+    eager = TextClassifier(TINY_BERT, num_labels=2)
+    compiled = TextClassifier(TINY_BERT, num_labels=2, compile=True, compile_kwargs={"backend": "eager"})
+    assert compiled.compile_kwargs == {"backend": "eager"}
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    with pytest.raises(ModelConfigError, match="`compile_kwargs`"):
+        TextClassifier(TINY_BERT, num_labels=2, compile_kwargs={"backend": "eager"})
