@@ -45,6 +45,7 @@ import torch._dynamo.convert_frame
 import torch._dynamo.utils
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.errors import CompileFallbackError, ModelConfigError
@@ -209,6 +210,7 @@ class _LimitHits(logging.Filter):
         super().__init__()
         self.hits: list[str] = []
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message.startswith(LIMIT_WARNING):
