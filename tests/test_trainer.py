@@ -109,3 +109,14 @@ def test_a_finetuner_among_the_callbacks(recorder: Recorder) -> None:
     with pytest.raises(ConfigurationError, match=r"Finetuner\(\.\.\.\)\.callback"):
         plain.fit(TinyClassifier(), loader())
     assert plain.global_step == 0
+
+
+def test_a_subclass_overriding_find_modules_to_freeze_decides_what_is_frozen() -> None:
+    class FirstLayerOnly(Freeze):
+        def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
+            return [("backbone.0", pl_module.backbone[0])]
+
+    model, rec = TinyClassifier(), Recorder()
+    make_trainer(1, callbacks=[rec]).finetune(model, loader(), strategy=FirstLayerOnly())
+    frozen = {name for name, trains in rec.requires_grad[0].items() if not trains}
+    assert frozen == {"backbone.0.weight", "backbone.0.bias"}

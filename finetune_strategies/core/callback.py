@@ -210,8 +210,12 @@ class FinetuningStrategy(BaseFinetuning):
         ``modules_to_freeze()``, else ``attr_names``, else its ``backbone``, else the backbone of the model
         it holds (:func:`~finetune_strategies.model.anatomy.find_anatomy`), whose head keeps training.
 
-        ``modules_to_freeze()`` may return ``None`` (Flash's default): nothing is frozen, with a warning.
+        ``modules_to_freeze()`` may return ``None`` (Flash's default): nothing is frozen, with a warning. A
+        subclass that overrides :meth:`find_modules_to_freeze` (0.1's hook) decides instead.
         """
+        if type(self).find_modules_to_freeze is not FinetuningStrategy.find_modules_to_freeze:
+            found_by = f"{type(self).__name__}.find_modules_to_freeze()"
+            return FrozenModules(tuple(self.find_modules_to_freeze(pl_module)), found_by=found_by)
         frozen = find_frozen(pl_module, self.attr_names)
         if frozen is None and not self._warned_nothing_to_freeze:
             self._warned_nothing_to_freeze = True
