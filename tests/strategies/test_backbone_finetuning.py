@@ -75,8 +75,15 @@ def test_the_ramp_doubles_then_aligns() -> None:
 
 
 def test_verbose_logs_the_lrs(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO):
-        fit(BackboneFinetuningStrategy(1, verbose=True, rounding=3), {}, epochs=3)
+    # Lightning's logger stops propagating to the root logger when it is imported before any handler is set
+    # up (in a full run), so listen on it directly
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            fit(BackboneFinetuningStrategy(1, verbose=True, rounding=3), {}, epochs=3)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "Epoch 1: current lr: 0.1, backbone lr: 0.01" in caplog.text
     assert "Epoch 2: current lr: 0.1, backbone lr: 0.02" in caplog.text
 
