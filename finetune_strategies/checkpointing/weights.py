@@ -104,7 +104,8 @@ def torch_load(
         if not weights_only:
             raise error(f"Cannot read {source} with torch.load: {cause}") from cause
         found = str(cause).split("WeightsUnpickler error: ")[-1].split(". ")[0].strip()  # torch's text, shortened
-        if "Unsupported global" not in found:  # not a class the file names: bytes that are no pickle at all
+        names_a_class = "Unsupported global" in found or "Unsupported class" in found  # torch >= 2.4, before
+        if not names_a_class:  # bytes that are no pickle at all
             raise error(
                 f"Cannot read {source}: it is damaged or not a file torch.save wrote ({found or cause}). "
                 "weights_only=False would not help; use an intact copy of the file."
