@@ -106,7 +106,7 @@ class FinetuningStrategy(BaseFinetuning):
     _epoch: int
     _run: tuple[int, int] | None
     _layers: list[Layer] | None
-    _warned_nothing_to_freeze: bool
+    _frozen: tuple[pl.LightningModule, FrozenModules] | None  # what find_frozen found, for this fit's model
     _progress: ScheduleProgress
     _bn: BatchNormPolicy
     _groups: ParamGroups
@@ -216,14 +216,17 @@ class FinetuningStrategy(BaseFinetuning):
         if type(self).find_modules_to_freeze is not FinetuningStrategy.find_modules_to_freeze:
             found_by = f"{type(self).__name__}.find_modules_to_freeze()"
             return FrozenModules(tuple(self.find_modules_to_freeze(pl_module)), found_by=found_by)
+        if self._frozen is not None and self._frozen[0] is pl_module:  # found once per fit: the anatomy is a walk
+            return self._frozen[1]
         frozen = find_frozen(pl_module, self.attr_names)
-        if frozen is None and not self._warned_nothing_to_freeze:
-            self._warned_nothing_to_freeze = True
+        if frozen is None:
             rank_zero_warn(
                 f"{type(pl_module).__name__}.modules_to_freeze() returned None: {type(self).__name__} has nothing "
                 "to freeze, so the whole model trains from the start."
             )
-        return frozen or FrozenModules((), found_by="modules_to_freeze() returned None")
+        found = frozen or FrozenModules((), found_by="modules_to_freeze() returned None")
+        self._frozen = (pl_module, found)
+        return found
 
     def find_modules_to_freeze(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
         """``(name, module)`` of the frozen modules (:meth:`find_frozen`), as Flash's callbacks expect."""
@@ -659,7 +662,7 @@ class FinetuningStrategy(BaseFinetuning):
         self._lr_configs = []
         self._epoch, self._run = 0, None
         self._layers = None
-        self._warned_nothing_to_freeze = False
+        self._frozen = None
         self._progress = ScheduleProgress()
         self._bn = BatchNormPolicy(self.train_bn, self.bn_eval)
         self._groups = ParamGroups([], self.preregister_groups, self.initial_denom_lr)
