@@ -325,7 +325,8 @@ def quiet(threads: int) -> Iterator[None]:
             torch.set_num_threads(old_threads)
 
 
-def _trainer(epochs: int, callbacks: list[pl.Callback]) -> Trainer:
+def demo_trainer(epochs: int, callbacks: list[pl.Callback]) -> Trainer:
+    """The demo's trainer: CPU, one device, deterministic, no logger, checkpoints or progress bar."""
     return Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -340,7 +341,10 @@ def _trainer(epochs: int, callbacks: list[pl.Callback]) -> Trainer:
     )
 
 
-class _Pretrained(NamedTuple):
+class Pretrained(NamedTuple):
+    """The pretraining's outputs: the weight files, its validation accuracy and time, its test set, and which
+    images of the pretraining classes it trained on and held out."""
+
     backbone: Path
     head: Path
     val_acc: float
@@ -358,9 +362,11 @@ def _rotated(images: np.ndarray, targets: np.ndarray, indices: list[int], settin
     return np.ascontiguousarray(pixels), labels
 
 
-def _pretrain(
+def pretrain(
     settings: DemoSettings, images: np.ndarray, targets: np.ndarray, output: Path, advance: Callable[[], None]
-) -> _Pretrained:
+) -> Pretrained:
+    """Train the backbone on ``settings.pretrain_classes`` in every orientation and save it and its head to
+    ``output`` (``advance`` is called after every epoch)."""
     pl.seed_everything(settings.seeds[0], workers=True, verbose=False)  # before the model is built
     rng = np.random.default_rng(settings.seeds[0])
     held, chosen = split_classes(targets, settings.pretrain_classes, (settings.pretrain_test_per_class, None), rng)
@@ -386,21 +392,21 @@ def _pretrain(
     )
     recorder = _EpochRecorder(advance)
     start = time.perf_counter()
-    _trainer(settings.pretrain_epochs, [recorder]).fit(model, data)
+    demo_trainer(settings.pretrain_epochs, [recorder]).fit(model, data)
     seconds = time.perf_counter() - start
     classes = "".join(map(str, settings.pretrain_classes))
     stem = output / f"{settings.backbone}_digits_{classes}_x{settings.rotations}"
     backbone = save_weights(model.backbone, stem.with_suffix(".safetensors"))
     head = save_weights(model.head, stem.with_name(stem.name + "_head.safetensors"))
     test = ImageClassificationData.from_arrays(train_x, train_y, test_data=test_x, test_targets=test_y, **common)
-    return _Pretrained(backbone, head, (recorder.val_acc or [float("nan")])[-1], seconds, test, chosen, held)
+    return Pretrained(backbone, head, (recorder.val_acc or [float("nan")])[-1], seconds, test, chosen, held)
 
 
 class _Forgetting:
     """The pretrained network (backbone and pretraining head), evaluated on the pretraining test set
     with a fine-tuned backbone put in."""
 
-    def __init__(self, settings: DemoSettings, pretrained: _Pretrained) -> None:
+    def __init__(self, settings: DemoSettings, pretrained: Pretrained) -> None:
         self.model = ImageClassifier(
             num_classes=len(settings.pretrain_classes) * settings.rotations,
             backbone=settings.backbone,
@@ -413,11 +419,12 @@ class _Forgetting:
     def accuracy(self, backbone: torch.nn.Module | None = None) -> float:
         """Accuracy on the pretraining task with ``backbone``'s weights (None: the pretrained ones)."""
         self.model.backbone.load_state_dict(self.reference if backbone is None else backbone.state_dict())
-        return _test_accuracy(self.model, self.data)
+        return accuracy_on_test(self.model, self.data)
 
 
-def _test_accuracy(model: ImageClassifier, data: ImageClassificationData) -> float:
-    return float(_trainer(1, []).test(model, data, verbose=False)[0]["test_acc"])
+def accuracy_on_test(model: ImageClassifier, data: ImageClassificationData) -> float:
+    """``model``'s accuracy on ``data``'s test split."""
+    return float(demo_trainer(1, []).test(model, data, verbose=False)[0]["test_acc"])
 
 
 def _run(
@@ -426,7 +433,7 @@ def _run(
     data: ImageClassificationData,
     labels: list[str],
     settings: DemoSettings,
-    pretrained: _Pretrained,
+    pretrained: Pretrained,
     forgetting: _Forgetting,
     advance: Callable[[], None],
 ) -> list[RunResult]:
@@ -442,14 +449,14 @@ def _run(
     )
     recorder = _EpochRecorder(advance)
     drift = DriftMonitor(log=False)
-    trainer = _trainer(recipe.epochs or settings.epochs, [recorder, drift])
+    trainer = demo_trainer(recipe.epochs or settings.epochs, [recorder, drift])
     start, cpu = time.perf_counter(), time.process_time()
     trainer.finetune(model, data, strategy=recipe.strategy)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     run = recorder.result(recipe.name, seed)
     run.seconds, run.cpu_seconds = seconds, cpu_seconds
     run.drift = drift.history if recipe.pretrained else []
-    run.test_acc = _test_accuracy(model, data)
+    run.test_acc = accuracy_on_test(model, data)
     run.pretrain_task_acc = forgetting.accuracy(model.plain_backbone()) if recipe.pretrained else None
     if not recipe.wise_ft:
         return [run]
@@ -461,7 +468,7 @@ def _run(
         val_acc=run.val_acc,
         trainable=run.trainable,
         backbone_trainable=run.backbone_trainable,
-        test_acc=_test_accuracy(model, data),
+        test_acc=accuracy_on_test(model, data),
         pretrain_task_acc=forgetting.accuracy(model.backbone),
         wise_alpha=chosen.best,
         seconds=seconds,
@@ -509,7 +516,7 @@ def run_demo(
     start, cpu = time.perf_counter(), time.process_time()
     with quiet(settings.threads):
         on_run("pretraining")
-        pretrained = _pretrain(settings, images, targets, output, on_epoch)
+        pretrained = pretrain(settings, images, targets, output, on_epoch)
         forgetting = _Forgetting(settings, pretrained)
         reference = forgetting.accuracy()
         for seed in settings.seeds:
