@@ -14,6 +14,7 @@ returns; each built-in is a short preset of it. The callback composes:
   its schedule, and the plateau triggers that end stages;
 * :mod:`~finetune_strategies.core.distributed` - re-wrapping DDP when the trainable set changes;
 * :mod:`~finetune_strategies.core.l2_sp` - the L2-SP penalty toward the pretrained weights;
+* :mod:`~finetune_strategies.core.auto_rgn` - Auto-RGN, each layer's lr scaled by its relative gradient norm;
 * :mod:`~finetune_strategies.core.state` - the resume state written into checkpoints;
 * :mod:`~finetune_strategies.core.compat` - what Flash's and Lightning's own callbacks need;
 * :mod:`~finetune_strategies.core.compiled` - a compiled model's recompile limit and recompile counts.
@@ -38,6 +39,7 @@ from finetune_strategies import _lightning
 from finetune_strategies.checkpointing import trainable_only
 from finetune_strategies.checkpointing.optimizer_states import check_optimizer_states
 from finetune_strategies.core import compat, distributed
+from finetune_strategies.core.auto_rgn import AutoRGN, LayerLr, check_layer_lr
 from finetune_strategies.core.compat import Modules
 from finetune_strategies.core.compiled import CompileReport, CompileSession
 from finetune_strategies.core.feature_cache import CacheSession, CacheStats
@@ -113,6 +115,7 @@ class FinetuningStrategy(BaseFinetuning):
     _cache: CacheSession
     _hook: OptimizerHook
     _l2sp: L2SP
+    _rgn: AutoRGN
     _compiled: CompileSession
     _undo_on_load: Callable[[], None]
 
@@ -130,6 +133,7 @@ class FinetuningStrategy(BaseFinetuning):
         cache_max_bytes: int = 2**31,
         layer_lr_decay: float | None = None,
         layer_unit: LayerUnit | None = None,
+        layer_lr: LayerLr | None = None,
         monitor: str | None = None,
         mode: Mode = "min",
         patience: int = 1,
@@ -155,6 +159,7 @@ class FinetuningStrategy(BaseFinetuning):
         if layer_unit is not None and layer_unit not in LAYER_UNITS:
             raise StrategySpecError(f"`layer_unit` must be one of {list(LAYER_UNITS)}, got {layer_unit!r}.")
         self.layer_unit: LayerUnit | None = layer_unit
+        self.layer_lr = check_layer_lr(layer_lr)
         plateau = Plateau(monitor or "-", mode, patience, min_delta, max_epochs, restore_best)  # checks them all
         self.plateau: Plateau | None = plateau if monitor is not None else None
         penalty = L2SP(l2_sp, l2_sp_beta)  # checks them
@@ -339,6 +344,12 @@ class FinetuningStrategy(BaseFinetuning):
         return self._cache.stats
 
     @property
+    def layer_lr_ratios(self) -> dict[str, float]:
+        """With ``layer_lr="auto_rgn"``, the last optimizer step's ``lr / scheduled lr`` of every param group
+        that had gradients, by group name (``"group <i>"`` for unnamed ones); the largest is 1.0. Empty otherwise."""
+        return self._rgn.ratios
+
+    @property
     def l2_sp_bytes(self) -> int:
         """The memory of L2-SP's copy of the pretrained weights in this fit (0 without ``l2_sp``)."""
         return self._l2sp.start.nbytes
@@ -361,6 +372,7 @@ class FinetuningStrategy(BaseFinetuning):
             "preregister_groups": self.preregister_groups,
             "layer_lr_decay": self.layer_lr_decay,
             "layer_unit": self.layer_unit or self.default_layer_unit,
+            "layer_lr": self.layer_lr,
             "save_trainable_only": self.save_trainable_only,
             "param groups": [[p.phase, p.name, len(p.params), p.scale] for p in self._groups.plans],
         }
@@ -408,7 +420,7 @@ class FinetuningStrategy(BaseFinetuning):
             train_bn=self.train_bn,
             kept_trainable=self._bn.kept_trainable,
             lr=self.lr,
-            layer_lr_decay=self.layer_lr_decay,
+            layer_lr_decay=self.layer_lr_decay if self.layer_lr is None else (self.layer_lr_decay or 1.0),
             layers=lambda: self.backbone_layers(pl_module),
             name_params=self.name_params,
         )
@@ -461,6 +473,7 @@ class FinetuningStrategy(BaseFinetuning):
             pl_module, len(self._progress.phases), owner=type(self).__name__, strict=self.strict_compile
         )
         self._l2sp.check(trainer, type(self).__name__)
+        self._rgn.check(trainer, type(self).__name__)
         self._undo_on_load = trainable_only.complete_on_load(pl_module)  # rebuilds what checkpoints left out
         phases = self._progress.phases
         watched = [p.after for p in phases if p.after is not None]
@@ -582,6 +595,7 @@ class FinetuningStrategy(BaseFinetuning):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         self._l2sp.apply(optimizer)  # after DDP's all-reduce and AMP's unscaling, before clipping
+        self._rgn.apply(trainer, pl_module, optimizer)  # on the gradients with L2-SP's; the lrs are back after the step
 
     @override
     def on_train_batch_end(
@@ -589,6 +603,7 @@ class FinetuningStrategy(BaseFinetuning):
     ) -> None:
         self._cache.batch_end()
         self._compiled.check()
+        self._rgn.restore_all()  # a step that did not run left its lrs scaled; before checkpoints are saved
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -597,12 +612,14 @@ class FinetuningStrategy(BaseFinetuning):
         self._hook, self._undo_on_load = OptimizerHook(_ignore_optimizers), _nothing  # closures do not pickle
         distributed.remove_load_hook(trainer)
         self.finish()
+        self._rgn.end()
         if stage == "fit":
             self._compiled.end()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._compiled.end(check=False)  # dynamo's limits back, whatever stopped the fit
+        self._rgn.end()
 
     @override
     def on_save_checkpoint(
@@ -669,6 +686,9 @@ class FinetuningStrategy(BaseFinetuning):
         self._cache = CacheSession(self.cache_max_bytes)
         self._hook = OptimizerHook(_ignore_optimizers)
         self._l2sp = L2SP(self.l2_sp, self.l2_sp_beta)
+        if hasattr(self, "_rgn"):
+            self._rgn.end()  # a fit that ended without teardown: its optimizers' hooks removed
+        self._rgn = AutoRGN(self.layer_lr)
         self._compiled = getattr(self, "_compiled", None) or CompileSession()
         self._compiled.end()  # a fit that ended without teardown: its limits back before a new one
         self._checkpoints = trainable_only.TrainableOnlySession()

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final, NamedTuple, TypedDict, TypeVar
 
+from finetune_strategies.core.auto_rgn import LayerLr
 from finetune_strategies.core.triggers import Mode
 from finetune_strategies.model.layers import LayerUnit
 
@@ -34,6 +35,7 @@ class StrategyOptions(TypedDict, total=False):
     cache_max_bytes: int
     layer_lr_decay: float | None
     layer_unit: LayerUnit | None
+    layer_lr: LayerLr | None
     monitor: str | None
     mode: Mode
     patience: int
@@ -107,6 +109,13 @@ OPTION_DOCS: Final[Mapping[str, OptionDoc]] = MappingProxyType(
             'What a layer is (``"blocks"``, ``"param_modules"`` or ``"flash_leaves"``, see '
             ':mod:`finetune_strategies.model.layers`). ``None``: the strategy\'s default, ``"blocks"``, or '
             '``"param_modules"`` for ``unfreeze_milestones``.',
+        ),
+        "layer_lr": OptionDoc(
+            "None",
+            '``"auto_rgn"``: Auto-RGN (Lee et al., ICLR 2023). Every backbone layer gets its own param group (as '
+            "with ``layer_lr_decay``), and before every optimizer step each group's lr is scaled by its relative "
+            "gradient norm ``||g|| / ||w||`` divided by the largest one, so that group trains at the full lr; the "
+            "scheduled lrs are back after the step (see :mod:`finetune_strategies.core.auto_rgn`). ``None``: off.",
         ),
         "monitor": OptionDoc(
             "None",

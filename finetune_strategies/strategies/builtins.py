@@ -50,8 +50,9 @@ def _label(roots: list[tuple[str, nn.Module]]) -> str:
 class NoFreeze(FinetuningStrategy):
     """Train everything from the first epoch.
 
-    With ``layer_lr_decay`` the backbone's layers get their own param groups when the optimizer is
-    built, at the lr of the group they were in times the layer's factor.
+    With ``layer_lr_decay`` or ``layer_lr="auto_rgn"`` the backbone's layers get their own param groups
+    when the optimizer is built, at the lr of the group they were in times the layer's factor (1 without
+    decay).
     """
 
     freezes: ClassVar[bool] = False
@@ -62,7 +63,7 @@ class NoFreeze(FinetuningStrategy):
 
     @override
     def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
-        if self.layer_lr_decay is None:
+        if self.layer_lr_decay is None and self.layer_lr is None:
             return []
         roots = self.find_modules_to_freeze(pl_module)
         return [Phase(0, _label(roots), tuple(m for _, m in roots))] if roots else []

@@ -36,6 +36,11 @@ from finetune_strategies.strategies.registry import StrategySpec, resolve_strate
 from finetune_strategies.validation import check_positive_int
 
 OptimizerFactory = Callable[[list[nn.Parameter]], Optimizer]
+AUTO_RGN_NOTE = (
+    'layer_lr="auto_rgn": the lrs shown are the scheduled ones; every optimizer step trains each group with '
+    "gradients at its lr times its relative gradient norm ||g|| / ||w|| over the largest group's (so at most "
+    "the lr shown), and puts the scheduled lr back after the step."
+)
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,12 @@ class SchedulePlan:
     (:func:`~finetune_strategies.core.compiled.recompile_budget`)."""
     compiled: str = ""
     """The compiled regions of the model and what its phase changes cost, in words."""
+    layer_lr: str = ""
+    """How the lrs shown change within each step (``layer_lr="auto_rgn"``), in words."""
 
     def table(self) -> Table:
         """A rich table: one row per epoch."""
-        notes = [note for note in (self.frozen, self.compiled) if note]
+        notes = [note for note in (self.frozen, self.layer_lr, self.compiled) if note]
         caption = "\n".join(notes + [f"phase {i}, {text}" for i, text in enumerate(self.starts)]) or None
         table = Table(title=f"{self.strategy}: what trains, epoch by epoch", caption=caption)
         for column in ("epoch", "starts", "trains", "trainable", "param groups (lr)"):
@@ -100,7 +107,8 @@ class SchedulePlan:
         return table
 
     def __str__(self) -> str:
-        lines = [f"{self.strategy}:", *(f"  {note}" for note in (self.frozen, self.compiled) if note)]
+        notes = (self.frozen, self.layer_lr, self.compiled)
+        lines = [f"{self.strategy}:", *(f"  {note}" for note in notes if note)]
         lines += [f"  phase {i}, {text}" for i, text in enumerate(self.starts)]
         for row in self.epochs:
             groups = ", ".join(f"{g.name or f'group {g.index}'}={g.lr:.3g}" for g in row.groups)
@@ -269,7 +277,8 @@ def describe_schedule(
         logger.setLevel(level)
     changes = sum(1 for row in epochs if row.started)
     compiled = _compiled(model, changes, len(starts))
-    return SchedulePlan(type(callback).__name__, epochs, starts, frozen, recompile_budget(changes), compiled)
+    layer_lr = AUTO_RGN_NOTE if callback.layer_lr == "auto_rgn" else ""
+    return SchedulePlan(type(callback).__name__, epochs, starts, frozen, recompile_budget(changes), compiled, layer_lr)
 
 
 def _compiled(model: pl.LightningModule, changes: int, phases: int) -> str:

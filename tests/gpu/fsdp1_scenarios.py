@@ -41,7 +41,7 @@ PER_RANK = GLOBAL_BATCH // max(WORLD, 1)
 PLATEAU_EPOCHS = 4
 PLATEAU_LAST = {**PLATEAU, "restore_best": False}  # FSDP1 refuses restore_best (see distributed.check_engine)
 UNITS = {nn.Linear, nn.LayerNorm}  # one FSDP unit per layer: frozen and trainable parameters never share one
-SCHEDULED = [name for name in CALLBACKS if name != "l2_sp"]  # FSDP1 refuses L2-SP (see regularizers.py)
+SCHEDULED = [name for name in CALLBACKS if name not in ("l2_sp", "auto_rgn")]  # FSDP1 refuses both
 L2_SP = {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5}
 
 

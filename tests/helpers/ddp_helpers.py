@@ -136,8 +136,9 @@ SCHEDULES: dict[str, Any] = {
     "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
     "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr_decay": 0.5},
     "l2_sp": {"strategy": "freeze_unfreeze", "unfreeze_epoch": 1, "l2_sp": 0.5, "l2_sp_beta": 0.1},
+    "auto_rgn": {"strategy": "gradual_unfreeze", "start_epoch": 1, "layers_per_step": 2, "layer_lr": "auto_rgn"},
 }
-"""Schedules as data (with layer-wise lr decay, or L2-SP), run by name like the other scenarios."""
+"""Schedules as data (with layer-wise lr decay, L2-SP, or Auto-RGN), run by name like the other scenarios."""
 CALLBACKS = [
     "no_freeze",
     "freeze",
@@ -149,7 +150,8 @@ CALLBACKS = [
     *SCHEDULES,
 ]
 """The callbacks of :func:`make_callback` that every engine's tests run: each built-in, both pre-registered
-(``*_deepspeed``) forms, a user subclass, and schedules as data with layer-wise lr decay or L2-SP."""
+(``*_deepspeed``) forms, a user subclass, and schedules as data with layer-wise lr decay, L2-SP or
+Auto-RGN."""
 PHASE_SCHEDULER: dict[str, Any] = {
     "strategy": "phases",
     "phases": [
