@@ -37,10 +37,8 @@ import torch
 
 from benchmarks.shifts import SHIFTS, Shift, ShiftSplit, make_split
 from benchmarks.transfer_quality import seeds_cli
-try:
-    from finetune_strategies import suggest_layers
-    from finetune_strategies.choose import layer_ranges
-except ImportError: pass
+from finetune_strategies import suggest_layers
+from finetune_strategies.choose import layer_ranges
 from finetune_strategies.demo.experiment import (
     DemoSettings,
     Pretrained,
@@ -221,7 +219,7 @@ class Bench:
             trainer_kwargs={"deterministic": True},
             seed=self.seed,
         )
-        return suggestion.strategy, suggestion.chosen, budget
+        return suggestion.strategy, suggestion.choice, budget
 
     def run(self, ranges: Sequence[str], log: Callable[[str], None]) -> list[Run]:
         runs: list[Run] = []
@@ -286,7 +284,7 @@ def run_shift_bench(out: Path, smoke: bool, seeds: Sequence[int] | None = None) 
                 )
                 splits.setdefault(str(seed), {})[shift] = list(split.indices)
                 bench = Bench(settings, pretrained, split, seed)
-                ranges = ranges or [name for name, _ in layer_ranges(bench.model())]
+                ranges = ranges or [f"{p[0]}:{p[-1] + 1}" for p in layer_ranges(bench.model()).values()]
                 reference = bench.zero_shot()
                 runs += [reference] if reference else []
                 runs += bench.run(ranges, log)
