@@ -115,6 +115,18 @@ def _class_path(name: str) -> tuple[str, dict[str, Any]]:
     return f"{factory.__module__}.{factory.__qualname__}", fixed
 
 
+def _option_defaults(name: str) -> dict[str, Any]:
+    """The options whose default a registered strategy changes (``surgical``: ``initial_denom_lr=1.0``). The
+    parser fills every option with the base class's default, so a registered name sets these first."""
+    factory, _ = registered_factory(name)
+    defaults = getattr(factory, "option_defaults", None)
+    return dict(defaults) if isinstance(defaults, dict) else {}
+
+
+def _flag(key: str, value: Any) -> str:
+    return f"--strategy.{key}={str(value).lower() if isinstance(value, bool) else value}"
+
+
 def _strategy_classes() -> set[str]:
     """Names of the BaseFinetuning subclasses imported so far: what jsonargparse takes as a bare class name."""
     names, stack = set(), list(BaseFinetuning.__subclasses__())
@@ -136,7 +148,8 @@ def _from_spec_file(path: str) -> list[str]:
     if clash:
         raise StrategySpecTypeError(f"Strategy file {path!r}: {name!r} sets {clash} itself; remove them.")
     # default=str: YAML reads 2024-01-01 as a date, which JSON cannot hold; the options check it as text
-    return ["--strategy", json.dumps({"class_path": class_path, "init_args": {**options, **fixed}}, default=str)]
+    init_args = {**_option_defaults(name), **options, **fixed}
+    return ["--strategy", json.dumps({"class_path": class_path, "init_args": init_args}, default=str)]
 
 
 def _expand_strategy(value: str) -> list[str]:
@@ -144,7 +157,7 @@ def _expand_strategy(value: str) -> list[str]:
         return _from_spec_file(value)
     if value in available_strategies():
         class_path, fixed = _class_path(value)
-        flags = (f"--strategy.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items())
+        flags = (_flag(k, v) for k, v in {**_option_defaults(value), **fixed}.items())
         return ["--strategy", class_path, *flags]
     known = [*available_strategies(), *_strategy_classes()]
     if value.isidentifier() and value not in ("null", "None", *known):
@@ -160,7 +173,9 @@ def expand_strategy_names(args: list[str]) -> list[str]:
     """Rewrite ``--strategy`` values that jsonargparse does not read into the class-path form.
 
     * A registered name becomes its class path, and fixed options of the name follow it:
-      ``freeze_unfreeze_deepspeed`` becomes ``--strategy ...FreezeUnfreeze --strategy.preregister_groups=true``.
+      ``freeze_unfreeze_deepspeed`` becomes ``--strategy ...FreezeUnfreeze --strategy.preregister_groups=true``;
+      so do the options whose default the class changes (its ``option_defaults``: ``surgical`` sets
+      ``--strategy.initial_denom_lr=1.0``), which later ``--strategy.<option>`` flags override.
     * A schedule file (``.yaml``, ``.yml``, ``.json``; see
       :func:`~finetune_strategies.strategies.registry.load_spec_file`) becomes
       ``{"class_path": ..., "init_args": {...}}``; ``--strategy.<option>`` flags after it override it.
@@ -299,7 +314,8 @@ class FinetuneCLI(LightningCLI):
                 fail_untyped=False,
                 help=(
                     "Fine-tuning strategy: a class (NoFreeze, Freeze, FreezeUnfreeze, UnfreezeMilestones, "
-                    "GradualUnfreeze, Phases, BackboneFinetuningStrategy, Lora, or a class path), a registered name "
+                    "GradualUnfreeze, Phases, BackboneFinetuningStrategy, SurgicalFinetuning, Lora, or a class "
+                    "path), a registered name "
                     "(freeze_unfreeze, ...) or a schedule file (.yaml/.json), with options as --strategy.<option>."
                 ),
             )
