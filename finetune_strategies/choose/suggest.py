@@ -253,7 +253,7 @@ def _copy(model: pl.LightningModule) -> pl.LightningModule:
     attached = _lightning.attached_trainer(model)
     if attached is None:
         return copy.deepcopy(model)
-    model.trainer = None  # type: ignore[assignment]
+    model.trainer = None
     try:
         return copy.deepcopy(model)
     finally:

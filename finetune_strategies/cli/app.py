@@ -13,6 +13,9 @@
   ``predict`` writes a CSV (``--output``).
 * ``explain``: the per-epoch plan of ``fit``'s strategy on its model (``Trainer.explain``), from the
   same arguments and config files as ``fit``, without training and without reading images.
+* ``suggest``: which layers to fine-tune (:func:`~finetune_strategies.choose.suggest_layers`), from the same
+  arguments and config files as ``fit``: short probe runs scored on the validation split; ``--output FILE``
+  writes the chosen strategy for ``fit --strategy FILE`` (:mod:`finetune_strategies.cli.suggest`).
 * ``demo``: the built-in demo (:mod:`finetune_strategies.demo`).
 * ``transfer``: staged transfer learning, provided by ``finetune_strategies.cli.transfer``.
 
@@ -38,12 +41,14 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
+from rich.table import Table
 from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.checkpointing.checkpoint_io import TRUST_HINT
 from finetune_strategies.checkpointing.files import check_file
 from finetune_strategies.checkpointing.weights import torch_load
+from finetune_strategies.cli import suggest
 from finetune_strategies.cli.exit_status import (
     USAGE_ERROR,
     as_usage_errors,
@@ -77,11 +82,11 @@ from finetune_strategies.trainer import Trainer
 from finetune_strategies.validation import did_you_mean
 
 PROG = "finetune-strategies"
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict", "explain")
-FIT_CONFIG_SUBCOMMANDS = ("fit", "explain")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict", "explain", suggest.SUBCOMMAND)
+FIT_CONFIG_SUBCOMMANDS = ("fit", "explain", suggest.SUBCOMMAND)
 """Subcommands that read a ``fit`` config: an argument added for ``fit`` belongs to both."""
 
-USAGE = f"""usage: {PROG} {{fit,validate,test,predict,explain,demo,transfer}} ...
+USAGE = f"""usage: {PROG} {{fit,validate,test,predict,explain,suggest,demo,transfer}} ...
 
 Fine-tune image and text classifiers with Flash-style strategies on Lightning 2.x.
 
@@ -93,6 +98,10 @@ subcommands:
   predict    Predict images or texts and write a CSV (--output, default predictions.csv).
   explain    Show what trains, epoch by epoch, and the param groups' lrs, before training;
              takes fit's arguments and config files (--trainer.max_epochs is required).
+  suggest    Suggest which layers to fine-tune (the head alone, the first, middle or last third
+             of the backbone, everything) with short probe runs scored on the validation split;
+             takes fit's arguments and config files, --budget_steps, --monitor, --mode, and
+             --output FILE to write the chosen strategy for fit --strategy FILE.
   demo       Few-shot fine-tuning on scikit-learn's digits with every strategy; no download.
              Needs the demo extra: pip install "finetune-strategies[demo]".
   transfer   Staged transfer learning.
@@ -280,7 +289,8 @@ def _class_of(class_path: str) -> type:
 
 @_lightning.with_subcommand_arguments
 class FinetuneCLI(LightningCLI):
-    """LightningCLI with ``--strategy`` for ``fit`` and ``explain``, and a CSV ``--output`` for ``predict``.
+    """LightningCLI with ``--strategy`` for ``fit``, ``explain`` and ``suggest``, a CSV ``--output`` for ``predict``,
+    and a strategy file ``--output`` for ``suggest``.
 
     A value that the model, data, strategy or trainer rejects while they are built is a usage error.
     """
@@ -292,7 +302,11 @@ class FinetuneCLI(LightningCLI):
 
     @override
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]  # Lightning calls self.subcommands()
-        every = {**LightningCLI.subcommands(), "explain": {"model", "strategy"}}
+        every = {
+            **LightningCLI.subcommands(),
+            "explain": {"model", "strategy"},
+            suggest.SUBCOMMAND: {"model", "datamodule", "strategy_options"},
+        }
         return {name: skip for name, skip in every.items() if self.only_subcommand in (None, name)}
 
     @override
@@ -321,19 +335,27 @@ class FinetuneCLI(LightningCLI):
             )
             parser.set_defaults({"strategy": {"class_path": "finetune_strategies.strategies.builtins.NoFreeze"}})
             add_export_argument(parser)
-        if subcommand == "explain":
+        if subcommand in ("explain", suggest.SUBCOMMAND):
             # fit's own arguments (ckpt_path, ...), so that a fit config parses; they do not change the plan
             parser.add_method_arguments(self.trainer_class, "fit", skip=set(LightningCLI.subcommands()["fit"]))
-        if subcommand in ("fit", "validate", "test") and not self.subclass_mode_model:
+        linked = ("fit", "validate", "test", suggest.SUBCOMMAND)
+        if subcommand in linked and not self.subclass_mode_model:
             parser.link_arguments("data.num_classes", "model.num_classes", _required_classes, "instantiate")
             parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
-        elif subcommand in ("fit", "validate", "test"):  # a link whose target the model lacks is skipped
+        elif subcommand in linked:  # a link whose target the model lacks is skipped
             for name in CLASS_COUNT_ARGUMENTS:
                 parser.link_arguments("data.num_classes", f"model.init_args.{name}", _required_labels, "instantiate")
             parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
         if subcommand == "predict":
             parser.add_argument(
                 "--output", type=Path, default=Path("predictions.csv"), help="CSV file for the predictions."
+            )
+        if subcommand == suggest.SUBCOMMAND:
+            parser.add_argument(
+                "--output",
+                type=Path | None,
+                default=None,
+                help="Write the chosen strategy to this YAML file, which fit --strategy FILE reads.",
             )
 
     @override
@@ -408,12 +430,21 @@ class FinetuneCLI(LightningCLI):
         assert isinstance(trainer, Trainer)
         with as_usage_errors():  # nothing runs: every error is about the arguments
             plan = trainer.explain(model, strategy, steps_per_epoch=steps_per_epoch)
-        table = plan.table()
-        console = Console()
-        if not console.is_terminal:  # a file or a pipe: as wide as the table needs, so that no name is cut
-            natural = console.measure(table, options=console.options.update_width(10_000)).maximum
-            console = Console(width=max(console.width, natural))
-        console.print(table)
+        _print_wide(plan.table())
+
+    def suggest(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
+        config = self.config[suggest.SUBCOMMAND]
+        trainer = self.trainer
+        assert isinstance(trainer, suggest.SuggestTrainer)
+        options = suggest.changed_options(config.get("strategy"))
+        with as_usage_errors():
+            suggestion = trainer.suggest(model, datamodule, strategy_options=options, **kwargs)
+        _print_wide(suggestion.table())
+        _print_wide(suggestion.gradient_table())
+        output = config.get("output")
+        if output is not None:
+            suggest.write_strategy(suggestion, Path(output))
+            print(f"Strategy written to {output}: finetune-strategies fit ... --strategy {output}")
 
     def predict(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
         output = Path(self.config["predict"]["output"])
@@ -426,6 +457,14 @@ class FinetuneCLI(LightningCLI):
             return_predictions=False,
         )
         print(f"Predictions written to {output}")
+
+
+def _print_wide(table: Table) -> None:
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: as wide as the table needs, so that no name is cut
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(width=max(console.width, natural))
+    console.print(table)
 
 
 def _parse_ckpt_hyperparameters(cli: Any) -> None:
@@ -521,11 +560,12 @@ DESCRIPTIONS = {
         "Takes fit's arguments and config files; needs --trainer.max_epochs, and --model.num_classes unless "
         "--data.train_folder has the class folders."
     ),
+    suggest.SUBCOMMAND: suggest.DESCRIPTION,
 }
 
 
 def lightning_main(args: list[str]) -> int:
-    """Run the LightningCLI subcommands (fit, validate, test, predict, explain)."""
+    """Run the LightningCLI subcommands (fit, validate, test, predict, explain, suggest)."""
     use_round_trip_yaml()  # --print_config and the saved config.yaml read back as written
     with warnings.catch_warnings():
         # main() passes the arguments explicitly, also when they come from sys.argv.
@@ -535,7 +575,7 @@ def lightning_main(args: list[str]) -> int:
             None if any_task else ImageClassifier,  # None: subclass mode over every LightningModule
             None if any_task else ImageClassificationData,
             subcommand=args[0],
-            trainer_class=Trainer,
+            trainer_class=suggest.SuggestTrainer if args[0] == suggest.SUBCOMMAND else Trainer,
             args=expand_strategy_names(args),
             auto_configure_optimizers=False,  # the model builds its optimizer over trainable parameters
             save_config_kwargs={"overwrite": True},
