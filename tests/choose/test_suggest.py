@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,7 +88,9 @@ def test_budget_accounting(suggestion: Any) -> None:
 
 def test_evidence_is_printed_and_plain_data(suggestion: Any) -> None:
     text = str(suggestion)
-    assert "first: val_loss=" in text and "<- chosen" in text and "budget 200" in text
+    assert "first: val_loss=" in text
+    assert "<- chosen" in text
+    assert "budget 200" in text
     data = suggestion.to_dict()
     assert data["choice"] == "first"
     assert [c["name"] for c in data["evidence"]["candidates"]] == ["freeze", "first", "middle", "last", "all"]
@@ -147,9 +148,9 @@ def test_custom_candidates() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "data", "error", "message"),
     [
-        ({"budget_steps": 4}, None, ConfigurationError, r"budget_steps=4 is less than one optimizer step for each of the 5"),
+        ({"budget_steps": 4}, None, ConfigurationError, r"budget_steps=4 is less than one optimizer step"),
         ({}, TrainOnly(), ConfigurationError, r"TrainOnly has no val_dataloader"),
-        ({"monitor": "val_los"}, None, ConfigurationError, r"monitor='val_los' is not logged .* it logs \['val_acc', 'val_loss'\]"),
+        ({"monitor": "val_los"}, None, ConfigurationError, r"'val_los' is not logged.*logs \['val_acc', 'val_loss'\]"),
         ({"mode": "lowest"}, None, ConfigurationError, r"`mode` must be 'min' or 'max'"),
         ({"candidates": [5]}, None, ScheduleError, r"position 5 is out of range"),
         ({"candidates": ["0:1", "0:1"]}, None, Exception, r"more than once"),

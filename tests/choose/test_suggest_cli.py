@@ -52,7 +52,8 @@ def test_a_surgical_file_trains_at_the_heads_lr(tmp_path: Path) -> None:
     spec = tmp_path / "surgical.yaml"
     spec.write_text("strategy: surgical\nlayers: '0:2'\n")
     (expanded,) = [a for a in expand_strategy_names(["--strategy", str(spec)]) if a.startswith("{")]
-    assert '"initial_denom_lr": 1.0' in expanded and '"layers": "0:2"' in expanded
+    assert '"initial_denom_lr": 1.0' in expanded
+    assert '"layers": "0:2"' in expanded
     flags = expand_strategy_names(["--strategy", "surgical", "--strategy.layers", "-1"])
     assert flags[2:] == ["--strategy.initial_denom_lr=1.0", "--strategy.layers", "-1"]
 
@@ -64,4 +65,6 @@ def test_suggest_refusals_are_usage_errors(data: Path, capsys) -> None:
     assert "budget_steps=3 is less than one optimizer step" in capsys.readouterr().err
     assert main(["suggest", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--budget_steps" in out and "--output" in out and "--monitor" in out
+    assert "--budget_steps" in out
+    assert "--output" in out
+    assert "--monitor" in out

@@ -84,7 +84,11 @@ def test_the_phases_recipe_trains_the_same() -> None:
 @pytest.mark.parametrize(
     ("layers", "error", "message"),
     [
-        (3, ScheduleError, r"0: backbone\.0, 1: backbone\.2, 2: backbone\.3\): position 3 is out of range; give a position from -3 to 2"),
+        (
+            3,
+            ScheduleError,
+            r"0: backbone\.0, 1: backbone\.2, 2: backbone\.3\): position 3 is out of range; give a position from -3",
+        ),
         (-4, ScheduleError, r"position -4 is out of range"),
         ("1:9", ScheduleError, r"the slice '1:9' goes past the layers"),
         ("2:1", ScheduleError, r"the slice '2:1' selects no layer"),
