@@ -68,3 +68,12 @@ def test_suggest_refusals_are_usage_errors(data: Path, capsys) -> None:
     assert "--budget_steps" in out
     assert "--output" in out
     assert "--monitor" in out
+
+
+def test_explain_shows_surgical_at_the_heads_lr(capsys) -> None:
+    args = ["explain", f"--model.backbone={BACKBONE}", "--model.pretrained=false", "--model.num_classes=2"]
+    args += ["--strategy", "surgical", "--strategy.layers", "0:2", "--trainer.max_epochs=1"]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "phase 0, backbone.stem, backbone.layer1: at epoch 0" in out
+    assert "group 0: 0.001, backbone.stem, backbone.layer1: 0.001" in out
