@@ -386,7 +386,7 @@ class BackboneFinetuningStrategy(FinetuningStrategy):
             rank_zero_info(f"Epoch {epoch}: current lr: {round(optimizer.param_groups[0]['lr'], self.rounding)}, {lrs}")
 
 
-SurgicalLayers = int | str | list[str]
+SurgicalLayers = str | int | list[str]  # str first: the command line keeps "1:3" as text, not base-60
 """What :class:`SurgicalFinetuning` tunes: a position, a slice of positions as a string, or module selectors."""
 
 _POSITION = re.compile(r"^\s*-?\d+\s*$")
@@ -450,9 +450,16 @@ def select_positions(choice: int | slice, count: int, what: str) -> list[int]:
     slice's stop), or an empty slice; ``what`` says what was given and what the layers are."""
     if isinstance(choice, int):
         if not -count <= choice < count:
+            minutes, seconds = divmod(abs(choice), 60)
+            hint = (
+                f" (YAML 1.1 reads an unquoted {'-' if choice < 0 else ''}{minutes}:{seconds} as the base-60 number "
+                f"{choice}: quote a slice in YAML, '{minutes}:{seconds}')"
+                if minutes and seconds < 60
+                else ""
+            )
             raise ScheduleError(
                 f"{what}: position {choice} is out of range; give a position from {-count} to {count - 1}, "
-                "or a slice such as '0:2'."
+                f"or a slice such as '0:2'.{hint}"
             )
         return [choice % count]
     bounds = [b for b in (choice.start, choice.stop) if b is not None]

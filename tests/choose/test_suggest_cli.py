@@ -77,3 +77,5 @@ def test_explain_shows_surgical_at_the_heads_lr(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "phase 0, backbone.stem, backbone.layer1: at epoch 0" in out
     assert "group 0: 0.001, backbone.stem, backbone.layer1: 0.001" in out
+    assert main([*args[:-2], "1:3", "--trainer.max_epochs=1"]) == 0  # text, not YAML 1.1's base-60 number 63
+    assert "phase 0, backbone.layer1, backbone.layer2: at epoch 0" in " ".join(capsys.readouterr().out.split())

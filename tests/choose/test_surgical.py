@@ -90,6 +90,7 @@ def test_the_phases_recipe_trains_the_same() -> None:
             r"0: backbone\.0, 1: backbone\.2, 2: backbone\.3\): position 3 is out of range; give a position from -3",
         ),
         (-4, ScheduleError, r"position -4 is out of range"),
+        (63, ScheduleError, r"YAML 1\.1 reads an unquoted 1:3 as the base-60 number 63: quote a slice in YAML, '1:3'"),
         ("1:9", ScheduleError, r"the slice '1:9' goes past the layers"),
         ("2:1", ScheduleError, r"the slice '2:1' selects no layer"),
         (["head"], ScheduleError, r"head is not inside the frozen modules"),
