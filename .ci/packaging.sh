@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 
-SUBPACKAGES=(checkpointing cli core demo image model recipes strategies tasks text transfer)
+SUBPACKAGES=(checkpointing choose cli core demo image model recipes strategies tasks text transfer)
 # demo needs [demo]; text imports without [text] (building a model or tokenizer needs it)
-CORE_SUBPACKAGES=(checkpointing cli core image model recipes strategies tasks text transfer)
+CORE_SUBPACKAGES=(checkpointing choose cli core image model recipes strategies tasks text transfer)
 
 step() { echo "+ [$((SECONDS - start)) s] $*"; }
 python=${PYTHON:-python3}

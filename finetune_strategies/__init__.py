@@ -4,6 +4,13 @@ import sys
 
 from finetune_strategies import _legacy_paths
 from finetune_strategies.checkpointing import complete_checkpoint, load_from_checkpoint
+from finetune_strategies.choose import (
+    Candidate,
+    LayerSuggestion,
+    default_candidates,
+    layer_ranges,
+    suggest_layers,
+)
 from finetune_strategies.core import FinetuningStrategy, FlashBaseFinetuning, Phase, PhaseSpec, StrategyOptions
 from finetune_strategies.errors import (
     AdapterError,
@@ -53,6 +60,7 @@ from finetune_strategies.strategies import (
     Phases,
     SchedulePlan,
     StrategySpec,
+    SurgicalFinetuning,
     UnfreezeMilestones,
     available_strategies,
     describe_schedule,
@@ -69,6 +77,7 @@ __all__ = [
     "AdapterError",
     "Anatomy",
     "BackboneFinetuningStrategy",
+    "Candidate",
     "CheckpointError",
     "CompileFallbackError",
     "ConfigurationError",
@@ -84,6 +93,7 @@ __all__ = [
     "FrozenWeightsError",
     "GradualUnfreeze",
     "Layer",
+    "LayerSuggestion",
     "LayerUnit",
     "Lora",
     "MissingDependencyError",
@@ -100,6 +110,7 @@ __all__ = [
     "StrategySpec",
     "StrategySpecError",
     "StrategySpecTypeError",
+    "SurgicalFinetuning",
     "TrainableMonitor",
     "Trainer",
     "UnfreezeMilestones",
@@ -108,8 +119,10 @@ __all__ = [
     "__version__",
     "available_strategies",
     "complete_checkpoint",
+    "default_candidates",
     "describe_schedule",
     "find_anatomy",
+    "layer_ranges",
     "list_layers",
     "load_from_checkpoint",
     "merge_adapters",
@@ -119,6 +132,7 @@ __all__ = [
     "resolve_selector",
     "resolve_selectors",
     "resolve_strategy",
+    "suggest_layers",
     "unregister_strategy",
     "wise_ft",
 ]

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"strategies"},
     {"trainer"},
+    {"choose"},
     {"tasks"},
     {"image", "text"},
     {"transfer"},
@@ -165,6 +166,7 @@ def test_each_builtin_registers_where_it_is_defined():
         "phases",
         "lp_ft",
         "backbone_finetuning",
+        "surgical",
     ):
         factory, _ = registry.registered_factory(name)
         assert factory.__module__ == "finetune_strategies.strategies.builtins", name

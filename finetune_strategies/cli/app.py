@@ -13,6 +13,9 @@
   ``predict`` writes a CSV (``--output``).
 * ``explain``: the per-epoch plan of ``fit``'s strategy on its model (``Trainer.explain``), from the
   same arguments and config files as ``fit``, without training and without reading images.
+* ``suggest``: which layers to fine-tune (:func:`~finetune_strategies.choose.suggest_layers`), from the same
+  arguments and config files as ``fit``: short probe runs scored on the validation split; ``--output FILE``
+  writes the chosen strategy for ``fit --strategy FILE`` (:mod:`finetune_strategies.cli.suggest`).
 * ``demo``: the built-in demo (:mod:`finetune_strategies.demo`).
 * ``transfer``: staged transfer learning, provided by ``finetune_strategies.cli.transfer``.
 
@@ -38,12 +41,14 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
+from rich.table import Table
 from typing_extensions import override
 
 from finetune_strategies import _lightning
 from finetune_strategies.checkpointing.checkpoint_io import TRUST_HINT
 from finetune_strategies.checkpointing.files import check_file
 from finetune_strategies.checkpointing.weights import torch_load
+from finetune_strategies.cli import suggest
 from finetune_strategies.cli.exit_status import (
     USAGE_ERROR,
     as_usage_errors,
@@ -77,11 +82,11 @@ from finetune_strategies.trainer import Trainer
 from finetune_strategies.validation import did_you_mean
 
 PROG = "finetune-strategies"
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict", "explain")
-FIT_CONFIG_SUBCOMMANDS = ("fit", "explain")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict", "explain", suggest.SUBCOMMAND)
+FIT_CONFIG_SUBCOMMANDS = ("fit", "explain", suggest.SUBCOMMAND)
 """Subcommands that read a ``fit`` config: an argument added for ``fit`` belongs to both."""
 
-USAGE = f"""usage: {PROG} {{fit,validate,test,predict,explain,demo,transfer}} ...
+USAGE = f"""usage: {PROG} {{fit,validate,test,predict,explain,suggest,demo,transfer}} ...
 
 Fine-tune image and text classifiers with Flash-style strategies on Lightning 2.x.
 
@@ -93,6 +98,10 @@ subcommands:
   predict    Predict images or texts and write a CSV (--output, default predictions.csv).
   explain    Show what trains, epoch by epoch, and the param groups' lrs, before training;
              takes fit's arguments and config files (--trainer.max_epochs is required).
+  suggest    Suggest which layers to fine-tune (the head alone, the first, middle or last third
+             of the backbone, everything) with short probe runs scored on the validation split;
+             takes fit's arguments and config files, --budget_steps, --monitor, --mode, and
+             --output FILE to write the chosen strategy for fit --strategy FILE.
   demo       Few-shot fine-tuning on scikit-learn's digits with every strategy; no download.
              Needs the demo extra: pip install "finetune-strategies[demo]".
   transfer   Staged transfer learning.
@@ -113,6 +122,18 @@ def _class_path(name: str) -> tuple[str, dict[str, Any]]:
             "Give its class path to --strategy instead."
         )
     return f"{factory.__module__}.{factory.__qualname__}", fixed
+
+
+def _option_defaults(name: str) -> dict[str, Any]:
+    """The options whose default a registered strategy changes (``surgical``: ``initial_denom_lr=1.0``). The
+    parser fills every option with the base class's default, so a registered name sets these first."""
+    factory, _ = registered_factory(name)
+    defaults = getattr(factory, "option_defaults", None)
+    return dict(defaults) if isinstance(defaults, dict) else {}
+
+
+def _flag(key: str, value: Any) -> str:
+    return f"--strategy.{key}={str(value).lower() if isinstance(value, bool) else value}"
 
 
 def _strategy_classes() -> set[str]:
@@ -136,7 +157,8 @@ def _from_spec_file(path: str) -> list[str]:
     if clash:
         raise StrategySpecTypeError(f"Strategy file {path!r}: {name!r} sets {clash} itself; remove them.")
     # default=str: YAML reads 2024-01-01 as a date, which JSON cannot hold; the options check it as text
-    return ["--strategy", json.dumps({"class_path": class_path, "init_args": {**options, **fixed}}, default=str)]
+    init_args = {**_option_defaults(name), **options, **fixed}
+    return ["--strategy", json.dumps({"class_path": class_path, "init_args": init_args}, default=str)]
 
 
 def _expand_strategy(value: str) -> list[str]:
@@ -144,7 +166,7 @@ def _expand_strategy(value: str) -> list[str]:
         return _from_spec_file(value)
     if value in available_strategies():
         class_path, fixed = _class_path(value)
-        flags = (f"--strategy.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items())
+        flags = (_flag(k, v) for k, v in {**_option_defaults(value), **fixed}.items())
         return ["--strategy", class_path, *flags]
     known = [*available_strategies(), *_strategy_classes()]
     if value.isidentifier() and value not in ("null", "None", *known):
@@ -160,7 +182,9 @@ def expand_strategy_names(args: list[str]) -> list[str]:
     """Rewrite ``--strategy`` values that jsonargparse does not read into the class-path form.
 
     * A registered name becomes its class path, and fixed options of the name follow it:
-      ``freeze_unfreeze_deepspeed`` becomes ``--strategy ...FreezeUnfreeze --strategy.preregister_groups=true``.
+      ``freeze_unfreeze_deepspeed`` becomes ``--strategy ...FreezeUnfreeze --strategy.preregister_groups=true``;
+      so do the options whose default the class changes (its ``option_defaults``: ``surgical`` sets
+      ``--strategy.initial_denom_lr=1.0``), which later ``--strategy.<option>`` flags override.
     * A schedule file (``.yaml``, ``.yml``, ``.json``; see
       :func:`~finetune_strategies.strategies.registry.load_spec_file`) becomes
       ``{"class_path": ..., "init_args": {...}}``; ``--strategy.<option>`` flags after it override it.
@@ -265,7 +289,8 @@ def _class_of(class_path: str) -> type:
 
 @_lightning.with_subcommand_arguments
 class FinetuneCLI(LightningCLI):
-    """LightningCLI with ``--strategy`` for ``fit`` and ``explain``, and a CSV ``--output`` for ``predict``.
+    """LightningCLI with ``--strategy`` for ``fit``, ``explain`` and ``suggest``, a CSV ``--output`` for ``predict``,
+    and a strategy file ``--output`` for ``suggest``.
 
     A value that the model, data, strategy or trainer rejects while they are built is a usage error.
     """
@@ -277,7 +302,11 @@ class FinetuneCLI(LightningCLI):
 
     @override
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]  # Lightning calls self.subcommands()
-        every = {**LightningCLI.subcommands(), "explain": {"model", "strategy"}}
+        every = {
+            **LightningCLI.subcommands(),
+            "explain": {"model", "strategy"},
+            suggest.SUBCOMMAND: {"model", "datamodule", "strategy_options"},
+        }
         return {name: skip for name, skip in every.items() if self.only_subcommand in (None, name)}
 
     @override
@@ -299,25 +328,34 @@ class FinetuneCLI(LightningCLI):
                 fail_untyped=False,
                 help=(
                     "Fine-tuning strategy: a class (NoFreeze, Freeze, FreezeUnfreeze, UnfreezeMilestones, "
-                    "GradualUnfreeze, Phases, BackboneFinetuningStrategy, Lora, or a class path), a registered name "
+                    "GradualUnfreeze, Phases, BackboneFinetuningStrategy, SurgicalFinetuning, Lora, or a class "
+                    "path), a registered name "
                     "(freeze_unfreeze, ...) or a schedule file (.yaml/.json), with options as --strategy.<option>."
                 ),
             )
             parser.set_defaults({"strategy": {"class_path": "finetune_strategies.strategies.builtins.NoFreeze"}})
             add_export_argument(parser)
-        if subcommand == "explain":
+        if subcommand in ("explain", suggest.SUBCOMMAND):
             # fit's own arguments (ckpt_path, ...), so that a fit config parses; they do not change the plan
             parser.add_method_arguments(self.trainer_class, "fit", skip=set(LightningCLI.subcommands()["fit"]))
-        if subcommand in ("fit", "validate", "test") and not self.subclass_mode_model:
+        linked = ("fit", "validate", "test", suggest.SUBCOMMAND)
+        if subcommand in linked and not self.subclass_mode_model:
             parser.link_arguments("data.num_classes", "model.num_classes", _required_classes, "instantiate")
             parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
-        elif subcommand in ("fit", "validate", "test"):  # a link whose target the model lacks is skipped
+        elif subcommand in linked:  # a link whose target the model lacks is skipped
             for name in CLASS_COUNT_ARGUMENTS:
                 parser.link_arguments("data.num_classes", f"model.init_args.{name}", _required_labels, "instantiate")
             parser.link_arguments("data.labels", "model.init_args.labels", apply_on="instantiate")
         if subcommand == "predict":
             parser.add_argument(
                 "--output", type=Path, default=Path("predictions.csv"), help="CSV file for the predictions."
+            )
+        if subcommand == suggest.SUBCOMMAND:
+            parser.add_argument(
+                "--output",
+                type=Path | None,
+                default=None,
+                help="Write the chosen strategy to this YAML file, which fit --strategy FILE reads.",
             )
 
     @override
@@ -392,12 +430,21 @@ class FinetuneCLI(LightningCLI):
         assert isinstance(trainer, Trainer)
         with as_usage_errors():  # nothing runs: every error is about the arguments
             plan = trainer.explain(model, strategy, steps_per_epoch=steps_per_epoch)
-        table = plan.table()
-        console = Console()
-        if not console.is_terminal:  # a file or a pipe: as wide as the table needs, so that no name is cut
-            natural = console.measure(table, options=console.options.update_width(10_000)).maximum
-            console = Console(width=max(console.width, natural))
-        console.print(table)
+        _print_wide(plan.table())
+
+    def suggest(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
+        config = self.config[suggest.SUBCOMMAND]
+        trainer = self.trainer
+        assert isinstance(trainer, suggest.SuggestTrainer)
+        options = suggest.changed_options(config.get("strategy"))
+        with as_usage_errors():
+            suggestion = trainer.suggest(model, datamodule, strategy_options=options, **kwargs)
+        _print_wide(suggestion.table())
+        _print_wide(suggestion.gradient_table())
+        output = config.get("output")
+        if output is not None:
+            suggest.write_strategy(suggestion, Path(output))
+            print(f"Strategy written to {output}: finetune-strategies fit ... --strategy {output}")
 
     def predict(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
         output = Path(self.config["predict"]["output"])
@@ -410,6 +457,14 @@ class FinetuneCLI(LightningCLI):
             return_predictions=False,
         )
         print(f"Predictions written to {output}")
+
+
+def _print_wide(table: Table) -> None:
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: as wide as the table needs, so that no name is cut
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(width=max(console.width, natural))
+    console.print(table)
 
 
 def _parse_ckpt_hyperparameters(cli: Any) -> None:
@@ -505,11 +560,12 @@ DESCRIPTIONS = {
         "Takes fit's arguments and config files; needs --trainer.max_epochs, and --model.num_classes unless "
         "--data.train_folder has the class folders."
     ),
+    suggest.SUBCOMMAND: suggest.DESCRIPTION,
 }
 
 
 def lightning_main(args: list[str]) -> int:
-    """Run the LightningCLI subcommands (fit, validate, test, predict, explain)."""
+    """Run the LightningCLI subcommands (fit, validate, test, predict, explain, suggest)."""
     use_round_trip_yaml()  # --print_config and the saved config.yaml read back as written
     with warnings.catch_warnings():
         # main() passes the arguments explicitly, also when they come from sys.argv.
@@ -519,7 +575,7 @@ def lightning_main(args: list[str]) -> int:
             None if any_task else ImageClassifier,  # None: subclass mode over every LightningModule
             None if any_task else ImageClassificationData,
             subcommand=args[0],
-            trainer_class=Trainer,
+            trainer_class=suggest.SuggestTrainer if args[0] == suggest.SUBCOMMAND else Trainer,
             args=expand_strategy_names(args),
             auto_configure_optimizers=False,  # the model builds its optimizer over trainable parameters
             save_config_kwargs={"overwrite": True},

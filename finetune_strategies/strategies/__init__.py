@@ -13,6 +13,7 @@ from finetune_strategies.strategies.builtins import (
     GradualUnfreeze,
     NoFreeze,
     Phases,
+    SurgicalFinetuning,
     UnfreezeMilestones,
 )
 from finetune_strategies.strategies.finetuner import Finetuner
@@ -39,6 +40,7 @@ __all__ = [
     "Phases",
     "SchedulePlan",
     "StrategySpec",
+    "SurgicalFinetuning",
     "UnfreezeMilestones",
     "available_strategies",
     "describe_schedule",

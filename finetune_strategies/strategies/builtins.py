@@ -10,6 +10,7 @@
 | `lp_ft`               | backbone (fully, features cached) | all of it at `probe_epochs`, at a small lr      |
 | `phases`              | backbone        | what each phase names, at its epoch                             |
 | `backbone_finetuning` | backbone        | all of it at `unfreeze_backbone_at_epoch`, lr ramped (Lightning's) |
+| `surgical`            | backbone        | the chosen `layers` (a range, or selectors) at epoch 0, at the head's lr |
 
 Every one takes the options of :class:`~finetune_strategies.core.callback.FinetuningStrategy`, such as
 ``layer_lr_decay`` for one param group per layer with geometrically decaying learning rates.
@@ -17,7 +18,8 @@ Every one takes the options of :class:`~finetune_strategies.core.callback.Finetu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -29,9 +31,10 @@ from typing_extensions import Unpack, override
 from finetune_strategies.core.callback import FinetuningStrategy
 from finetune_strategies.core.groups import LrRamp
 from finetune_strategies.core.options import StrategyOptions
-from finetune_strategies.core.schedule import Phase, bind_phases, parse_phases
+from finetune_strategies.core.schedule import Phase, PhaseSpec, bind_phases, parse_phases
 from finetune_strategies.errors import ScheduleError, StrategySpecError, StrategySpecTypeError
-from finetune_strategies.model.layers import LayerUnit
+from finetune_strategies.model.layers import Layer, LayerUnit
+from finetune_strategies.model.selectors import check_selector
 from finetune_strategies.strategies.registry import register_strategy
 from finetune_strategies.validation import (
     check_bool,
@@ -382,6 +385,172 @@ class BackboneFinetuningStrategy(FinetuningStrategy):
         if self.verbose and set_now:
             lrs = ", ".join(f"{name} lr: {round(lr, self.rounding)}" for name, lr in set_now)
             rank_zero_info(f"Epoch {epoch}: current lr: {round(optimizer.param_groups[0]['lr'], self.rounding)}, {lrs}")
+
+
+SurgicalLayers = str | int | list[str]  # str first: the command line keeps "1:3" as text, not base-60
+"""What :class:`SurgicalFinetuning` tunes: a position, a slice of positions as a string, or module selectors."""
+
+_POSITION = re.compile(r"^\s*-?\d+\s*$")
+_RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
+_NUMERIC = re.compile(r"^[\s\d:+-]*$")
+_LAYERS_FORMS = (
+    "a position in the backbone's layers (an int, negative counts from the top: 0, -1), a slice of positions "
+    "as a string ('0:2', '-1:', '1:-1'), or a list of module selectors inside the frozen modules "
+    "(['backbone.layer1'])"
+)
+_SHOWN_LAYERS = 12
+
+
+def parse_layers(layers: Any) -> int | slice | tuple[str, ...]:
+    """``layers`` of :class:`SurgicalFinetuning`, checked: a position, a slice of positions (no step), or a
+    tuple of module selectors. A string that is neither an int nor a slice is one selector."""
+    if isinstance(layers, bool) or not isinstance(layers, (int, str, list, tuple)):
+        raise StrategySpecTypeError(f"surgical `layers` must be {_LAYERS_FORMS}; got {layers!r}.")
+    if isinstance(layers, int):
+        return layers
+    if isinstance(layers, str):
+        if _POSITION.match(layers):
+            return int(layers)
+        found = _RANGE.match(layers)
+        if found:
+            start, stop = (None if part is None else int(part) for part in found.groups())
+            return slice(start, stop)
+        if _NUMERIC.match(layers):
+            raise StrategySpecError(
+                f"surgical `layers` {layers!r} is not a slice of positions: give 'start:stop' (either may be left "
+                "out, no step: the layers are one contiguous range), e.g. '0:2' or '-1:'."
+            )
+        layers = [layers]
+    if not layers:
+        raise StrategySpecError(f"surgical `layers` is an empty list: it must be {_LAYERS_FORMS}.")
+    selectors = []
+    for selector in layers:
+        if not isinstance(selector, str):
+            raise StrategySpecTypeError(
+                f"surgical `layers` as a list holds module selectors (strings), got {selector!r} in {layers!r}."
+            )
+        try:
+            selectors.append(check_selector(selector))
+        except ScheduleError as error:
+            raise StrategySpecError(f"surgical `layers`: {error}") from None
+    return tuple(selectors)
+
+
+def describe_layers(layers: Sequence[Layer]) -> str:
+    """``0: name, 1: name, ...`` (the first and last ones of a long list), for messages."""
+    shown = [f"{i}: {layer.name}" for i, layer in enumerate(layers)]
+    if len(shown) > _SHOWN_LAYERS:
+        half = _SHOWN_LAYERS // 2
+        shown = [*shown[:half], f"... ({len(shown) - _SHOWN_LAYERS} more)", *shown[-half:]]
+    return ", ".join(shown) or "none"
+
+
+def select_positions(choice: int | slice, count: int, what: str) -> list[int]:
+    """The positions of ``count`` layers that ``choice`` names: one contiguous, non-empty range. Raises
+    :class:`ScheduleError` for a position or slice bound outside ``-count..count-1`` (``..count`` for a
+    slice's stop), or an empty slice; ``what`` says what was given and what the layers are."""
+    if isinstance(choice, int):
+        if not -count <= choice < count:
+            minutes, seconds = divmod(abs(choice), 60)
+            hint = (
+                f" (YAML 1.1 reads an unquoted {'-' if choice < 0 else ''}{minutes}:{seconds} as the base-60 number "
+                f"{choice}: quote a slice in YAML, '{minutes}:{seconds}')"
+                if minutes and seconds < 60
+                else ""
+            )
+            raise ScheduleError(
+                f"{what}: position {choice} is out of range; give a position from {-count} to {count - 1}, "
+                f"or a slice such as '0:2'.{hint}"
+            )
+        return [choice % count]
+    bounds = [b for b in (choice.start, choice.stop) if b is not None]
+    if any(not -count <= b <= count for b in bounds):
+        raise ScheduleError(
+            f"{what}: the slice '{_slice_text(choice)}' goes past the layers; its bounds must be from {-count} "
+            f"to {count}."
+        )
+    positions = list(range(count))[choice]
+    if not positions:
+        raise ScheduleError(f"{what}: the slice '{_slice_text(choice)}' selects no layer; give a non-empty range.")
+    return positions
+
+
+def _slice_text(choice: slice) -> str:
+    return f"{'' if choice.start is None else choice.start}:{'' if choice.stop is None else choice.stop}"
+
+
+@register_strategy("surgical", deepspeed_variant=True)
+class SurgicalFinetuning(FinetuningStrategy):
+    """Surgical fine-tuning (Lee et al., ICLR 2023): only some of the backbone's layers train, with the head.
+
+    The backbone is frozen as by every strategy; at epoch 0 one phase unfreezes the chosen ``layers`` and
+    they train for the whole run; the rest of the backbone stays frozen. The paper's finding: the layers
+    that should change depend on the shift between the pretraining and the target data - the first block
+    for input-level shifts (corruptions, a new sensor), the middle ones for feature-level shifts, the last
+    ones for output-level shifts (new labels) - and tuning only them can beat full fine-tuning.
+    :func:`~finetune_strategies.choose.suggest_layers` chooses them with short probe runs.
+
+    The chosen layers train at the head's lr (group 0's): ``initial_denom_lr`` defaults to ``1.0`` here, not
+    ``10.0``, because the method tunes a subset of the model at one learning rate. Give ``lr`` or
+    ``initial_denom_lr`` to change it. The ``phases`` strategy does the same with
+    ``{"strategy": "phases", "phases": [{"epoch": 0, "modules": [...]}], "initial_denom_lr": 1.0}``.
+
+    Args:
+        layers: What trains besides the head: a position in the backbone's layers (those of
+            :meth:`~finetune_strategies.core.callback.FinetuningStrategy.backbone_layers`, in ``layer_unit``,
+            bottom to top; negative counts from the top), a slice of positions as a string (``"0:2"``,
+            ``"-1:"``; one contiguous range, bounds inside the layers), or a list of module selectors
+            (:mod:`~finetune_strategies.model.selectors`) inside the frozen modules. Checked before
+            anything trains.
+    """
+
+    metadata_example = '("surgical", {"layers": "0:2"})'
+    option_defaults: ClassVar[dict[str, Any]] = {"initial_denom_lr": 1.0}
+    """Options whose default differs from the other strategies' (the command line sets them first)."""
+
+    def __init__(self, layers: SurgicalLayers, **options: Unpack[StrategyOptions]) -> None:
+        super().__init__(**{**self.option_defaults, **options})
+        self.choice = parse_layers(layers)
+        self.layers = layers
+
+    @classmethod
+    @override
+    def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:
+        if isinstance(metadata, Mapping):
+            extra = sorted(set(metadata) - {"layers"})
+            if "layers" not in metadata or extra:
+                raise StrategySpecTypeError(
+                    f"surgical metadata is {{'layers': ...}} (or the layers alone), got {dict(metadata)!r}. Give "
+                    "options in the dict form: {'strategy': 'surgical', 'layers': '0:2', 'train_bn': False}."
+                )
+            return {"layers": metadata["layers"]}
+        return {"layers": metadata}
+
+    def chosen_layers(self, pl_module: pl.LightningModule) -> list[Layer]:
+        """The layers that train besides the head, bottom to top; :class:`ScheduleError` if there are none,
+        or ``layers`` names a position or module outside the frozen ones."""
+        what = f"surgical layers={self.layers!r}"
+        if isinstance(self.choice, tuple):
+            spec = PhaseSpec(epoch=0, modules=self.choice)
+            try:
+                (phase,) = bind_phases([spec], pl_module, self.find_modules_to_freeze(pl_module))
+            except ScheduleError as error:
+                raise ScheduleError(f"{what}: {error}") from None
+            return list(phase.layers)
+        layers = self.backbone_layers(pl_module)
+        unit = self.layer_unit or self.default_layer_unit
+        if not layers:
+            raise ScheduleError(
+                f"{what}: the frozen modules ({self.find_frozen(pl_module).describe()}) have no layers to choose from."
+            )
+        where = f"{what} (the backbone's {len(layers)} layers counted as {unit!r}: {describe_layers(layers)})"
+        return [layers[i] for i in select_positions(self.choice, len(layers), where)]
+
+    @override
+    def unfreeze_phases(self, pl_module: pl.LightningModule) -> list[Phase]:
+        chosen = self.chosen_layers(pl_module)
+        label = ", ".join(layer.name for layer in chosen)
+        return [Phase(0, label, _modules(chosen), tuple(chosen))]
 
 
 def _modules(layers: Sequence[Any]) -> tuple[nn.Module, ...]:

@@ -166,7 +166,7 @@ def test_predict_writes_a_csv_and_test_reports_accuracy(data, tmp_path, capsys):
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("fit", "validate", "test", "predict", "explain", "demo", "transfer"):
+    for name in ("fit", "validate", "test", "predict", "explain", "suggest", "demo", "transfer"):
         assert f"\n  {name}" in out
     assert main([]) == 2
     assert main(["fit", "--help"]) == 0

@@ -27,7 +27,8 @@ def test_every_built_in_pickles_before_and_after_a_fit(name: str) -> None:
     pickle.loads(pickle.dumps(trainer))
     trainer.finetune(Net(), DataLoader(data(), batch_size=8), strategy=callback)
     pickle.loads(pickle.dumps(trainer))
-    pickle.loads(pickle.dumps(Finetuner(name if name != "freeze_unfreeze" else (name, 1))))
+    spec = {"freeze_unfreeze": (name, 1), "surgical": (name, {"layers": -1})}.get(name, name)
+    pickle.loads(pickle.dumps(Finetuner(spec)))
 
 
 @pytest.mark.parametrize("library", [True, False], ids=["library Trainer", "plain Trainer"])

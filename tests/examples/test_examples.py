@@ -93,3 +93,11 @@ def test_migrate_from_fts_example(example):
 def test_migrate_from_fts_example_against_fts(example):
     pytest.importorskip("finetuning_scheduler")
     example("migrate_from_fts", "--run-fts")
+
+
+def test_which_layers_example(example, capsys):
+    example("which_layers", "--budget_steps", "200", "--epochs", "2")
+    out = capsys.readouterr().out
+    assert "layer ranges: {'first': [0], 'middle': [1], 'last': [2]}" in out
+    assert "strategy: {'strategy': 'surgical', 'layers': '0:1'}" in out
+    assert "first: val_acc" in out

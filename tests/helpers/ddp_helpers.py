@@ -177,6 +177,8 @@ def make_callback(name: str) -> BaseFinetuning:
         return resolve_strategy((name, 1))
     if name in {"unfreeze_milestones", "unfreeze_milestones_deepspeed"}:
         return resolve_strategy((name, ((1, 2), 1)))
+    if name in {"surgical", "surgical_deepspeed"}:
+        return resolve_strategy((name, {"layers": -1}))
     if name in LORA_SPECS:
         return resolve_strategy(LORA_SPECS[name]())
     return resolve_strategy(name)

@@ -22,6 +22,7 @@ SPECS: dict[str, Any] = {
         "phases": [{"epoch": 1, "modules": ["backbone.3"], "lr": 0.05}, {"epoch": 2, "layer_lr_decay": 0.5}],
     },
     "no_freeze_decay": {"strategy": "no_freeze", "layer_lr_decay": 0.5},
+    "surgical": {"strategy": "surgical", "layers": "1:"},
     "deepspeed_decay": {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 2, "layer_lr_decay": 0.5},
 }
 

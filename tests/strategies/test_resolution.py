@@ -37,6 +37,7 @@ BUILT_INS = [
     "lp_ft",
     "no_freeze",
     "phases",
+    "surgical",
     "unfreeze_milestones",
 ]
 
