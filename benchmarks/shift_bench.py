@@ -62,6 +62,7 @@ CHOOSER = "chooser's pick"
 LP_FT = "LP-FT"
 WISE_FT = "WiSE-FT"
 L2_SP = "L2-SP"
+ZERO_SHOT = "pretrained, not fine-tuned"
 ROWS = (FULL, PROBE, *(f"{third} layers" for third in THIRDS), AUTO_RGN, CHOOSER, LP_FT, WISE_FT, L2_SP)
 FROZEN_STAYS_FROZEN: dict[str, Any] = {"train_bn": False, "bn_eval": True}
 """The options of the rows that tune a subset: what is not tuned does not change, BatchNorm statistics included."""
@@ -246,7 +247,7 @@ class Bench:
         """The pretrained model, not fine-tuned (only where its head knows the labels)."""
         if self.split.shift == "output":
             return None
-        return self.evaluate("pretrained, not fine-tuned", self.model(), time.perf_counter())
+        return self.evaluate(ZERO_SHOT, self.model(), time.perf_counter())
 
 
 def run_shift_bench(out: Path, smoke: bool, seeds: Sequence[int] | None = None) -> dict[str, Any]:
@@ -317,7 +318,8 @@ def summarize(runs: Sequence[Run], seeds: Sequence[int]) -> list[dict[str, Any]]
     """Per method and shift: accuracy in and out of distribution over seeds, and the per-seed difference to
     full fine-tuning, as mean and std."""
     full = {(r.shift, r.seed): r for r in runs if r.method == FULL}
-    methods = list(dict.fromkeys(r.method for r in runs))
+    order = {method: index for index, method in enumerate((ZERO_SHOT, *ROWS))}
+    methods = sorted({r.method for r in runs}, key=order.__getitem__)
     rows = []
     for method in methods:
         row: dict[str, Any] = {"method": method}

@@ -288,15 +288,17 @@ def _fit(
     steps: int,
     probe: _Probe,
     seed: int,
-    **extra: Any,
+    epochs: int = -1,
 ) -> Trainer:
+    """Fine-tune ``model`` for ``steps`` optimizer steps; ``epochs`` (the epochs they span) is the run length an
+    LR scheduler such as cosine takes its period from (-1: unknown)."""
     pl.seed_everything(seed, workers=True, verbose=False)
-    settings = {**trainer_kwargs, **extra}
+    settings = dict(trainer_kwargs)
     callbacks = settings.pop("callbacks", None) or []
     trainer = Trainer(
         **settings,
         max_steps=steps,
-        max_epochs=-1,
+        max_epochs=epochs,
         check_val_every_n_epoch=_NO_VALIDATION_DURING_FIT,
         callbacks=[*(callbacks if isinstance(callbacks, list) else [callbacks]), probe],
     )
@@ -312,13 +314,14 @@ def _gradient_norms(
     options: dict[str, Any],
     seed: int,
     batches: int,
-) -> list[LayerGradient]:
+) -> tuple[list[LayerGradient], float]:
     """Each layer's ``||g|| / ||w||`` (and the rest of the model's, as ``head``) of the training loss on the first
-    ``batches`` batches, at the starting weights: one accumulated step of ``no_freeze`` whose update is dropped."""
+    ``batches`` batches, at the starting weights: one accumulated step of ``no_freeze`` whose update is dropped.
+    Also the training batches per epoch (``inf`` for an iterable dataset without a length)."""
     names = {id(m): n for n, m in model.named_modules()}
     probe = _Probe(gradients=True)
     copied = _copy(model)
-    _fit(
+    trainer = _fit(
         {**trainer_kwargs, "accumulate_grad_batches": batches},
         copied,
         datamodule,
@@ -326,6 +329,7 @@ def _gradient_norms(
         1,
         probe,
         seed,
+        epochs=1,
     )
     weights = dict(model.named_parameters())
     seen: set[str] = set()
@@ -340,7 +344,15 @@ def _gradient_norms(
     rest = [name for name in weights if name not in seen]
     if rest:
         rows.append(_rgn("head (and the rest)", rest, weights, probe.grads))
-    return rows
+    return rows, float(trainer.num_training_batches)
+
+
+def _epochs(steps: int, batches_per_epoch: float, trainer_kwargs: Mapping[str, Any]) -> int:
+    """The epochs ``steps`` optimizer steps span (-1 when an epoch's length is unknown)."""
+    steps_per_epoch = batches_per_epoch // int(trainer_kwargs.get("accumulate_grad_batches", 1))
+    if not math.isfinite(steps_per_epoch) or steps_per_epoch < 1:
+        return -1
+    return math.ceil(steps / steps_per_epoch)
 
 
 def _rgn(
@@ -469,15 +481,16 @@ def suggest_layers(
                 f"{sorted(start) or 'nothing'}. Give one of them (--monitor on the command line)."
             )
         start_score = _score(start, monitor)
-        gradients = _gradient_norms(
+        gradients, batches_per_epoch = _gradient_norms(
             model, datamodule, frozen_layers(model, options), kwargs, options, seed, gradient_batches
         )
+        epochs = _epochs(steps, batches_per_epoch, kwargs)
         results = []
         for candidate in parsed:
             probe = _Probe()
             copied = _copy(model)
             spec = candidate.spec(options)
-            trainer = _fit(kwargs, copied, datamodule, spec, steps, probe, seed)
+            trainer = _fit(kwargs, copied, datamodule, spec, steps, probe, seed, epochs)
             score = _score(_validate(kwargs, copied, datamodule), monitor)
             names = [layer.name for layer in layers_of[candidate.name]]
             results.append(CandidateResult(candidate.name, spec, names, probe.trainable, trainer.global_step, score))

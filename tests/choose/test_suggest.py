@@ -163,3 +163,26 @@ def test_refusals_before_probing(kwargs: dict[str, Any], data: Any, error: type,
     with pytest.raises(error, match=message):
         suggest(data=data, **kwargs)
     assert getattr(data, "read", []) in ([], ["val"])  # the monitor check validates once; nothing trains
+
+
+class CosineNet(InputShiftNet):
+    """Its cosine schedule takes its period from the trainer's max_epochs, as the tasks' "cosine" does."""
+
+    periods: list[int] = []
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise ValueError(f"max_epochs is {epochs}: a cosine schedule has no period")
+        CosineNet.periods.append(epochs)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)}
+
+
+def test_probes_tell_a_scheduler_the_epochs_their_steps_span() -> None:
+    CosineNet.periods = []
+    result = suggest(CosineNet(), ShiftData(n=256, batch_size=32), budget_steps=100)
+    assert result.steps_per_candidate == 20
+    # the gradient step (one epoch), then 20 steps of 8 batches per epoch: 3 epochs for each of 5 probes
+    assert CosineNet.periods == [1] + [3] * 5
+    assert all(r.steps == 20 for r in result.evidence.candidates)
