@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 
 from benchmarks.shifts import SHIFTS, Shift, ShiftSplit, make_split
@@ -148,7 +147,9 @@ def _pretrained_head(split: ShiftSplit, pretrained: Pretrained, settings: ShiftS
     return {name: value[rows] for name, value in read_weights(pretrained.head).items()}
 
 
-def _data(split: ShiftSplit, settings: ShiftSettings, *, test: bool = True, ood: bool = False) -> ImageClassificationData:
+def _data(
+    split: ShiftSplit, settings: ShiftSettings, *, test: bool = True, ood: bool = False
+) -> ImageClassificationData:
     """The data module of a split: train and validation, with the in- or out-of-distribution test set (or none)."""
     test_x, test_y = split.ood_test if ood else split.test
     return ImageClassificationData.from_arrays(
@@ -165,7 +166,10 @@ def _data(split: ShiftSplit, settings: ShiftSettings, *, test: bool = True, ood:
 
 
 def _strategies(ranges: Sequence[str]) -> dict[str, StrategySpec]:
-    thirds = {f"{third} layers": {"strategy": "surgical", "layers": r, **FROZEN_STAYS_FROZEN} for third, r in zip(THIRDS, ranges, strict=True)}
+    thirds = {
+        f"{third} layers": {"strategy": "surgical", "layers": layers, **FROZEN_STAYS_FROZEN}
+        for third, layers in zip(THIRDS, ranges, strict=True)
+    }
     return {
         FULL: "no_freeze",
         PROBE: {"strategy": "freeze", **FROZEN_STAYS_FROZEN},

@@ -41,7 +41,7 @@ def upsample(images: np.ndarray, size: int = SIZE) -> np.ndarray:
     """8x8 digits (uint8) as ``size`` x ``size`` float images in [0, 1] (cubic spline zoom)."""
     zoom = size / images.shape[-1]
     big = np.stack([ndimage.zoom(image.astype(np.float32) / 255.0, zoom, order=3) for image in images])
-    return np.clip(big, 0.0, 1.0)
+    return np.asarray(np.clip(big, 0.0, 1.0))
 
 
 def noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,7 +66,8 @@ CORRUPTIONS: dict[str, Corruption] = {"noise": noise, "blur": blur, "invert": in
 def hollow(image: np.ndarray, width: int = 3) -> np.ndarray:
     """Each stroke as its outline: the grey-level dilation minus the erosion over ``width`` x ``width``."""
     size = (width, width)
-    return np.clip(ndimage.grey_dilation(image, size=size) - ndimage.grey_erosion(image, size=size), 0.0, 1.0)
+    outline = ndimage.grey_dilation(image, size=size) - ndimage.grey_erosion(image, size=size)
+    return np.asarray(np.clip(outline, 0.0, 1.0))
 
 
 def shear(image: np.ndarray, amount: float = 0.35) -> np.ndarray:
@@ -88,7 +89,8 @@ def corrupt(images: np.ndarray, severities: Sequence[int], rng: np.random.Genera
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """Float images in [0, 1] as uint8 in [0, 255]."""
+    return np.asarray(np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from finetune_strategies.cli.exit_status import (
     reported_error,
 )
 from finetune_strategies.cli.yaml_dump import use_round_trip_yaml
+from finetune_strategies.core.callback import FinetuningStrategy
 from finetune_strategies.core.optim import check_name_from_file
 from finetune_strategies.errors import (
     CheckpointError,
@@ -125,11 +126,13 @@ def _class_path(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _option_defaults(name: str) -> dict[str, Any]:
-    """The options whose default a registered strategy changes (``surgical``: ``initial_denom_lr=1.0``). The
-    parser fills every option with the base class's default, so a registered name sets these first."""
-    factory, _ = registered_factory(name)
-    defaults = getattr(factory, "option_defaults", None)
-    return dict(defaults) if isinstance(defaults, dict) else {}
+    """The options whose default a registered strategy changes (``surgical``: ``initial_denom_lr=1.0``; ``lp_ft``:
+    ``train_bn=False``, ``bn_eval=True``, ``cache_features=True``). The parser fills every option with the base
+    class's default, so a registered name sets these first."""
+    factory, fixed = registered_factory(name)
+    if isinstance(factory, type) and issubclass(factory, FinetuningStrategy):
+        return factory.changed_defaults(fixed)
+    return {}
 
 
 def _flag(key: str, value: Any) -> str:

@@ -96,6 +96,9 @@ class FinetuningStrategy(BaseFinetuning):
     """The layer unit when ``layer_unit`` is not given."""
     default_save_trainable_only: ClassVar[bool] = False
     """Whether checkpoints keep only what trained when ``save_trainable_only`` is not given."""
+    option_defaults: ClassVar[dict[str, Any]] = {}
+    """Options whose default this strategy changes. Python sees them in ``__init__``; the command line, whose
+    parser fills every option with this base class's default, sets them first (:meth:`changed_defaults`)."""
     freezes: ClassVar[bool] = True
     """Whether the strategy freezes modules (``no_freeze`` does not), so that its optimizer state cannot
     come from a run without a strategy."""
@@ -171,6 +174,12 @@ class FinetuningStrategy(BaseFinetuning):
         )
         self.strict_compile = check_bool("strict_compile", strict_compile)
         self._reset()
+
+    @classmethod
+    def changed_defaults(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The defaults this strategy changes when it is given the options ``given`` (a ``*_deepspeed`` name gives
+        ``preregister_groups=True``): :attr:`option_defaults`. The command line sets them before the user's flags."""
+        return dict(cls.option_defaults)
 
     @classmethod
     def kwargs_from_metadata(cls, metadata: Any) -> dict[str, Any]:

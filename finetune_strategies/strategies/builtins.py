@@ -137,11 +137,11 @@ class LPFT(FreezeUnfreeze):
 
     metadata_example = '("lp_ft", 5)'
     epoch_option: ClassVar[str] = "probe_epochs"
+    option_defaults: ClassVar[dict[str, Any]] = {"train_bn": False, "bn_eval": True, "cache_features": True}
 
     def __init__(self, probe_epochs: int | None = 5, **options: Unpack[StrategyOptions]) -> None:
-        # DeepSpeed keeps the pending backbone trainable (its gradients masked), which the cache refuses.
-        cache = not options.get("preregister_groups", False)
-        settings: dict[str, Any] = {"train_bn": False, "bn_eval": True, "cache_features": cache, **options}
+        defaults = self.changed_defaults(dict(options))
+        settings: dict[str, Any] = {**defaults, **options}
         if settings["cache_features"] and (settings["train_bn"] or not settings["bn_eval"]):
             raise StrategySpecError(
                 "lp_ft caches the frozen backbone's features, which needs train_bn=False and bn_eval=True (its "
@@ -149,6 +149,13 @@ class LPFT(FreezeUnfreeze):
                 "pass cache_features=False."
             )
         super().__init__(probe_epochs, **settings)
+
+    @classmethod
+    @override
+    def changed_defaults(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """:attr:`option_defaults`, without the cache when groups are pre-registered: DeepSpeed keeps the pending
+        backbone trainable (its gradients masked), which the cache refuses."""
+        return {**cls.option_defaults, "cache_features": not given.get("preregister_groups", False)}
 
     @classmethod
     @override
@@ -506,7 +513,6 @@ class SurgicalFinetuning(FinetuningStrategy):
 
     metadata_example = '("surgical", {"layers": "0:2"})'
     option_defaults: ClassVar[dict[str, Any]] = {"initial_denom_lr": 1.0}
-    """Options whose default differs from the other strategies' (the command line sets them first)."""
 
     def __init__(self, layers: SurgicalLayers, **options: Unpack[StrategyOptions]) -> None:
         super().__init__(**{**self.option_defaults, **options})

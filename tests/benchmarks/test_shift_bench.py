@@ -49,17 +49,21 @@ def _split(shift: shifts.Shift, seed: int) -> tuple[shifts.ShiftSplit, list[int]
 def test_train_validation_and_test_are_disjoint_and_test_images_were_never_pretrained_on(shift: shifts.Shift) -> None:
     split, seen, held = _split(shift, seed=3)
     train, val, test = (set(part) for part in split.indices)
-    assert not train & val and not train & test and not val & test
+    assert not train & val
+    assert not train & test
+    assert not val & test
     assert (len(train), len(val), len(test)) == (25, 25, 100)
-    images, targets = digits()
+    _images, targets = digits()
     if shift == "output":
         assert {int(t) for t in targets[sorted(train | val | test)]} == set(NEW)
     else:
         assert test <= set(held), "the pretraining classes' test images are the ones the pretraining held out"
         assert train | val <= set(seen)
     for pixels, labels in (split.train, split.val, split.test, split.ood_test):
-        assert pixels.dtype == np.uint8 and pixels.shape[1:] == (shifts.SIZE, shifts.SIZE)
-        assert len(pixels) == len(labels) and set(labels) <= set(range(5))
+        assert pixels.dtype == np.uint8
+        assert pixels.shape[1:] == (shifts.SIZE, shifts.SIZE)
+        assert len(pixels) == len(labels)
+        assert set(labels) <= set(range(5))
     assert split.test[1] == split.ood_test[1], "the out-of-distribution test shows the same images, shifted"
     assert not np.array_equal(split.test[0], split.ood_test[0])
 
@@ -68,7 +72,8 @@ def test_each_seed_draws_other_images_and_a_seed_draws_the_same_ones_again() -> 
     first, _, _ = _split("input", seed=0)
     again, _, _ = _split("input", seed=0)
     other, _, _ = _split("input", seed=1)
-    assert first.indices == again.indices and np.array_equal(first.train[0], again.train[0])
+    assert first.indices == again.indices
+    assert np.array_equal(first.train[0], again.train[0])
     assert first.indices[0] != other.indices[0]
 
 
@@ -89,7 +94,8 @@ def test_corruptions_grow_with_severity_and_the_shifts_change_the_images() -> No
     hollow = np.stack([shifts.hollow(x) for x in clean])
     assert np.abs(hollow - clean).mean() > 0.05
     sheared = shifts.shear(clean[0])
-    assert sheared.shape == clean[0].shape and not np.allclose(sheared, clean[0])
+    assert sheared.shape == clean[0].shape
+    assert not np.allclose(sheared, clean[0])
 
 
 def test_the_smoke_form_runs_every_row_on_every_shift_and_writes_the_table(tmp_path: Path) -> None:
@@ -105,9 +111,11 @@ def test_the_smoke_form_runs_every_row_on_every_shift_and_writes_the_table(tmp_p
     assert rows[FULL]["input.acc.diff"]["mean"] == 0.0
     runs = payload["runs"]
     picks = [run["note"] for run in runs if run["method"] == CHOOSER]
-    assert len(picks) == len(shifts.SHIFTS) and all("probe steps" in pick for pick in picks)
+    assert len(picks) == len(shifts.SHIFTS)
+    assert all("probe steps" in pick for pick in picks)
     assert len(payload["layer_ranges"]) == 3
     text = (tmp_path / "shift_bench.md").read_text()
-    assert "**In distribution**" in text and "**Out of distribution**" in text
+    assert "**In distribution**" in text
+    assert "**Out of distribution**" in text
     assert all(f"| {method} |" in text for method in ROWS)
     assert json.loads((tmp_path / "shift_bench.json").read_text())["smoke"] is True

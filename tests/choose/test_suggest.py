@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -168,7 +168,7 @@ def test_refusals_before_probing(kwargs: dict[str, Any], data: Any, error: type,
 class CosineNet(InputShiftNet):
     """Its cosine schedule takes its period from the trainer's max_epochs, as the tasks' "cosine" does."""
 
-    periods: list[int] = []
+    periods: ClassVar[list[int]] = []
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)

@@ -79,3 +79,14 @@ def test_explain_shows_surgical_at_the_heads_lr(capsys) -> None:
     assert "group 0: 0.001, backbone.stem, backbone.layer1: 0.001" in out
     assert main([*args[:-2], "1:3", "--trainer.max_epochs=1"]) == 0  # text, not YAML 1.1's base-60 number 63
     assert "phase 0, backbone.layer1, backbone.layer2: at epoch 0" in " ".join(capsys.readouterr().out.split())
+
+
+def test_lp_ft_on_the_command_line_keeps_its_own_defaults() -> None:
+    """The parser fills every option with the base class's default; lp_ft's own ones (a fully frozen backbone,
+    BatchNorm in eval mode, cached features) come first, so it probes what it does from Python."""
+    flags = expand_strategy_names(["--strategy", "lp_ft"])
+    assert flags[2:] == ["--strategy.train_bn=false", "--strategy.bn_eval=true", "--strategy.cache_features=true"]
+    deepspeed = expand_strategy_names(["--strategy", "lp_ft_deepspeed", "--strategy.probe_epochs=2"])
+    assert "--strategy.cache_features=false" in deepspeed
+    assert "--strategy.preregister_groups=true" in deepspeed
+    assert deepspeed[-1] == "--strategy.probe_epochs=2"
