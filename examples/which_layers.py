@@ -1,8 +1,9 @@
-"""Which layers to fine-tune: the surgical preset, and suggest_layers choosing its layers, on tiny generated data.
+"""Which layers to fine-tune: the surgical preset, suggest_layers choosing its layers, and Auto-RGN, on tiny data.
 
 The "pretrained" model reads only inputs 2 and 3 in its first block, and the new task's labels depend on inputs 0
 and 1: an input-level shift, which Lee et al. (Surgical Fine-Tuning, ICLR 2023) fix by tuning the first block.
-suggest_layers finds that with short probe runs on the validation split; then the suggestion trains.
+suggest_layers finds that with short probe runs on the validation split; then the suggestion trains. Last,
+Auto-RGN trains every layer with its lr scaled by its relative gradient norm, without choosing.
 
     python examples/which_layers.py --budget_steps 200 --epochs 3
 """
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune_strategies import Trainer, describe_schedule, layer_ranges, suggest_layers
+from finetune_strategies import Trainer, describe_schedule, layer_ranges, resolve_strategy, suggest_layers
 
 QUIET: dict[str, Any] = {
     "accelerator": "cpu",
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(max_epochs=args.epochs, **QUIET)
     trainer.finetune(Net(), Data(), strategy=suggestion.strategy)
     print(f"{suggestion.choice}: val_acc {float(trainer.callback_metrics['val_acc']):.3f}")
+
+    # 4. Auto-RGN: everything trains, each layer in its own param group at lr * RGN / max RGN, every step.
+    auto_rgn = resolve_strategy({"strategy": "no_freeze", "layer_lr": "auto_rgn"})
+    trainer = Trainer(max_epochs=args.epochs, **QUIET)
+    trainer.finetune(Net(), Data(), strategy=auto_rgn)
+    ratios = ", ".join(f"{name} {ratio:.2f}" for name, ratio in auto_rgn.layer_lr_ratios.items())
+    print(f"Auto-RGN: val_acc {float(trainer.callback_metrics['val_acc']):.3f}; last step's lr ratios: {ratios}")
 
 
 if __name__ == "__main__":
