@@ -17,6 +17,7 @@ CORE_TESTS=(
   tests/checkpointing/test_kill_resume.py tests/checkpointing/test_safe_loading.py tests/checkpointing/test_weights.py tests/distributed/test_ddp.py
   tests/core/test_soak.py tests/transfer/test_transfer_runner.py tests/cli/test_cli.py
   tests/test_layout.py tests/test_legacy_files.py tests/core/test_options.py tests/test_overrides.py
+  tests/core/test_auto_rgn.py tests/choose/test_surgical.py tests/choose/test_suggest.py
 )
 # The demo extra (scikit-learn, matplotlib): the demo, plot_drift, and the errors without the extra.
 DEMO_TESTS=(tests/demo/test_demo.py tests/recipes/test_drift.py tests/test_extras.py)

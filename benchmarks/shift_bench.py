@@ -218,8 +218,8 @@ class Bench:
             model,
             with_no_test,
             budget_steps=budget,
-            monitor="val_acc",
-            mode="max",
+            monitor="val_loss",  # the chooser's default: 50 validation images make accuracy ties common
+            mode="min",
             options=FROZEN_STAYS_FROZEN,
             trainer_kwargs={"deterministic": True},
             seed=self.seed,

@@ -29,6 +29,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from finetune_strategies.demo.experiment import split_classes
+
 Shift = Literal["input", "feature", "output"]
 SHIFTS: tuple[Shift, ...] = ("input", "feature", "output")
 SIZE = 32
@@ -112,20 +114,11 @@ class ShiftSplit:
 def draw(
     targets: np.ndarray, pool: Sequence[int], classes: Sequence[int], counts: Sequence[int | None], seed: int
 ) -> list[list[int]]:
-    """Per class, shuffle the class's images in ``pool`` and cut consecutive parts of ``counts`` images (None:
-    the rest); the parts are disjoint."""
-    rng = np.random.default_rng(2000 + seed)
-    parts: list[list[int]] = [[] for _ in counts]
-    allowed = set(pool)
-    for cls in classes:
-        indices = [int(i) for i in np.flatnonzero(targets == cls) if int(i) in allowed]
-        rng.shuffle(indices)
-        start = 0
-        for part, count in zip(parts, counts, strict=True):
-            end = len(indices) if count is None else min(start + count, len(indices))
-            part.extend(indices[start:end])
-            start = end
-    return parts
+    """Per class, the class's images in ``pool`` cut into disjoint parts of ``counts`` images (None: the rest), as
+    the demo draws them (:func:`~finetune_strategies.demo.experiment.split_classes`)."""
+    in_pool = np.full(len(targets), -1)
+    in_pool[list(pool)] = targets[list(pool)]
+    return split_classes(in_pool, tuple(classes), tuple(counts), np.random.default_rng(2000 + seed))
 
 
 def make_split(
