@@ -56,6 +56,11 @@ GRAPHS_PER_CHANGE: Final = 2
 """New graphs a phase change costs each compiled function: one for training, one for validation (measured,
 torch 2.14; a run without validation costs one)."""
 
+LIMIT: Final = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+"""The name of dynamo's graph limit per compiled function (``cache_size_limit`` before torch 2.6)."""
+ACCUMULATED_LIMIT: Final = f"accumulated_{LIMIT}"
+"""Its limit over all compiled functions (not in every torch version)."""
+
 LIMIT_WARNING: Final = "torch._dynamo hit config."
 """How dynamo's warning of a recompile-limit hit starts (``torch/_dynamo/convert_frame.py``)."""
 
@@ -200,7 +205,12 @@ def sized_limit(phase_changes: int, regions: list[CompiledRegion] | None = None)
     """The ``recompile_limit`` a fit of ``phase_changes`` phase changes sets: the current one, kept as headroom,
     plus the graphs already kept for the regions' code (:func:`cached_graphs`), plus :func:`recompile_budget`."""
     kept = cached_graphs(regions or [])
-    return int(torch._dynamo.config.recompile_limit) + kept + recompile_budget(phase_changes)
+    return recompile_limit() + kept + recompile_budget(phase_changes)
+
+
+def recompile_limit() -> int:
+    """dynamo's current graph limit per compiled function (:data:`LIMIT`)."""
+    return int(getattr(torch._dynamo.config, LIMIT))
 
 
 class _LimitHits(logging.Filter):
@@ -268,15 +278,15 @@ class CompileSession:
         if not self.report.regions:
             return
         config = torch._dynamo.config
-        self._saved = {
-            "recompile_limit": config.recompile_limit,
-            "accumulated_recompile_limit": config.accumulated_recompile_limit,
-        }
-        config.recompile_limit = sized_limit(phase_changes, self.report.regions)
-        config.accumulated_recompile_limit = self._saved["accumulated_recompile_limit"] + (
-            config.recompile_limit - self._saved["recompile_limit"]
-        ) * len(self.report.regions)
-        self.report.recompile_limit = config.recompile_limit
+        self._saved = {LIMIT: recompile_limit()}
+        if hasattr(config, ACCUMULATED_LIMIT):
+            self._saved[ACCUMULATED_LIMIT] = int(getattr(config, ACCUMULATED_LIMIT))
+        limit = sized_limit(phase_changes, self.report.regions)
+        setattr(config, LIMIT, limit)
+        if ACCUMULATED_LIMIT in self._saved:
+            added = (limit - self._saved[LIMIT]) * len(self.report.regions)
+            setattr(config, ACCUMULATED_LIMIT, self._saved[ACCUMULATED_LIMIT] + added)
+        self.report.recompile_limit = limit
         self._filter = _LimitHits()
         logging.getLogger(DYNAMO_LOGGER).addFilter(self._filter)
         self._mark = graphs_compiled()
@@ -285,8 +295,8 @@ class CompileSession:
         regions = ", ".join(r.describe() for r in self.report.regions)
         rank_zero_info(
             f"{owner}: compiled {regions}; {phase_changes} phase change(s) cost up to {GRAPHS_PER_CHANGE} graph(s) "
-            f"each per compiled function; torch._dynamo.config.recompile_limit set to {config.recompile_limit} for "
-            f"this fit (was {self._saved['recompile_limit']})."
+            f"each per compiled function; torch._dynamo.config.{LIMIT} set to {limit} for this fit (was "
+            f"{self._saved[LIMIT]})."
         )
 
     def phase_started(self, label: str) -> None:
@@ -307,12 +317,12 @@ class CompileSession:
             f"{self._owner}: {ended.graphs} graph(s) compiled in stage {ended.label!r}; phase {label!r} starts."
         )
         self.report.phases.append(PhaseGraphs(label, 0))
-        limit = torch._dynamo.config.recompile_limit
+        limit = recompile_limit()
         if self.report.recompile_limit is not None and limit < self.report.recompile_limit:
             self._fallback(
-                f"torch._dynamo.config.recompile_limit was lowered to {limit} during the fit (set to "
+                f"torch._dynamo.config.{LIMIT} was lowered to {limit} during the fit (set to "
                 f"{self.report.recompile_limit} for this schedule), so the compiled model may run eagerly after "
-                "this phase change. Fix: do not change torch._dynamo.config.recompile_limit during a fit."
+                f"this phase change. Fix: do not change torch._dynamo.config.{LIMIT} during a fit."
             )
         self.check()
         self._check_kept()
@@ -325,22 +335,22 @@ class CompileSession:
         self._reported = len(self._filter.hits)
         self._fallback(
             f"{hits[0]} - the compiled model now runs EAGERLY (dynamo gave up compiling it). Cause: more graphs "
-            f"than the recompile limit {torch._dynamo.config.recompile_limit}; this schedule was given room for "
+            f"than the recompile limit {recompile_limit()}; this schedule was given room for "
             f"{GRAPHS_PER_CHANGE} per phase change, so something else recompiles it (changing input shapes or "
             "dtypes, a lowered limit, or a module called with changing Python arguments). Fix: raise "
-            "torch._dynamo.config.recompile_limit, or see TORCH_LOGS=recompiles for the reason."
+            f"torch._dynamo.config.{LIMIT}, or see TORCH_LOGS=recompiles for the reason."
         )
 
     def _check_kept(self) -> None:
         """A fall back that dynamo's log did not show (its logger silenced): a compiled function keeps as many
         graphs as the limit allows, so its next recompile, or the one that just happened, runs eagerly."""
-        kept, limit = cached_graphs(self.report.regions), int(torch._dynamo.config.recompile_limit)
+        kept, limit = cached_graphs(self.report.regions), recompile_limit()
         if kept >= limit and not self.report.fallbacks:
             self._fallback(
                 f"a compiled function keeps {kept} graphs, the recompile limit {limit}: its next recompile runs it "
                 "EAGERLY (dynamo's warning may be silenced). Cause: more recompiles than the schedule's phase changes "
                 "explain (changing input shapes or dtypes, or Python arguments). Fix: raise "
-                "torch._dynamo.config.recompile_limit, or see TORCH_LOGS=recompiles for the reason."
+                f"torch._dynamo.config.{LIMIT}, or see TORCH_LOGS=recompiles for the reason."
             )
 
     def end(self, *, check: bool = True) -> None:

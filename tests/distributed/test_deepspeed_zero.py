@@ -127,6 +127,10 @@ def test_resume_after_the_unfreeze_matches_the_uninterrupted_run(runs: Path, sta
         ("stage3_restore_best", "puts a plateaued stage's best weights back (restore_best=True), but under deepspeed"),
         ("stage1_phase_scheduler", "bring their own LR scheduler or reset the optimizer state, which DeepSpeed's"),
         ("stage2_l2_sp", "FreezeUnfreeze with l2_sp is not supported under deepspeed ZeRO-2 (CPUDeepSpeedStrategy)"),
+        (
+            "stage2_auto_rgn",
+            'FreezeUnfreeze with layer_lr="auto_rgn" is not supported under deepspeed ZeRO-2 (CPUDeepSpeedStrategy)',
+        ),
     ],
 )
 def test_what_deepspeed_cannot_do_fails_before_training_and_says_why(runs: Path, scenario: str, expected: str) -> None:

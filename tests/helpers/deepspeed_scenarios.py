@@ -36,6 +36,7 @@ ERRORS: dict[str, tuple[int, Any]] = {
     "stage3_restore_best": (3, {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": None, "monitor": "loss"}),
     "stage1_phase_scheduler": (1, {**PHASE_SCHEDULER, "preregister_groups": True}),
     "stage2_l2_sp": (2, {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "l2_sp": 0.1}),
+    "stage2_auto_rgn": (2, {"strategy": "freeze_unfreeze_deepspeed", "unfreeze_epoch": 1, "layer_lr": "auto_rgn"}),
 }
 """Combinations that must fail before anything trains: the ZeRO stage and the strategy spec."""
 LORA_SCENARIOS = {
