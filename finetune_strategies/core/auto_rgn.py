@@ -80,14 +80,13 @@ class AutoRGN:
             "relative gradient norms cannot be measured.",
             "fsdp1": "FSDP1 holds flattened pieces of parameters on each rank, which Auto-RGN is not verified against.",
         }
-        for engine, why in reasons.items():
-            distributed.refuse_engines(
-                trainer,
-                f'{owner} with layer_lr="auto_rgn"',
-                f"Auto-RGN scales each param group's lr by its gradient norm before every step, but {why}",
-                "Train with DDP, FSDP2 (ModelParallelStrategy with fully_shard) or one device, or remove layer_lr.",
-                engines=(engine,),
-            )
+        distributed.refuse_each(
+            trainer,
+            f'{owner} with layer_lr="auto_rgn"',
+            "Auto-RGN scales each param group's lr by its gradient norm before every step",
+            reasons,
+            "Train with DDP, FSDP2 (ModelParallelStrategy with fully_shard) or one device, or remove layer_lr.",
+        )
 
     def apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         """Scale the lr of every group of ``optimizer`` that has gradients, for its coming step; log the ratios."""

@@ -187,6 +187,12 @@ def refuse_engines(trainer: pl.Trainer, owner: str, why: str, fix: str, engines:
         )
 
 
+def refuse_each(trainer: pl.Trainer, owner: str, does: str, reasons: Mapping[str, str], fix: str) -> None:
+    """:func:`refuse_engines` for each engine of ``reasons``: what ``owner`` does, and why the engine defeats it."""
+    for engine, why in reasons.items():
+        refuse_engines(trainer, owner, f"{does}, but {why}", fix, engines=(engine,))
+
+
 def check_reduced(trainer: pl.Trainer, planned: Mapping[str, nn.Parameter]) -> None:
     """Under FSDP2, raise if a parameter that a phase will train (``planned``, by name) is not a DTensor:
     neither ``fully_shard`` nor ``parallelize_module`` took it in ``configure_model``, so no collective

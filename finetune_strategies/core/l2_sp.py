@@ -62,14 +62,13 @@ class L2SP:
             "deepspeed": "DeepSpeed steps its own fp32 copies of the parameters, so the penalty would miss the update.",
             "fsdp1": "FSDP1 holds flattened pieces of parameters on each rank, which L2-SP is not verified against.",
         }
-        for engine, why in reasons.items():
-            distributed.refuse_engines(
-                trainer,
-                f"{owner} with l2_sp",
-                f"L2-SP adds alpha * (w - w0) to the gradients before each optimizer step, but {why}",
-                "Train with DDP, FSDP2 (ModelParallelStrategy with fully_shard) or one device, or remove l2_sp.",
-                engines=(engine,),
-            )
+        distributed.refuse_each(
+            trainer,
+            f"{owner} with l2_sp",
+            "L2-SP adds alpha * (w - w0) to the gradients before each optimizer step",
+            reasons,
+            "Train with DDP, FSDP2 (ModelParallelStrategy with fully_shard) or one device, or remove l2_sp.",
+        )
 
     def begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule, frozen: FrozenModules) -> None:
         """At the fit's start: copy ``w0`` (unless a checkpoint brought it) and sort the parameters."""
