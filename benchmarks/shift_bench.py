@@ -121,9 +121,11 @@ class Run:
     note: str = ""
 
 
-def _model(split: ShiftSplit, pretrained: Pretrained, settings: ShiftSettings, seed: int) -> ImageClassifier:
-    """The pretrained backbone and a head: the pretrained head's rows of the upright classes when the labels
-    are the pretraining classes, else a new head (the same per seed)."""
+def _model(
+    split: ShiftSplit, pretrained: Pretrained, head: dict[str, torch.Tensor], settings: ShiftSettings, seed: int
+) -> ImageClassifier:
+    """The pretrained backbone and a head: ``head`` (the pretrained head's rows of the upright classes, when the
+    labels are the pretraining classes), else a new head (the same per seed)."""
     pl.seed_everything(seed, workers=True, verbose=False)
     model = ImageClassifier(
         num_classes=len(split.classes),
@@ -134,7 +136,6 @@ def _model(split: ShiftSplit, pretrained: Pretrained, settings: ShiftSettings, s
         lr=settings.lr,
         scheduler=settings.scheduler,
     )
-    head = _pretrained_head(split, pretrained, settings)
     if head:
         model.head.load_state_dict(head)
     return model
@@ -185,9 +186,10 @@ class Bench:
         self.settings, self.pretrained, self.split, self.seed = settings, pretrained, split, seed
         self.data = _data(split, settings)
         self.ood = _data(split, settings, ood=True)
+        self.head = _pretrained_head(split, pretrained, settings)  # read once, for every run and WiSE-FT
 
     def model(self) -> ImageClassifier:
-        return _model(self.split, self.pretrained, self.settings, self.seed)
+        return _model(self.split, self.pretrained, self.head, self.settings, self.seed)
 
     def evaluate(self, method: str, model: ImageClassifier, started: float, note: str = "") -> Run:
         acc, ood = accuracy_on_test(model, self.data), accuracy_on_test(model, self.ood)
@@ -204,7 +206,7 @@ class Bench:
         """WiSE-FT on the full fine-tuning run: ``a`` chosen on validation accuracy."""
         started = time.perf_counter()
         theta0 = {f"backbone.{k}": v for k, v in read_weights(self.pretrained.backbone).items()}
-        theta0 |= {f"head.{k}": v for k, v in _pretrained_head(self.split, self.pretrained, self.settings).items()}
+        theta0 |= {f"head.{k}": v for k, v in self.head.items()}
         chosen = wise_ft(trainer, model, theta0, self.settings.wise_alphas, datamodule=self.data, verbose=False)
         return self.evaluate(WISE_FT, model, started, f"a = {chosen.best:g}")
 

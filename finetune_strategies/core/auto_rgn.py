@@ -47,7 +47,7 @@ EPS: Final = 1e-12
 
 def check_layer_lr(value: Any) -> LayerLr | None:
     """``value`` if it is ``None`` or one of :data:`LAYER_LRS`; else a :class:`StrategySpecError`."""
-    if value is None or value == "auto_rgn":
+    if value is None or value in LAYER_LRS:
         return value  # type: ignore[no-any-return]
     expected = ", ".join(repr(v) for v in LAYER_LRS)
     raise StrategySpecError(f"`layer_lr` must be None or one of {expected}, got {value!r} ({type(value).__name__}).")

@@ -515,7 +515,7 @@ class SurgicalFinetuning(FinetuningStrategy):
     option_defaults: ClassVar[dict[str, Any]] = {"initial_denom_lr": 1.0}
 
     def __init__(self, layers: SurgicalLayers, **options: Unpack[StrategyOptions]) -> None:
-        super().__init__(**{**self.option_defaults, **options})
+        super().__init__(**{**self.changed_defaults(dict(options)), **options})
         self.choice = parse_layers(layers)
         self.layers = layers
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from image_helpers import BACKBONE, cli_folders
+from image_helpers import BACKBONE, cli_folders, model_data_args
 
 from finetune_strategies.cli.app import expand_strategy_names, main
 
@@ -20,12 +20,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def common(data: Path) -> list[str]:
     return [
-        f"--model.backbone={BACKBONE}",
-        "--model.pretrained=false",
-        "--model.image_size=16",
-        f"--data.train_folder={data / 'train'}",
-        f"--data.val_folder={data / 'val'}",
-        "--data.batch_size=4",
+        *model_data_args(data),
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",

@@ -74,16 +74,23 @@ def cli_folders(root: Path) -> Path:
     return root
 
 
-def fit_args(data: Path, out: Path, *extra: str, epochs: int = 3) -> list[str]:
-    """``fit`` on :func:`cli_folders` with the tiny backbone, writing under ``out``, then ``extra``."""
+def model_data_args(data: Path) -> list[str]:
+    """The tiny backbone and the data of :func:`cli_folders`, as command-line arguments."""
     return [
-        "fit",
         f"--model.backbone={BACKBONE}",
         "--model.pretrained=false",
         "--model.image_size=16",
         f"--data.train_folder={data / 'train'}",
         f"--data.val_folder={data / 'val'}",
         "--data.batch_size=4",
+    ]
+
+
+def fit_args(data: Path, out: Path, *extra: str, epochs: int = 3) -> list[str]:
+    """``fit`` on :func:`cli_folders` with the tiny backbone, writing under ``out``, then ``extra``."""
+    return [
+        "fit",
+        *model_data_args(data),
         f"--trainer.max_epochs={epochs}",
         f"--trainer.default_root_dir={out}",
         "--trainer.enable_progress_bar=false",
